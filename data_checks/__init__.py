@@ -1,0 +1,1 @@
+"""data_checks layer of fleetscore (see docs/architecture.md)."""

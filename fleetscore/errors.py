@@ -1,0 +1,68 @@
+"""The exception hierarchy shared by every layer.
+
+Every error that a user can cause or fix derives from :class:`FleetscoreError`; its message is one
+line that names the file, row, device or setting concerned. The CLI prints that line and exits
+non-zero; anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FleetscoreError(Exception):
+    """Base of every error fleetscore raises on purpose. ``str(exc)`` is a one-line message."""
+
+    exit_code = 1
+
+
+class ConfigError(FleetscoreError):
+    """A setting is missing, malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class IngestError(FleetscoreError):
+    """Readings could not be ingested."""
+
+
+class SourceReadError(IngestError):
+    """An input file cannot be read at all (missing, unreadable, unknown header)."""
+
+
+class TooManyBadRowsError(IngestError):
+    """The share of quarantined rows passed ``max_bad_fraction``."""
+
+
+class StoreError(FleetscoreError):
+    """The SQL store failed (connection, schema version, query)."""
+
+
+class ValidationFailed(FleetscoreError):
+    """The data-checks gate failed at fleet level: nothing may train or score on this data."""
+
+
+class TrainingError(FleetscoreError):
+    """Training could not produce a release."""
+
+
+class RegistryError(FleetscoreError):
+    """The model registry (MLflow) failed or holds no such version or alias."""
+
+
+class ReleaseNotFound(RegistryError):
+    """The requested release (version or alias) does not exist."""
+
+
+class ScoringError(FleetscoreError):
+    """A scoring run failed past its error threshold."""
+
+
+class StorageError(FleetscoreError):
+    """Blob storage (local folder or Azure Blob Storage) failed."""
+
+
+class ScheduleError(FleetscoreError):
+    """The schedule is missing or malformed, or a window is locked by another scheduler."""
+
+
+class PublishError(FleetscoreError):
+    """Publishing to Azure ML failed or its inputs are inconsistent."""

@@ -1,0 +1,1 @@
+"""ingestion layer of fleetscore (see docs/architecture.md)."""

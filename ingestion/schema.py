@@ -1,0 +1,73 @@
+"""The SQL schema of fleetscore, created and versioned by the tool (SQLAlchemy Core).
+
+Only the ``ingestion`` package talks to SQL (this module, ``store`` and ``records``); the other layers
+call their functions and get plain data back.
+
+Timestamps are naive UTC. A window is labelled by its start: the window ``ts`` holds readings with
+``ts <= t < ts + window``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+# One row per (device, sensor, window start): the aggregate of the readings in that window.
+windows = Table(
+    "windows",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("sensor", String(64), primary_key=True),
+    Column("ts", DateTime, primary_key=True),
+    Column("value", Float, nullable=False),  # mean of the readings
+    Column("value_min", Float, nullable=False),
+    Column("value_max", Float, nullable=False),
+    Column("value_count", Integer, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+Index("ix_windows_ts", windows.c.ts)
+
+# Rows that could not be ingested, with where they came from and why.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("ingested_at", DateTime, nullable=False),
+)
+Index("ix_quarantine_reason", quarantine.c.reason)
+
+# Every input that was ingested, by content hash, so that re-ingesting the same file adds nothing.
+sources = Table(
+    "sources",
+    metadata,
+    Column("content_hash", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("ingested_at", DateTime, nullable=False),
+)
+
+# Schema version, written when the tool creates the schema and checked on every connection.
+schema_info = Table(
+    "fleetscore_schema",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("created_at", DateTime, nullable=False),
+)

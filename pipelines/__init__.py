@@ -1,0 +1,1 @@
+"""Orchestration layer: settings, the release and scoring pipelines, executors, schedules, the CLI."""

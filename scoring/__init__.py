@@ -1,0 +1,1 @@
+"""scoring layer of fleetscore (see docs/architecture.md)."""

@@ -1,0 +1,33 @@
+"""Shared fixtures. Server fixtures live in tests/fixtures/ (one module per server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+]
+
+REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    """The folder of the real reference data (../shared/reference-data), never copied into the project."""
+    if not (REFERENCE_DATA / "sensor_data.csv").exists():
+        pytest.fail(f"reference data not found at {REFERENCE_DATA}")
+    return REFERENCE_DATA
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder as the current directory, with no FLEETSCORE_* variables set."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FLEETSCORE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,51 @@
+"""The CLI surface: every command has help, --version, config output, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fleetscore import __version__
+from pipelines.cli import COMMANDS, main
+
+
+def _all_commands() -> list[list[str]]:
+    paths: list[list[str]] = []
+    ctx = click.Context(main)
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None
+        paths.append([name])
+        if isinstance(cmd, click.Group):
+            paths.extend([name, sub] for sub in cmd.list_commands(ctx))
+    return paths
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=" ".join)
+def test_every_command_has_help(path: list[str]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"], prog_name="fleetscore")
+    assert result.exit_code == 0, result.output
+    assert "Usage: fleetscore " + " ".join(path) in result.output
+    assert "Not built yet" not in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.output == f"fleetscore, version {__version__}\n"
+
+
+def test_config_masks_secrets_and_shows_flags(home: Path) -> None:
+    result = CliRunner().invoke(main, ["--database-url", "postgresql://me:hunter2@db/fleet", "config"])
+    assert result.exit_code == 0
+    assert 'database_url = "postgresql://me:****@db/fleet"' in result.output
+    assert "hunter2" not in result.output
+    assert "[training]" in result.output
+
+
+def test_config_error_is_one_line(home: Path) -> None:
+    result = CliRunner().invoke(main, ["config"], env={"FLEETSCORE_WORKERS": "many"})
+    assert result.exit_code == 2
+    assert result.output == "Error: setting workers: cannot read 'many' as int\n"

@@ -1,0 +1,1 @@
+"""training layer of fleetscore (see docs/architecture.md)."""
