@@ -227,7 +227,7 @@ def _mask(value: Any, key: str = "") -> Any:
 def mask_url(value: str) -> str:
     """Hide the password of a URL (``postgresql://u:pw@h/db`` -> ``postgresql://u:****@h/db``) and
     secret-looking query or connection-string parts."""
-    if ";" in value and "=" in value.split(";", 1)[0]:  # Azure connection strings: AccountKey=...;SharedAccessSignature=...
+    if ";" in value and "=" in value.split(";", 1)[0]:  # Azure connection string: AccountKey=...;
         return ";".join(
             f"{k}=****" if any(w in k.lower() for w in SECRET_WORDS) else f"{k}{sep}{v}"
             for k, sep, v in (item.partition("=") for item in value.split(";"))

@@ -1,0 +1,39 @@
+"""Options that several commands share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def time_range_options(func: F) -> F:
+    """Add ``--start``, ``--end`` and ``--last`` (see :func:`ingestion.timeutil.resolve_range`)."""
+    func = click.option("--last", default=None, metavar="DURATION",
+                        help="The span that ends at --end (default: now), e.g. 1h, 6h, 2d.")(func)
+    func = click.option("--end", default=None, metavar="TIME", help="End of the range (exclusive), ISO 8601.")(func)
+    func = click.option("--start", default=None, metavar="TIME", help="Start of the range, ISO 8601.")(func)
+    return func
+
+
+def devices_option(func: F) -> F:
+    """Add ``--devices D1,D2`` (repeatable, comma-separated)."""
+    return click.option("--devices", multiple=True, metavar="IDS",
+                        help="Only these devices (comma-separated, repeatable).")(func)
+
+
+def split_ids(values: tuple[str, ...]) -> list[str] | None:
+    """``("1,2", "3")`` -> ``["1", "2", "3"]``; nothing given -> ``None`` (all)."""
+    ids = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return ids or None
+
+
+def time_range(start: str | None, end: str | None, last: str | None) -> tuple[datetime | None, datetime | None]:
+    """Resolve the range options (import kept light: pandas loads only when a command runs)."""
+    from ingestion.timeutil import resolve_range
+
+    return resolve_range(start, end, last)
