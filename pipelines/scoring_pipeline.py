@@ -1,0 +1,430 @@
+"""The scoring pipeline: gate -> release -> plan -> shards in parallel -> manifest -> run records.
+
+:func:`score_window` is what ``fleetscore score`` and the scheduler call. It is built from three steps
+that other executors reuse one by one (the Azure ML pipeline runs them as separate steps):
+
+- :func:`prepare_run` runs the data-checks gate, resolves the release once, fingerprints the data,
+  detects a duplicate run, resumes an incomplete run of the same plan or starts a new one, and writes
+  the run's plan (``_run.json``) and the gate's report under the run's folder;
+- :func:`score_one_shard` scores one shard of that plan (:func:`scoring.shard.score_shard`);
+- :func:`finalize_run` checks the parts, applies ``max_failed_fraction``, writes the run's log and
+  its manifest (last), moves the ``latest`` pointer and records the run (SQL, then MLflow).
+
+A run killed at any point leaves a folder without a manifest, which readers ignore; running the same
+command again finds that plan and completes it (only the shards without a part are scored).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fleetscore import __version__
+from fleetscore.errors import FleetscoreError, ScoringError
+from ingestion.run_log import RunLog, window_fingerprint
+from ingestion.timeutil import parse_duration, utcnow
+from pipelines.executors import ShardFailure, default_workers, run_shards
+from pipelines.settings import Settings
+from scoring import writer
+from scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
+from scoring.storage import Storage, storage_spec
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class ScoringResult:
+    """What a scoring run did: ``status`` is ``done``, ``skipped`` (duplicate) or ``failed``."""
+
+    run_id: str
+    status: str
+    start: datetime
+    end: datetime
+    release_version: int
+    rows: int = 0
+    anomalies: int = 0
+    location: str = ""
+    duplicate_of: str = ""
+    resumed: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunPlan:
+    """A prepared run: its id, plan (as written to ``_run.json``) and the shards still to score."""
+
+    run_id: str
+    plan: dict[str, Any]
+    todo: list[int]
+    bundle_dir: str
+    resumed: bool = False
+    duplicate_of: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    journal: list[str] = field(default_factory=list)
+
+
+def note(journal: list[str], message: str, *args: Any) -> None:
+    """Log ``message % args`` at INFO and add it, timestamped, to the run's journal (its ``run.log``)."""
+    log.info(message, *args)
+    journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
+
+
+def storage_for(settings: Settings) -> Storage:
+    """The predictions storage of these settings (folder or ``az://``)."""
+    return storage_spec(settings.storage_url, settings.scoring.storage_account,
+                        settings.scoring.storage_connection_string).open()
+
+
+def code_version() -> str:
+    """The package version and, in a git checkout, the commit: ``0.1.0+g1a2b3c4``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def score_window(
+    settings: Settings,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    release: str | None = None,
+    devices: Sequence[str] | None = None,
+    executor: str | None = None,
+    shards: int | None = None,
+    force: bool = False,
+    csv: bool | None = None,
+    skip_validation: bool = False,
+    on_progress: ProgressCallback | None = None,
+    part_delay: float = 0.0,
+) -> ScoringResult:
+    """Score ``[start, end)`` with a release (default ``settings.scoring.release``) into storage.
+
+    ``start``/``end`` ``None`` mean the stored data's whole range. Raises :class:`ValidationFailed`
+    when the gate fails at fleet level and :class:`ScoringError` when more than
+    ``max_failed_fraction`` of the series fail (the run is then recorded as failed, with no manifest).
+    """
+    t_start = time.perf_counter()
+    prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards,
+                           force=force, csv=csv, skip_validation=skip_validation)
+    plan = prepared.plan
+    w_start, w_end = _ts(plan["start"]), _ts(plan["end"])
+    if prepared.duplicate_of:
+        return ScoringResult(prepared.run_id, "skipped", w_start, w_end, plan["release_version"],
+                             duplicate_of=prepared.duplicate_of,
+                             location=storage_for(settings).display(writer.run_prefix(w_start, prepared.duplicate_of)))
+    total = plan["n_shards"]
+    already = total - len(prepared.todo)
+    if on_progress is not None:
+        on_progress(already, total)
+    progress = (lambda done, _n: on_progress(already + done, total)) if on_progress else None
+    executor = executor or settings.executor
+    bundle: str | dict[str, bytes] = prepared.bundle_dir
+    if executor.startswith("dask://"):
+        bundle = bundle_files(prepared.bundle_dir)  # workers may not see this machine's disk
+    t0 = time.perf_counter()
+    tasks = [(shard_task(settings, plan, i, bundle, part_delay),) for i in prepared.todo]
+    results = run_shards(score_shard, tasks, executor=executor, workers=settings.workers,
+                         on_progress=progress)
+    failures = {prepared.todo[r.shard]: r.error for r in results if isinstance(r, ShardFailure)}
+    prepared.timings["score"] = time.perf_counter() - t0
+    return finalize_run(settings, prepared.run_id, plan, shard_failures=failures, timings=prepared.timings,
+                        started=t_start, resumed=prepared.resumed, journal=prepared.journal)
+
+
+def prepare_run(
+    settings: Settings,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    release: str | None = None,
+    devices: Sequence[str] | None = None,
+    shards: int | None = None,
+    force: bool = False,
+    csv: bool | None = None,
+    skip_validation: bool = False,
+    now: datetime | None = None,
+) -> RunPlan:
+    """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan."""
+    from ingestion.store import SensorStore, shard_devices
+
+    timings: dict[str, float] = {}
+    journal: list[str] = []
+    now = now or utcnow()
+    store = SensorStore(settings.database_url)
+    window = parse_duration(settings.ingest.window, "ingest.window")
+    start, end = _resolve_range(store, start, end, window)
+    release_ref = release or settings.scoring.release
+    device_filter = sorted(devices) if devices else None
+    runs = RunLog(settings.database_url)
+    run_id = writer.new_run_id(now)
+    storage = storage_for(settings)
+    storage.ensure_root()
+
+    t0 = time.perf_counter()
+    report = None
+    if not skip_validation:
+        report = _validate(settings, start, end, window, device_filter)
+        if not report.fleet_ok:
+            try:
+                report.raise_if_failed()
+            except FleetscoreError as exc:
+                runs.start(run_id, start, end, release_ref, now, status="failed", error=str(exc))
+                runs.update(run_id, status="failed", error=str(exc), finished_at=utcnow())
+                raise
+        note(journal, "validation %s: fleet ok, %d series excluded", report.id, len(report.excluded))
+    else:
+        note(journal, "validation skipped (--skip-validation)")
+    timings["gate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    resolved = _resolve_release(settings, release_ref)
+    version = int(resolved.version)
+    bundle = load_bundle(str(resolved.bundle_dir))
+    data_hash = window_fingerprint(settings.database_url, start, end, device_filter)
+    timings["resolve"] = time.perf_counter() - t0
+    note(journal, "release %s -> v%d (%d models); data hash %s", release_ref, version, len(bundle.keys), data_hash)
+
+    duplicate = writer.find_duplicate(storage, start, end, version, data_hash, device_filter)
+    if duplicate and not force:
+        note(journal, "window %s .. %s already scored by run %s (release v%d, same data): skipped",
+             start, end, duplicate["run_id"], version)
+        runs.start(run_id, start, end, release_ref, now, release_version=version, status="skipped",
+                   data_hash=data_hash, error=f"duplicate of run {duplicate['run_id']}")
+        runs.update(run_id, status="skipped", finished_at=utcnow())
+        stub = {"start": start.isoformat(), "end": end.isoformat(), "release_version": version}
+        return RunPlan(run_id, stub, [], str(resolved.bundle_dir), duplicate_of=str(duplicate["run_id"]),
+                       timings=timings, journal=journal)
+
+    t0 = time.perf_counter()
+    all_devices = sorted(set(store.devices()) | {d for d, _ in bundle.keys})
+    if device_filter:
+        all_devices = [d for d in all_devices if d in set(device_filter)]
+    n_shards = max(1, min(shards or settings.scoring.shards or (settings.workers or default_workers()),
+                          len(all_devices) or 1))
+    context = bundle.context_windows
+    plan = {
+        "run_id": run_id,
+        "start": start.isoformat(), "end": end.isoformat(),
+        "context_start": (start - context * window).isoformat(),
+        "release_ref": release_ref, "release_version": version, "release_tags": dict(resolved.tags),
+        "bundle_dir": str(resolved.bundle_dir),
+        "data_hash": data_hash, "devices": device_filter,
+        "validation_id": report.id if report else "", "skip_validation": skip_validation,
+        "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())} if report else {},
+        "csv": settings.scoring.csv if csv is None else csv,
+        "n_shards": n_shards,
+        "shards": shard_devices(all_devices, n_shards),
+        "created_at": now.isoformat(), "code_version": code_version(),
+    }
+    resumed = _find_resumable(storage, start, plan, force)
+    todo = list(range(n_shards))
+    if resumed is not None:
+        run_id, plan = resumed, {**plan, "run_id": resumed, "created_at": writer.read_json(
+            storage, f"{writer.run_prefix(start, resumed)}/{writer.PLAN}")["created_at"]}
+        done = writer.done_shards(storage, writer.run_prefix(start, run_id))
+        todo = [i for i in todo if i not in done]
+        note(journal, "resuming incomplete run %s: %d of %d shards left", run_id, len(todo), n_shards)
+    prefix = writer.run_prefix(start, run_id)
+    if resumed is None:
+        writer.write_json(storage, f"{prefix}/{writer.PLAN}", plan)
+        if report is not None and report.path:
+            storage.write_bytes(f"{prefix}/validation.json", Path(report.path).read_bytes())
+    runs.start(run_id, start, end, release_ref, now, release_version=version, data_hash=data_hash,
+               validation_id=plan["validation_id"], shards_total=n_shards, shards_done=n_shards - len(todo),
+               location=storage.display(prefix))
+    timings["plan"] = time.perf_counter() - t0
+    note(journal, "run %s: %d devices in %d shards -> %s", run_id, len(all_devices), n_shards, storage.display(prefix))
+    return RunPlan(run_id, plan, todo, str(resolved.bundle_dir), resumed=resumed is not None, timings=timings,
+                   journal=journal)
+
+
+def shard_task(settings: Settings, plan: dict[str, Any], shard: int, bundle: str | dict[str, bytes] | None = None,
+               part_delay: float = 0.0) -> ShardTask:
+    """The :class:`ShardTask` of one shard of a plan."""
+    start = _ts(plan["start"])
+    excluded = frozenset(tuple(key.split("/", 1)) for key in plan["excluded"])
+    spec = storage_spec(settings.storage_url, settings.scoring.storage_account,
+                        settings.scoring.storage_connection_string)
+    return ShardTask(
+        shard=shard, devices=tuple(plan["shards"][shard]), database_url=settings.database_url,
+        bundle=bundle if bundle is not None else plan["bundle_dir"], model_version=int(plan["release_version"]),
+        start=start, end=_ts(plan["end"]), context_start=_ts(plan["context_start"]), storage=spec,
+        prefix=writer.run_prefix(start, plan["run_id"]), excluded=excluded,  # type: ignore[arg-type]
+        csv=bool(plan["csv"]), delay=part_delay,
+    )
+
+
+def score_one_shard(settings: Settings, start: datetime, run_id: str, shard: int) -> dict[str, Any]:
+    """Score ONE shard of a prepared run (an Azure ML parallel step calls this): reads the run's plan
+    from storage, loads the release from the plan's bundle folder, writes the shard's part."""
+    storage = storage_for(settings)
+    plan = writer.read_json(storage, f"{writer.run_prefix(start, run_id)}/{writer.PLAN}")
+    if not 0 <= shard < plan["n_shards"]:
+        raise ScoringError(f"run {run_id}: no shard {shard} (the plan has {plan['n_shards']})")
+    return score_shard(shard_task(settings, plan, shard))
+
+
+def finalize_run(
+    settings: Settings,
+    run_id: str,
+    plan: dict[str, Any],
+    *,
+    shard_failures: dict[int, str] | None = None,
+    timings: dict[str, float] | None = None,
+    started: float | None = None,
+    resumed: bool = False,
+    journal: list[str] | None = None,
+) -> ScoringResult:
+    """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
+    storage = storage_for(settings)
+    start, end = _ts(plan["start"]), _ts(plan["end"])
+    prefix = writer.run_prefix(start, run_id)
+    runs = RunLog(settings.database_url)
+    version = int(plan["release_version"])
+    outcomes = writer.shard_outcomes(storage, prefix)
+    failures = dict(shard_failures or {})
+    for shard in range(plan["n_shards"]):
+        if shard not in outcomes and shard not in failures:
+            failures[shard] = "no part written"
+    failed_series: dict[str, str] = {}
+    for outcome in outcomes.values():
+        failed_series.update(outcome["failed"])
+    bundle = load_bundle(plan["bundle_dir"])
+    sensors_of: dict[str, int] = {}
+    for device, _ in bundle.keys:
+        sensors_of[device] = sensors_of.get(device, 0) + 1
+    lost = sum(max(1, sensors_of.get(d, 1)) for shard in failures for d in plan["shards"][shard])
+    scored = sum(o["series"] for o in outcomes.values())
+    total = scored + len(failed_series) + lost
+    fraction = (len(failed_series) + lost) / total if total else 0.0
+    rows = sum(o["rows"] for o in outcomes.values())
+    anomalies = sum(o["anomalies"] for o in outcomes.values())
+    per_sensor: dict[str, list[int]] = {}
+    for outcome in outcomes.values():
+        for sensor, (n, a) in outcome["per_sensor"].items():
+            acc = per_sensor.setdefault(sensor, [0, 0])
+            acc[0] += n
+            acc[1] += a
+    timings = dict(timings or {})
+    all_failures = {**{f"shard {i}": err for i, err in sorted(failures.items())}, **failed_series}
+    journal = list(journal or [])
+    for key, reason in all_failures.items():
+        note(journal, "failed: %s: %s", key, reason)
+    common = {"rows": rows, "anomalies": anomalies, "shards_done": len(outcomes), "series_failed":
+              len(failed_series) + lost, "timings": timings}
+    if fraction > settings.scoring.max_failed_fraction:
+        message = (f"run {run_id}: {len(failed_series) + lost} of {total} series failed "
+                   f"({fraction:.1%} > max_failed_fraction {settings.scoring.max_failed_fraction:.1%}): "
+                   + "; ".join(f"{k}: {v}" for k, v in list(all_failures.items())[:5])
+                   + (f"; and {len(all_failures) - 5} more" if len(all_failures) > 5 else ""))
+        note(journal, "%s", message)
+        storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
+        writer.write_json(storage, f"{prefix}/_failed.json", {"run_id": run_id, "error": message,
+                                                               "failures": all_failures})
+        runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
+        raise ScoringError(message)
+    note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
+         run_id, rows, anomalies, len(failed_series) + lost)
+    storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
+    timings["total"] = time.perf_counter() - started if started is not None else 0.0
+    manifest = {
+        **{k: v for k, v in plan.items() if k not in ("shards",)},
+        "window": {"start": plan["start"], "end": plan["end"]},
+        "status": "complete", "resumed": resumed,
+        "rows": rows, "anomalies": anomalies,
+        "anomaly_rate": anomalies / rows if rows else 0.0,
+        "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
+        "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
+        "series_scored": scored,
+        "parts": [writer.part_name(i) for i in sorted(outcomes)],
+        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
+        "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
+                            "timings": o["timings"]} for i, o in sorted(outcomes.items())},
+        "failures": all_failures,
+        "failed_fraction": fraction,
+        "unscored": {k: v for o in outcomes.values() for k, v in o["unscored"].items()},
+        "kernel_evaluations": sum(o["kernel_evaluations"] for o in outcomes.values()),
+        "timings": timings,
+        "completed_at": utcnow().isoformat(),
+    }
+    writer.publish(storage, start, run_id, manifest)
+    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
+    if settings.scoring.log_to_mlflow:
+        _log_mlflow(settings, runs, run_id, manifest)
+    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, storage.display(prefix),
+                         resumed=resumed, failures=all_failures, manifest=manifest)
+
+
+def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
+    from training.registry import log_run
+
+    metrics: dict[str, float] = {key: manifest[key] for key in (
+        "rows", "anomalies", "anomaly_rate", "failed_fraction", "series_scored")}
+    metrics.update({f"anomaly_rate.sensor_{s}": r for s, r in manifest["anomaly_rate_per_sensor"].items()})
+    metrics.update({f"seconds.{k}": v for k, v in manifest["timings"].items()})
+    params = {"window_start": manifest["start"], "window_end": manifest["end"],
+              "release_version": manifest["release_version"], "n_shards": manifest["n_shards"],
+              "data_hash": manifest["data_hash"]}
+    tags = {"fleetscore.run_id": run_id, "fleetscore.validation_id": manifest["validation_id"],
+            "fleetscore.code_version": manifest["code_version"], "fleetscore.kind": "scoring"}
+    try:
+        mlflow_id = log_run(settings.tracking_uri, settings.scoring.experiment, run_id, params, metrics, tags)
+    except FleetscoreError as exc:
+        log.warning("run %s: not logged to MLflow: %s", run_id, exc)
+        return
+    runs.update(run_id, mlflow_run_id=mlflow_id)
+
+
+def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], force: bool) -> str | None:
+    """An incomplete run of this window with the same plan (release, data, devices, shards), if any."""
+    if force:
+        return None
+    same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded")
+    for run_id, complete in reversed(writer.list_runs(storage, start)):
+        prefix = writer.run_prefix(start, run_id)
+        if complete or storage.exists(f"{prefix}/_failed.json") or not storage.exists(f"{prefix}/{writer.PLAN}"):
+            continue
+        old = writer.read_json(storage, f"{prefix}/{writer.PLAN}")
+        if all(old.get(k) == plan.get(k) for k in same):
+            return run_id
+    return None
+
+
+def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
+                   window: timedelta) -> tuple[datetime, datetime]:
+    if start is not None and end is not None:
+        return start, end
+    first, last = store.time_range()
+    if first is None or last is None:
+        raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
+    return start or first, end or (last + window)
+
+
+def _validate(settings: Settings, start: datetime, end: datetime, window: timedelta,
+              devices: list[str] | None) -> Any:
+    from data_checks import run_validation
+
+    return run_validation(settings.database_url, start, end, settings.data_checks,
+                          report_dir=Path(settings.home) / "reports" / "validation", window=window, devices=devices)
+
+
+def _resolve_release(settings: Settings, ref: str) -> Any:
+    from training.registry import resolve_release
+
+    return resolve_release(settings.tracking_uri, settings.training.model_name, ref)
+
+
+def _ts(text: str | datetime) -> datetime:
+    return text if isinstance(text, datetime) else datetime.fromisoformat(text)

@@ -1,0 +1,172 @@
+"""The scoring worker: score one shard of devices end to end and write its Parquet part.
+
+:func:`score_shard` is a top-level function of plain data (a :class:`ShardTask`), so any executor can
+run it: a local process, a Dask worker, an Azure ML parallel job. It loads the release bundle once per
+process (cached), reads the shard's windows from SQL (with the context windows the features need
+before the range), scores every series at once with the vectorised kernel and writes one part.
+
+One failing series does not stop the others: series with non-finite values are set aside before the
+kernel runs; if the kernel itself raises, the shard is scored again series by series so that only
+the guilty series are recorded as failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scoring.storage import StorageSpec
+from scoring.writer import to_predictions, write_part
+
+log = logging.getLogger(__name__)
+
+_BUNDLES: dict[str, Any] = {}  # bundle location -> loaded ReleaseBundle, per process
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one shard needs, as picklable plain data."""
+
+    shard: int
+    devices: tuple[str, ...]
+    database_url: str
+    bundle: str | Mapping[str, bytes]  # a folder the worker can read, or the bundle's files as bytes
+    model_version: int
+    start: datetime
+    end: datetime
+    context_start: datetime
+    storage: StorageSpec
+    prefix: str  # the run's folder under the storage root
+    excluded: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    csv: bool = False
+    delay: float = 0.0  # seconds to sleep after writing the part (tests: a window to kill the run in)
+
+
+def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The files of a bundle folder as bytes, for workers that cannot read the parent's disk."""
+    return {p.name: p.read_bytes() for p in sorted(Path(bundle_dir).iterdir()) if p.is_file()}
+
+
+def load_bundle(source: str | Mapping[str, bytes]) -> Any:
+    """Load a release bundle once per process (from a folder, or from its files' bytes)."""
+    from training.bundle import ReleaseBundle
+
+    if isinstance(source, str):
+        key = source
+        folder = Path(source)
+    else:
+        digest = hashlib.sha256()
+        for name in sorted(source):
+            digest.update(name.encode())
+            digest.update(source[name])
+        key = digest.hexdigest()
+        folder = Path(tempfile.gettempdir()) / "fleetscore-bundles" / key[:16]
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=folder.parent))
+            for name, data in source.items():
+                (staging / name).write_bytes(data)
+            with contextlib.suppress(OSError):  # another worker of this machine got there first
+                staging.rename(folder)
+    if key not in _BUNDLES:
+        _BUNDLES[key] = ReleaseBundle.load(folder)
+    return _BUNDLES[key]
+
+
+def score_shard(task: ShardTask) -> dict[str, Any]:
+    """Score one shard and write its part; returns what happened as plain data.
+
+    Keys: shard, rows, anomalies, series, failed ({"device/sensor": reason}), unscored (series with
+    no model in the release), per_sensor ({sensor: [rows, anomalies]}), kernel_evaluations and
+    timings (load, read, score, write seconds).
+    """
+    from ingestion.store import SensorStore
+
+    from training.kernel import kernel_evaluations, missing_series, score_windows
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bundle = load_bundle(task.bundle)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    windows = SensorStore(task.database_url).read_windows(task.context_start, task.end, devices=list(task.devices))
+    timings["read"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    failed: dict[str, str] = {}
+    if task.excluded:
+        windows = _drop_series(windows, task.excluded)
+    windows, bad = _split_non_finite(windows)
+    failed.update({f"{d}/{s}": "non-finite values in the window" for d, s in bad})
+    unscored = {f"{d}/{s}": f"no model in release v{task.model_version}" for d, s in missing_series(bundle, windows)}
+    evaluations = kernel_evaluations(bundle, windows)
+    try:
+        scored = score_windows(bundle, windows, task.start)
+    except Exception as exc:  # noqa: BLE001 - isolate the failing series instead of losing the shard
+        log.warning("shard %d: kernel failed (%s); scoring series one by one", task.shard, exc)
+        scored, more = _score_each(bundle, windows, task.start, score_windows)
+        failed.update(more)
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    predictions = to_predictions(scored, task.model_version)
+    per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
+    outcome = {
+        "shard": task.shard,
+        "devices": len(task.devices),
+        "rows": len(predictions),
+        "anomalies": int(predictions["Prediction"].sum()),
+        "series": int(predictions[["Device", "Sensor"]].drop_duplicates().shape[0]),
+        "failed": failed,
+        "unscored": unscored,
+        "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
+        "kernel_evaluations": int(evaluations),
+        "timings": timings,
+    }
+    write_part(task.storage.open(), task.prefix, task.shard, predictions, csv=task.csv, outcome=outcome)
+    timings["write"] = time.perf_counter() - t0
+    if task.delay:
+        time.sleep(task.delay)
+    return outcome
+
+
+def _drop_series(windows: pd.DataFrame, excluded: frozenset[tuple[str, str]]) -> pd.DataFrame:
+    keys = pd.MultiIndex.from_frame(windows[["device", "sensor"]])
+    drop = keys.isin(list(excluded))
+    return windows[~drop].reset_index(drop=True) if drop.any() else windows
+
+
+def _split_non_finite(windows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Set aside every series with a non-finite value (it would poison the kernel's block)."""
+    values = windows[["value", "value_min", "value_max"]].to_numpy(dtype=np.float64)
+    bad_rows = ~np.isfinite(values).all(axis=1)
+    if not bad_rows.any():
+        return windows, []
+    bad = sorted({(str(d), str(s)) for d, s in windows.loc[bad_rows, ["device", "sensor"]].itertuples(index=False)})
+    return _drop_series(windows, frozenset(bad)), bad
+
+
+def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
+                score_windows: Any) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Score series one at a time (only after the shard-wide kernel failed)."""
+    frames, failed = [], {}
+    for (device, sensor), group in windows.groupby(["device", "sensor"], sort=True):
+        try:
+            frames.append(score_windows(bundle, group.reset_index(drop=True), start))
+        except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
+            failed[f"{device}/{sensor}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    columns = ["device", "sensor", "ts", "value", "score", "prediction"]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed

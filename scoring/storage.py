@@ -1,0 +1,161 @@
+"""Blob storage through fsspec: a local folder or Azure Blob Storage (``az://container/prefix``, adlfs).
+
+This is the only module that imports fsspec, adlfs or azure.storage. Everything above it deals in
+paths relative to the storage root and bytes.
+
+Atomicity: on a local folder a write goes to a temporary name in the same folder and is renamed into
+place (``os.replace``), so a reader sees the old file or the whole new one. On Azure Blob Storage a
+blob becomes visible only when its upload commits, so a plain put is already atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetscore.errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+
+AZURE_PROTOCOLS = ("az", "abfs", "abfss")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where predictions go, as plain picklable data a worker can reopen: URL + adlfs options."""
+
+    url: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def open(self) -> Storage:
+        """Open the storage this spec names."""
+        return Storage(self.url, self.options)
+
+
+def storage_spec(url: str, account_name: str = "", connection_string: str = "") -> StorageSpec:
+    """Build a :class:`StorageSpec`; empty credentials are left out so adlfs falls back to its env vars."""
+    options = {}
+    if account_name:
+        options["account_name"] = account_name
+    if connection_string:
+        options["connection_string"] = connection_string
+    return StorageSpec(url, options)
+
+
+class Storage:
+    """A storage root (folder or container/prefix) with the few operations the writer needs."""
+
+    def __init__(self, url: str, options: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        protocol, sep, rest = url.partition("://")
+        self.is_local = not sep or protocol == "file"
+        try:
+            if self.is_local:
+                from fsspec.implementations.local import LocalFileSystem
+
+                self.fs: Any = LocalFileSystem()
+                self.root = os.path.abspath(rest if sep else url)
+            elif protocol in AZURE_PROTOCOLS:
+                from adlfs import AzureBlobFileSystem
+
+                self.fs = AzureBlobFileSystem(**dict(options or {}))
+                self.root = rest.strip("/")
+                if not self.root:
+                    raise ConfigError(f"storage_url {url}: expected az://CONTAINER[/PREFIX]")
+            else:
+                import fsspec
+
+                self.fs = fsspec.filesystem(protocol, **dict(options or {}))
+                self.root = rest.rstrip("/")
+        except ImportError as exc:
+            raise ConfigError(f"storage_url {url}: needs the 'azure' extra (pip install 'fleetscore[azure]')") from exc
+        except ValueError as exc:
+            raise ConfigError(f"storage_url {url}: {exc}") from exc
+
+    def path(self, rel: str) -> str:
+        """The full filesystem path of ``rel`` (a ``/``-separated path under the root)."""
+        return f"{self.root}/{rel}".rstrip("/") if rel else self.root
+
+    def display(self, rel: str = "") -> str:
+        """A user-facing location: a local path, or ``az://container/prefix/rel``."""
+        full = self.path(rel)
+        return full if self.is_local else f"{self.url.partition('://')[0]}://{full}"
+
+    def ensure_root(self) -> None:
+        """Create the folder or the container if it does not exist."""
+        try:
+            if self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+            else:
+                container = self.root.split("/", 1)[0]
+                if not self.fs.exists(container):
+                    self.fs.mkdir(container)
+        except Exception as exc:
+            raise StorageError(f"{self.display()}: cannot create storage root: {_one_line(exc)}") from exc
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` atomically (readers see the old content or all of the new)."""
+        target = self.path(rel)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            else:
+                self.fs.pipe_file(target, data)
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: write failed: {_one_line(exc)}") from exc
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The content of ``rel``; :class:`StorageError` when it is missing or unreadable."""
+        try:
+            data: bytes = self.fs.cat_file(self.path(rel))
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.display(rel)}: not found") from exc
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: read failed: {_one_line(exc)}") from exc
+        return data
+
+    def exists(self, rel: str) -> bool:
+        """Whether a file exists at ``rel``."""
+        try:
+            self.fs.invalidate_cache()
+            return bool(self.fs.isfile(self.path(rel)))
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: cannot check: {_one_line(exc)}") from exc
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names (not paths) of the entries directly under ``rel``, sorted; [] when it does not exist.
+
+        Temporary files of in-flight local writes are left out.
+        """
+        base = self.path(rel)
+        try:
+            self.fs.invalidate_cache()
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: cannot list: {_one_line(exc)}") from exc
+        names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+        return sorted(n for n in names if n and ".tmp-" not in n)
+
+    def open_read(self, rel: str) -> Any:
+        """A binary file object for ``rel`` (for Parquet readers)."""
+        try:
+            return self.fs.open(self.path(rel), "rb")
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.display(rel)}: not found") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
