@@ -1,7 +1,7 @@
 """The SQL schema of fleetscore, created and versioned by the tool (SQLAlchemy Core).
 
-Only the ``ingestion`` package talks to SQL (this module, ``store`` and ``records``); the other layers
-call their functions and get plain data back.
+Only the ``ingestion`` package talks to SQL (this module, ``store`` and the bookkeeping modules); the
+other layers call their functions and get plain data back.
 
 Timestamps are naive UTC. A window is labelled by its start: the window ``ts`` holds readings with
 ``ts <= t < ts + window``.
@@ -10,6 +10,7 @@ Timestamps are naive UTC. A window is labelled by its start: the window ``ts`` h
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -26,6 +27,8 @@ SCHEMA_VERSION = 1
 metadata = MetaData()
 
 # One row per (device, sensor, window start): the aggregate of the readings in that window.
+# The primary key (device, sensor, ts) serves per-device and per-series reads in order; ix_windows_ts
+# serves fleet-wide time-range reads.
 windows = Table(
     "windows",
     metadata,
@@ -36,7 +39,7 @@ windows = Table(
     Column("value_min", Float, nullable=False),
     Column("value_max", Float, nullable=False),
     Column("value_count", Integer, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),  # the ingest that last wrote the window
 )
 Index("ix_windows_ts", windows.c.ts)
 
@@ -55,6 +58,7 @@ quarantine = Table(
 Index("ix_quarantine_reason", quarantine.c.reason)
 
 # Every input that was ingested, by content hash, so that re-ingesting the same file adds nothing.
+# Written in the same transaction as the file's windows and quarantined rows.
 sources = Table(
     "sources",
     metadata,
@@ -62,6 +66,24 @@ sources = Table(
     Column("name", Text, nullable=False),
     Column("rows", Integer, nullable=False),
     Column("ingested_at", DateTime, nullable=False),
+    Column("window_seconds", Float, nullable=False, default=0.0),
+    Column("windows_written", Integer, nullable=False, default=0),
+    Column("late_updates", Integer, nullable=False, default=0),
+    Column("quarantined", Integer, nullable=False, default=0),
+)
+
+# Event Hubs checkpoints: the last event stored per partition, written in the same transaction as the
+# windows that event fed, so that a restart neither loses nor double-counts events.
+eventhub_checkpoints = Table(
+    "eventhub_checkpoints",
+    metadata,
+    Column("namespace", String(255), primary_key=True),
+    Column("eventhub", String(255), primary_key=True),
+    Column("consumer_group", String(255), primary_key=True),
+    Column("partition_id", String(64), primary_key=True),
+    Column("offset", String(64), nullable=False),
+    Column("sequence_number", BigInteger, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
 )
 
 # Schema version, written when the tool creates the schema and checked on every connection.

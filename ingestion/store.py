@@ -1,0 +1,318 @@
+"""The SQL sensor store: the schema, and the reading API every later stage uses.
+
+``SensorStore(database_url)`` works on SQLite (a file, WAL mode) and PostgreSQL
+(``postgresql://`` or ``postgresql+psycopg://``). Bulk reads go through ADBC (Arrow), several times
+faster than ``pandas.read_sql`` (2.88M windows in about 1.2 s on SQLite); writes go through
+:mod:`ingestion.writer`, one transaction per input.
+
+All times are naive UTC; a window is labelled by its start; ranges are ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from fleetscore.errors import StoreError
+from ingestion.engine import make_engine
+from ingestion.schema import SCHEMA_VERSION, metadata, schema_info
+from ingestion.sharding import shard_devices
+from ingestion.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WINDOW_COLUMNS", "SensorStore", "shard_devices"]
+
+WINDOW_COLUMNS = ["device", "sensor", "ts", "value", "value_min", "value_max", "value_count"]
+# How SQLAlchemy stores DATETIME on SQLite; the store writes and compares times in the same text form.
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_IN_CHUNK = 500  # devices per IN (...) list
+
+
+def format_time(ts: datetime) -> str:
+    """A time as SQLite text (``2018-08-29 01:00:00.000000``), ordered like the times themselves."""
+    return ts.strftime(SQLITE_TIME_FORMAT)
+
+
+class SensorStore:
+    """The windows table and its companions in one SQL database.
+
+    Cheap to create: nothing connects until a method runs. The schema is created (idempotently) on
+    first use, so reading a fresh database gives empty results rather than an error.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        url = make_url(database_url)
+        self.dialect = url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"database_url {url.render_as_string(hide_password=True)}: the sensor store supports "
+                "SQLite and PostgreSQL (sqlite:///path, postgresql://...)"
+            )
+        if self.dialect == "sqlite" and (not url.database or url.database == ":memory:"):
+            raise StoreError("database_url: an in-memory SQLite database cannot be shared; give a file path")
+        self._url = url
+        self._schema_ready = False
+
+    def __repr__(self) -> str:
+        return f"SensorStore({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (one per process and URL)."""
+        return make_engine(self.database_url)
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the tables and record the schema version; a no-op when they exist.
+
+        Raises :class:`StoreError` when the database holds a schema version this code does not know.
+        """
+        shown = self._url.render_as_string(hide_password=True)
+        try:
+            with self.engine.begin() as conn:
+                if inspect(conn).has_table(schema_info.name):
+                    found = conn.execute(select(schema_info.c.version)).scalars().all()
+                    version = max(found) if found else None
+                    if version is not None and version != SCHEMA_VERSION:
+                        newer = "newer" if version > SCHEMA_VERSION else "older"
+                        raise StoreError(
+                            f"{shown}: schema version {version} is {newer} than this fleetscore's "
+                            f"({SCHEMA_VERSION}); use a matching fleetscore version"
+                        )
+                metadata.create_all(conn, checkfirst=True)
+                if not conn.execute(select(schema_info.c.version)).first():
+                    conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, created_at=utcnow()))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{shown}: cannot create the schema: {_one_line(exc)}") from exc
+        self._schema_ready = True
+
+    def ensure_schema(self) -> None:
+        """Create the schema once per store object (see :meth:`create_schema`)."""
+        if not self._schema_ready:
+            self.create_schema()
+
+    # -- ADBC connections ------------------------------------------------------------------------
+
+    @contextmanager
+    def adbc_connection(self) -> Iterator[Any]:
+        """An ADBC DB-API connection (not autocommit) on the same database; closed on exit."""
+        self.ensure_schema()
+        shown = self._url.render_as_string(hide_password=True)
+        try:
+            if self.dialect == "sqlite":
+                import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+                conn = adbc_sqlite.connect(str(self._url.database))
+                with conn.cursor() as cur:
+                    cur.execute("PRAGMA busy_timeout=60000")
+            else:
+                import adbc_driver_postgresql.dbapi as adbc_pg
+
+                uri = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+                conn = adbc_pg.connect(uri)
+        except Exception as exc:
+            raise StoreError(f"{shown}: cannot connect: {_one_line(exc)}") from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def placeholder(self, index: int) -> str:
+        """The query parameter marker number ``index`` (1-based) in this dialect."""
+        return "?" if self.dialect == "sqlite" else f"${index}"
+
+    def time_param(self, ts: datetime) -> Any:
+        """A time as a query parameter (text on SQLite, where times are stored as text)."""
+        return format_time(ts) if self.dialect == "sqlite" else ts
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        shown = self._url.render_as_string(hide_password=True)
+        with self.adbc_connection() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(sql, parameters=tuple(params) if params else None)
+                table: pa.Table = cur.fetch_arrow_table()
+            except Exception as exc:
+                raise StoreError(f"{shown}: query failed: {_one_line(exc)}") from exc
+            conn.rollback()
+        return table
+
+    def _order(self, column: str) -> str:
+        # Byte order on PostgreSQL too (its default collation sorts differently from Python).
+        return column if self.dialect == "sqlite" else f'{column} COLLATE "C"'
+
+    # -- reading API ----------------------------------------------------------------------------
+
+    def read_windows(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        devices: Sequence[str] | None = None,
+        sensors: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Windows in ``[start, end)`` (all when ``None``), for the given devices and sensors (all when
+        ``None``), sorted by device, sensor, ts.
+
+        Columns: device, sensor (str), ts (datetime64[ns]), value, value_min, value_max (float64),
+        value_count (int64).
+        """
+        if devices is not None and len(devices) == 0:
+            return _windows_frame(_empty_windows())
+        device_groups: list[list[str] | None]
+        if devices is None:
+            device_groups = [None]
+        else:
+            unique = sorted({str(d) for d in devices})
+            device_groups = [unique[i : i + _IN_CHUNK] for i in range(0, len(unique), _IN_CHUNK)]
+        tables = []
+        for group in device_groups:
+            sql, params = self._windows_sql(start, end, group, sensors)
+            tables.append(self._query(sql, params))
+        table = pa.concat_tables([_normalise_windows(t) for t in tables]) if tables else _empty_windows()
+        return _windows_frame(table)
+
+    def _windows_sql(
+        self, start: datetime | None, end: datetime | None, devices: list[str] | None,
+        sensors: Sequence[str] | None,
+    ) -> tuple[str, list[Any]]:
+        where, params = self._range_where(start, end)
+        if devices is not None:
+            marks = ", ".join(self.placeholder(len(params) + i + 1) for i in range(len(devices)))
+            where.append(f"device IN ({marks})")
+            params.extend(devices)
+        if sensors is not None:
+            if len(sensors) == 0:
+                where.append("1 = 0")
+            else:
+                marks = ", ".join(self.placeholder(len(params) + i + 1) for i in range(len(sensors)))
+                where.append(f"sensor IN ({marks})")
+                params.extend(str(s) for s in sensors)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        # On SQLite, walk the primary key in order rather than sorting a time-range scan.
+        hint = " INDEXED BY sqlite_autoindex_windows_1" if self.dialect == "sqlite" else ""
+        order = ", ".join(self._order(c) for c in ("device", "sensor")) + ", ts"
+        sql = (
+            "SELECT device, sensor, ts, value, value_min, value_max, value_count "
+            f"FROM windows{hint}{clause} ORDER BY {order}"
+        )
+        return sql, params
+
+    def _range_where(self, start: datetime | None, end: datetime | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            params.append(self.time_param(start))
+            where.append(f"ts >= {self.placeholder(len(params))}")
+        if end is not None:
+            params.append(self.time_param(end))
+            where.append(f"ts < {self.placeholder(len(params))}")
+        return where, params
+
+    def list_series(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        """One row per (device, sensor) with windows in ``[start, end)``: device, sensor, rows,
+        first_ts, last_ts; sorted by device, sensor."""
+        where, params = self._range_where(start, end)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        order = ", ".join(self._order(c) for c in ("device", "sensor"))
+        table = self._query(
+            "SELECT device, sensor, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts "
+            f"FROM windows{clause} GROUP BY device, sensor ORDER BY {order}",
+            params,
+        )
+        frame = pd.DataFrame({
+            "device": pd.Series(table.column("device").to_pylist(), dtype="str"),
+            "sensor": pd.Series(table.column("sensor").to_pylist(), dtype="str"),
+            "rows": pd.Series(table.column("n").to_numpy(zero_copy_only=False), dtype="int64"),
+            "first_ts": _to_datetime(table.column("first_ts")),
+            "last_ts": _to_datetime(table.column("last_ts")),
+        })
+        return frame
+
+    def time_range(self) -> tuple[datetime | None, datetime | None]:
+        """The first and last window start in the store; ``(None, None)`` when it is empty."""
+        table = self._query("SELECT min(ts) AS first_ts, max(ts) AS last_ts FROM windows")
+        first, last = (_to_datetime(table.column(c)) for c in ("first_ts", "last_ts"))
+        if first.isna().all():
+            return None, None
+        return first.iloc[0].to_pydatetime(), last.iloc[0].to_pydatetime()
+
+    def devices(self) -> list[str]:
+        """Every device with at least one window, sorted."""
+        table = self._query("SELECT DISTINCT device FROM windows")
+        return sorted(str(d) for d in table.column("device").to_pylist())
+
+    def count_windows(self) -> int:
+        """How many windows the store holds."""
+        table = self._query("SELECT count(*) AS n FROM windows")
+        return int(table.column("n")[0].as_py())
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined rows by reason."""
+        table = self._query("SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY reason")
+        return {str(r): int(n) for r, n in zip(table.column("reason").to_pylist(),
+                                                table.column("n").to_pylist(), strict=True)}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]
+
+
+def _empty_windows() -> pa.Table:
+    return pa.table({
+        "device": pa.array([], pa.string()),
+        "sensor": pa.array([], pa.string()),
+        "ts": pa.array([], pa.timestamp("ns")),
+        "value": pa.array([], pa.float64()),
+        "value_min": pa.array([], pa.float64()),
+        "value_max": pa.array([], pa.float64()),
+        "value_count": pa.array([], pa.int64()),
+    })
+
+
+def _to_timestamp(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(column.type):
+        return column.cast(pa.timestamp("ns"))
+    if pa.types.is_null(column.type):
+        return column.cast(pa.timestamp("ns"))
+    return pc.cast(column.cast(pa.string()), pa.timestamp("ns"))
+
+
+def _to_datetime(column: pa.ChunkedArray) -> pd.Series:
+    values = _to_timestamp(column).to_numpy()
+    return pd.Series(np.asarray(values, dtype="datetime64[ns]"))
+
+
+def _normalise_windows(table: pa.Table) -> pa.Table:
+    """Driver results -> the documented Arrow types (SQLite returns times as text, counts as int64)."""
+    return pa.table({
+        "device": table.column("device").cast(pa.string()),
+        "sensor": table.column("sensor").cast(pa.string()),
+        "ts": _to_timestamp(table.column("ts")),
+        "value": table.column("value").cast(pa.float64()),
+        "value_min": table.column("value_min").cast(pa.float64()),
+        "value_max": table.column("value_max").cast(pa.float64()),
+        "value_count": table.column("value_count").cast(pa.int64()),
+    })
+
+
+def _windows_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    for column in ("device", "sensor"):
+        if str(frame[column].dtype) != "str":
+            frame[column] = frame[column].astype("str")
+    frame["ts"] = frame["ts"].astype("datetime64[ns]")
+    return frame

@@ -1,0 +1,241 @@
+"""Writing to the sensor store: one transaction per input (a file, a simulated batch, an event batch).
+
+Chunks of partial window aggregates are bulk-loaded (ADBC, Arrow) into a temporary stage table and
+merged into ``windows`` with ``INSERT ... ON CONFLICT DO UPDATE``: the count-weighted mean, the min,
+the max and the sum of counts, so a window that arrives in several pieces (chunk boundaries, late
+readings, several files) ends up exactly as if its readings had come together. Quarantined rows, the
+``sources`` row and Event Hubs checkpoints go into the same transaction: a crash leaves nothing
+half-counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.errors import StoreError
+from ingestion.store import SensorStore
+from ingestion.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+_STAGE = "_fs_stage"
+_SERIES = "_fs_series"
+_last_stamp: datetime | None = None
+
+
+def _next_stamp() -> datetime:
+    """A strictly increasing ``updated_at`` per writer in this process (tells writers apart)."""
+    global _last_stamp
+    now = utcnow()
+    if _last_stamp is not None and now <= _last_stamp:
+        now = _last_stamp + timedelta(microseconds=1)
+    _last_stamp = now
+    return now
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What merging one chunk of windows did: windows created, and stored windows updated late."""
+
+    created: int
+    late_updates: int
+
+
+class StoreWriter:
+    """One write transaction on an ADBC connection. Use :func:`open_writer`."""
+
+    def __init__(self, store: SensorStore, conn: Any) -> None:
+        self.store = store
+        self.conn = conn
+        self.cursor = conn.cursor()
+        self.stamp = _next_stamp()
+        self._temp: set[str] = set()
+        self._late_keys: set[tuple[str, str, Any]] = set()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _p(self, index: int) -> str:
+        return self.store.placeholder(index)
+
+    def _time(self, ts: datetime) -> Any:
+        return self.store.time_param(ts)
+
+    def _times(self, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        """Times (timestamp or int64 ns) in the form the dialect stores: text on SQLite."""
+        if not pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64()).cast(pa.timestamp("ns"))
+        column = column.cast(pa.timestamp("us"), safe=False)
+        if self.store.dialect == "sqlite":
+            return pc.strftime(column, format="%Y-%m-%d %H:%M:%S")  # seconds print with 6 decimals
+        return column
+
+    def _load_temp(self, name: str, table: pa.Table) -> None:
+        if name in self._temp:
+            self.cursor.execute(f"DELETE FROM {name}")
+            self.cursor.adbc_ingest(name, table, mode="append", temporary=True)
+        else:
+            if self.store.dialect == "postgresql":
+                self.cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            self.cursor.adbc_ingest(name, table, mode="create_append", temporary=True)
+            self._temp.add(name)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in this transaction; rows of its result if any."""
+        self.cursor.execute(sql, parameters=params or None)
+        if self.cursor.description is None:
+            return []
+        rows: list[tuple[Any, ...]] = self.cursor.fetchall()
+        return rows
+
+    # -- windows --------------------------------------------------------------------------------
+
+    def newest_windows(self, devices: list[str], sensors: list[str]) -> list[int | None]:
+        """For each (device, sensor) pair, the start of its newest stored window in ns, or None."""
+        if not devices:
+            return []
+        self._load_temp(_SERIES, pa.table({"device": pa.array(devices, pa.string()),
+                                          "sensor": pa.array(sensors, pa.string())}))
+        self.cursor.execute(
+            f"SELECT s.device, s.sensor, (SELECT max(w.ts) FROM windows w WHERE w.device = s.device "
+            f"AND w.sensor = s.sensor) AS last_ts FROM {_SERIES} s"
+        )
+        table = self.cursor.fetch_arrow_table()
+        found: dict[tuple[str, str], int | None] = {}
+        last = table.column("last_ts")
+        if not pa.types.is_timestamp(last.type):
+            last = pc.cast(last.cast(pa.string()), pa.timestamp("ns"))
+        last_ns = last.cast(pa.timestamp("ns")).cast(pa.int64()).to_pylist()
+        for dev, sen, ts in zip(table.column("device").to_pylist(), table.column("sensor").to_pylist(),
+                                last_ns, strict=True):
+            found[(dev, sen)] = ts
+        return [found.get((d, s)) for d, s in zip(devices, sensors, strict=True)]
+
+    def merge_windows(self, chunk: pa.Table) -> MergeResult:
+        """Merge partial aggregates (device, sensor, ts, value [mean], value_min, value_max,
+        value_count; at most one row per window) into ``windows``."""
+        if chunk.num_rows == 0:
+            return MergeResult(0, 0)
+        stage = pa.table({
+            "device": chunk.column("device").cast(pa.string()),
+            "sensor": chunk.column("sensor").cast(pa.string()),
+            "ts": self._times(chunk.column("ts")),
+            "value": chunk.column("value").cast(pa.float64()),
+            "value_min": chunk.column("value_min").cast(pa.float64()),
+            "value_max": chunk.column("value_max").cast(pa.float64()),
+            "value_count": chunk.column("value_count").cast(pa.int64()),
+        })
+        self._load_temp(_STAGE, stage)
+        stamp = self._time(self.stamp)
+        self.cursor.execute(
+            f"SELECT s.device, s.sensor, s.ts, w.updated_at <> {self._p(1)} AS late FROM {_STAGE} s "
+            "JOIN windows w ON w.device = s.device AND w.sensor = s.sensor AND w.ts = s.ts",
+            parameters=(stamp,),
+        )
+        existing = self.cursor.fetchall()
+        late = 0
+        for device, sensor, ts, is_late in existing:
+            key = (device, sensor, ts)
+            if is_late and key not in self._late_keys:
+                self._late_keys.add(key)
+                late += 1
+        lo, hi = ("min", "max") if self.store.dialect == "sqlite" else ("LEAST", "GREATEST")
+        self.cursor.execute(
+            "INSERT INTO windows (device, sensor, ts, value, value_min, value_max, value_count, updated_at) "
+            f"SELECT device, sensor, ts, value, value_min, value_max, value_count, {self._p(1)} "
+            f"FROM {_STAGE} WHERE true ON CONFLICT (device, sensor, ts) DO UPDATE SET "
+            "value = (windows.value * windows.value_count + excluded.value * excluded.value_count) "
+            "/ (windows.value_count + excluded.value_count), "
+            f"value_min = {lo}(windows.value_min, excluded.value_min), "
+            f"value_max = {hi}(windows.value_max, excluded.value_max), "
+            "value_count = windows.value_count + excluded.value_count, "
+            "updated_at = excluded.updated_at",
+            parameters=(stamp,),
+        )
+        return MergeResult(created=chunk.num_rows - len(existing), late_updates=late)
+
+    # -- quarantine, sources, checkpoints --------------------------------------------------------
+
+    def quarantine(self, source: str, lines: list[int], raws: list[str], reasons: list[str],
+                   details: list[str]) -> None:
+        """Store rejected rows with where they came from and why."""
+        if not lines:
+            return
+        stamp = self.stamp
+        table = pa.table({
+            "source": pa.array([source] * len(lines), pa.string()),
+            "line": pa.array(lines, pa.int32()),
+            "raw": pa.array(raws, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "detail": pa.array(details, pa.string()),
+            "ingested_at": self._times(pa.array([stamp] * len(lines), pa.timestamp("us"))),
+        })
+        self.cursor.adbc_ingest("quarantine", table, mode="append")
+
+    def has_source(self, content_hash: str) -> bool:
+        """Whether an input with this content hash was ingested already."""
+        rows = self.execute(f"SELECT 1 FROM sources WHERE content_hash = {self._p(1)}", (content_hash,))
+        return bool(rows)
+
+    def add_source(self, content_hash: str, name: str, rows: int, window_seconds: float,
+                   windows_written: int, late_updates: int, quarantined: int) -> None:
+        """Record an ingested input (same transaction as its windows)."""
+        marks = ", ".join(self._p(i) for i in range(1, 9))
+        self.execute(
+            "INSERT INTO sources (content_hash, name, rows, ingested_at, window_seconds, windows_written, "
+            f"late_updates, quarantined) VALUES ({marks})",
+            (content_hash, name, int(rows), self._time(self.stamp), float(window_seconds),
+             int(windows_written), int(late_updates), int(quarantined)),
+        )
+
+    def source_windows(self) -> list[float]:
+        """The distinct window sizes (seconds) of the inputs ingested so far."""
+        rows = self.execute("SELECT DISTINCT window_seconds FROM sources")
+        return [float(r[0]) for r in rows]
+
+    def checkpoints(self, namespace: str, eventhub: str, consumer_group: str) -> dict[str, tuple[str, int]]:
+        """Stored Event Hubs checkpoints: partition id -> (offset, sequence number)."""
+        rows = self.execute(
+            "SELECT partition_id, \"offset\", sequence_number FROM eventhub_checkpoints WHERE "
+            f"namespace = {self._p(1)} AND eventhub = {self._p(2)} AND consumer_group = {self._p(3)}",
+            (namespace, eventhub, consumer_group),
+        )
+        return {str(p): (str(o), int(s)) for p, o, s in rows}
+
+    def set_checkpoint(self, namespace: str, eventhub: str, consumer_group: str, partition_id: str,
+                       offset: str, sequence_number: int) -> None:
+        """Store the last processed event of a partition (same transaction as its windows)."""
+        marks = ", ".join(self._p(i) for i in range(1, 8))
+        self.execute(
+            "INSERT INTO eventhub_checkpoints (namespace, eventhub, consumer_group, partition_id, \"offset\", "
+            f"sequence_number, updated_at) VALUES ({marks}) ON CONFLICT (namespace, eventhub, consumer_group, "
+            "partition_id) DO UPDATE SET \"offset\" = excluded.\"offset\", "
+            "sequence_number = excluded.sequence_number, updated_at = excluded.updated_at",
+            (namespace, eventhub, consumer_group, partition_id, str(offset), int(sequence_number),
+             self._time(self.stamp)),
+        )
+
+
+@contextmanager
+def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
+    """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error."""
+    with store.adbc_connection() as conn:
+        writer = StoreWriter(store, conn)
+        try:
+            yield writer
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.commit()
+        except Exception as exc:
+            raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
+        finally:
+            writer.cursor.close()
