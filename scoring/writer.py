@@ -54,8 +54,9 @@ def run_prefix(start: datetime | str, run_id: str) -> str:
 
 
 def new_run_id(now: datetime) -> str:
-    """A run id that sorts by creation time: ``20180829T010203-1a2b3c``."""
-    return f"{pd.Timestamp(now):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    """A run id that sorts by creation time (to the millisecond): ``20180829T010203456-1a2b3c``."""
+    ts = pd.Timestamp(now)
+    return f"{ts:%Y%m%dT%H%M%S}{ts.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
 def part_name(shard: int, ext: str = "parquet") -> str:

@@ -1,24 +1,165 @@
-"""Placeholder: replaced by the owner of this command (see docs/architecture.md)."""
+"""``fleetscore score``, ``fleetscore runs list|show`` and ``fleetscore report``."""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Any
+
 import click
+
+from pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
 
 
 @click.command(name="score")
-def score() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@time_range_options
+@click.option("--release", default=None, metavar="REF",
+              help="Release to score with: champion, challenger or a version number (default: scoring.release).")
+@devices_option
+@click.option("--executor", default=None, metavar="EXECUTOR",
+              help="local, dask://HOST:PORT or azureml (default: the executor setting).")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Number of device shards (default: one per worker).")
+@click.option("--force", is_flag=True, help="Score again even if this window, release and data were already scored.")
+@click.option("--csv", "csv", is_flag=True, default=None,
+              help="Also write the reference CSV format TS,Device,Sensor,Val,Prediction.")
+@click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the manifest).")
+@click.option("--part-delay", type=float, default=0.0, hidden=True, help="Testing: sleep after each part.")
+@click.pass_obj
+def score(state: Any, start: str | None, end: str | None, last: str | None, release: str | None,
+          devices: tuple[str, ...], executor: str | None, shards: int | None, force: bool, csv: bool | None,
+          skip_validation: bool, part_delay: float) -> None:
+    """Score a window of stored data into versioned predictions.
+
+    Without a range, the whole stored range is scored. Predictions go to
+    STORAGE_URL/predictions/window_start=.../run=RUN_ID/ with a manifest written last.
+    """
+    settings = state.settings(executor=executor)
+    window_start, window_end = time_range(start, end, last)
+    device_ids = split_ids(devices)
+    if settings.executor == "azureml":
+        from pipelines.azureml import submit_scoring_job
+
+        if window_start is None or window_end is None:
+            raise click.UsageError("--executor azureml needs a range (--start/--end or --last)")
+        job = submit_scoring_job(settings, window_start, window_end, release or settings.scoring.release, device_ids)
+        click.echo(f"submitted Azure ML job {job}")
+        return
+    from pipelines.scoring_pipeline import score_window
+
+    with _ShardProgress("shards") as on_progress:
+        result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
+                              shards=shards, force=force, csv=csv, skip_validation=skip_validation,
+                              on_progress=on_progress, part_delay=part_delay)
+    if result.status == "skipped":
+        click.echo(f"skipped: window {result.start} .. {result.end} was already scored by run "
+                   f"{result.duplicate_of} (release v{result.release_version}, same data); use --force to rescore")
+        click.echo(f"predictions: {result.location}")
+        return
+    rate = result.anomalies / result.rows if result.rows else 0.0
+    resumed = " (resumed)" if result.resumed else ""
+    click.echo(f"run {result.run_id}{resumed}: {result.rows:,} predictions, {result.anomalies:,} anomalies "
+               f"({rate:.2%}), release v{result.release_version}, window {result.start} .. {result.end}")
+    if result.failures:
+        click.echo(f"warning: {len(result.failures)} failed (within max_failed_fraction): "
+                   + "; ".join(f"{k}: {v}" for k, v in list(result.failures.items())[:5]), err=True)
+    click.echo(f"predictions: {result.location}")
 
 
-@click.command(name="runs")
+@click.group(name="runs")
 def runs() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+    """Scoring runs recorded in the database."""
+
+
+@runs.command(name="list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
+@click.option("--status", type=click.Choice(["running", "done", "failed", "skipped"]), default=None,
+              help="Only runs with this status.")
+@click.pass_obj
+def runs_list(state: Any, limit: int, status: str | None) -> None:
+    """List scoring runs, newest first."""
+    from ingestion.run_log import RunLog
+
+    settings = state.settings()
+    rows = RunLog(settings.database_url).list(limit=limit, status=status)
+    if not rows:
+        click.echo("no scoring runs")
+        return
+    header = f"{'RUN ID':<25} {'WINDOW START':<19} {'WINDOW END':<19} {'RELEASE':>7} {'STATUS':<8} " \
+             f"{'ROWS':>10} {'ANOMALIES':>9} {'SHARDS':>6} {'SECONDS':>7}"
+    click.echo(header)
+    for r in rows:
+        version = f"v{r['release_version']}" if r["release_version"] is not None else "-"
+        seconds = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        click.echo(f"{r['run_id']:<25} {r['window_start']:%Y-%m-%d %H:%M:%S} {r['window_end']:%Y-%m-%d %H:%M:%S} "
+                   f"{version:>7} {r['status']:<8} {r['rows']:>10,} {r['anomalies']:>9,} "
+                   f"{r['shards_done']:>2}/{r['shards_total']:<3} {seconds:>7}")
+
+
+@runs.command(name="show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.pass_obj
+def runs_show(state: Any, run_id: str, as_json: bool) -> None:
+    """Show one scoring run: window, release, status, counts, timings, error."""
+    from fleetscore.errors import ScoringError
+    from ingestion.run_log import RunLog
+
+    settings = state.settings()
+    record = RunLog(settings.database_url).get(run_id)
+    if record is None:
+        raise ScoringError(f"no scoring run {run_id} in {settings.database_url}")
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    for key in ("run_id", "status", "window_start", "window_end", "release_ref", "release_version", "rows",
+                "anomalies", "shards_done", "shards_total", "series_failed", "started_at", "finished_at",
+                "seconds", "data_hash", "validation_id", "location", "mlflow_run_id", "error"):
+        value = record[key]
+        if value in (None, ""):
+            continue
+        click.echo(f"{key + ':':<17} {value}")
+    if record["timings"]:
+        click.echo("timings:          " + ", ".join(f"{k} {v:.2f}s" for k, v in record["timings"].items()))
 
 
 @click.command(name="report")
-def report() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("run_id")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: HOME/reports/scoring/RUN_ID.html).")
+@click.pass_obj
+def report(state: Any, run_id: str, out: str | None) -> None:
+    """Write a self-contained HTML report of a scoring run (anomalies over time, top devices, history)."""
+    from pipelines.report import write_report
 
+    settings = state.settings()
+    path = write_report(settings, run_id, out)
+    click.echo(f"report: {path}")
+
+
+class _ShardProgress:
+    """A rich progress bar of shards done, on a terminal only; otherwise no callback."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            self.bar.update(task, completed=done, total=total)
+
+        return on_progress
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,167 @@
+"""The scoring pipeline in process: shards, manifest, run records, duplicates, failures, resume."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipelines.scoring_pipeline as sp
+from fleetscore.errors import ScoringError
+from ingestion.run_log import RunLog
+from scoring import writer
+from scoring.shard import score_shard
+from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
+from training.kernel import score_windows
+
+END = START + timedelta(minutes=10)
+
+
+@pytest.fixture()
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A 6-device x 2-sensor store (10 min of 5 s windows), a release v3 of it, settings under tmp_path."""
+    train = fleet_windows(6, 2, 200, seed=1, start=START - timedelta(seconds=5 * 200))
+    data = fleet_windows(6, 2, 120, seed=2)
+    settings = settings_for(tmp_path)
+    store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
+    bundle = fit_release(train)
+    bundle.save(tmp_path / "bundle-v3")
+    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    return {"settings": settings, "bundle": bundle, "data": data, "train": train}
+
+
+def test_scores_every_window_like_the_kernel(fleet: dict) -> None:
+    settings = fleet["settings"]
+    seen: list[tuple[int, int]] = []
+    result = sp.score_window(settings, START, END, skip_validation=True, shards=3,
+                             on_progress=lambda d, t: seen.append((d, t)))
+    assert result.status == "done" and result.release_version == 3
+    got = writer.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
+    expected = score_windows(fleet["bundle"], fleet["data"], START)
+    assert len(got) == len(fleet["data"]) == 6 * 2 * 120
+    np.testing.assert_allclose(got["Score"].to_numpy(), expected["score"].to_numpy(), rtol=0, atol=1e-12)
+    assert got["Prediction"].tolist() == expected["prediction"].tolist()
+    assert set(got["ModelVersion"]) == {3}
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)
+
+    manifest = result.manifest
+    assert manifest["parts"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert manifest["rows"] == len(got) and manifest["anomalies"] == int(got["Prediction"].sum())
+    assert manifest["skip_validation"] is True and manifest["release_version"] == 3
+    assert set(manifest["shards"]) == {"0", "1", "2"} and "score" in manifest["shards"]["0"]["timings"]
+    run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
+    assert json.loads((run_dir / "manifest.json").read_text())["run_id"] == result.run_id
+    assert "validation skipped" in (run_dir / "run.log").read_text()
+
+    record = RunLog(settings.database_url).get(result.run_id)
+    assert record is not None
+    assert (record["status"], record["rows"], record["shards_done"], record["shards_total"]) == ("done", len(got), 3, 3)
+
+
+def test_context_windows_before_the_range_are_read_not_returned(fleet: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = fleet["settings"]
+    bundle = fit_release(fleet["train"], features=("value", "rolling_std"))
+    bundle.save(Path(settings.home) / "bundle-v4")
+    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(4, Path(settings.home) / "bundle-v4", {}))
+    result = sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    got = writer.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
+    everything = pd.concat([fleet["train"], fleet["data"]]).sort_values(["device", "sensor", "ts"])
+    expected = score_windows(bundle, everything.reset_index(drop=True), START)
+    assert got["TS"].min() == pd.Timestamp(START) and result.rows == len(fleet["data"])
+    np.testing.assert_allclose(got["Score"].to_numpy(), expected["score"].to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_same_window_release_and_data_is_skipped_unless_forced(fleet: dict) -> None:
+    settings = fleet["settings"]
+    first = sp.score_window(settings, START, END, skip_validation=True)
+    again = sp.score_window(settings, START, END, skip_validation=True)
+    assert again.status == "skipped" and again.duplicate_of == first.run_id
+    forced = sp.score_window(settings, START, END, skip_validation=True, force=True)
+    assert forced.status == "done" and forced.run_id != first.run_id
+    storage = sp.storage_for(settings)
+    assert [ok for _, ok in writer.list_runs(storage, START)] == [True, True]
+    assert writer.latest_run(storage, START) == forced.run_id
+    statuses = [r["status"] for r in RunLog(settings.database_url).list()]
+    assert sorted(statuses) == ["done", "done", "skipped"]
+    # new data in the window: not a duplicate any more
+    store_windows(settings.database_url, fleet_windows(1, 1, 1, seed=9, start=END - timedelta(seconds=2)))
+    assert sp.score_window(settings, START, END, skip_validation=True).status == "done"
+
+
+def test_failing_series_are_recorded_and_the_rest_scored(fleet: dict) -> None:
+    settings = settings_for(Path(fleet["settings"].home), **{"scoring.max_failed_fraction": 0.1})
+    bad = fleet_windows(1, 1, 1, seed=3, start=START + timedelta(seconds=2)).assign(value=np.inf)
+    store_windows(settings.database_url, bad)  # device 1 sensor 1 gets an infinite value
+    result = sp.score_window(settings, START, END, skip_validation=True)
+    assert result.failures == {"1/1": "non-finite values in the window"}
+    got = writer.read_predictions(settings.storage_url)
+    assert ("1", "1") not in set(zip(got["Device"], got["Sensor"], strict=True))
+    assert len(got) == 11 * 120
+    assert result.manifest["failed_fraction"] == pytest.approx(1 / 12)
+
+
+def test_run_fails_past_max_failed_fraction_and_leaves_no_manifest(fleet: dict) -> None:
+    settings = settings_for(Path(fleet["settings"].home), **{"scoring.max_failed_fraction": 0.05})
+    bad = fleet_windows(1, 1, 1, seed=3, start=START + timedelta(seconds=2)).assign(value=np.inf)
+    store_windows(settings.database_url, bad)
+    with pytest.raises(ScoringError) as err:
+        sp.score_window(settings, START, END, skip_validation=True)
+    run = RunLog(settings.database_url).list()[0]
+    assert str(err.value) == (f"run {run['run_id']}: 1 of 12 series failed (8.3% > max_failed_fraction 5.0%): "
+                              "1/1: non-finite values in the window")
+    assert run["status"] == "failed" and run["error"] == str(err.value)
+    assert writer.read_predictions(settings.storage_url).empty
+    assert not list(Path(settings.storage_url).rglob("manifest.json"))
+
+
+def _fail_shard_one(task: sp.ShardTask) -> dict:
+    if task.shard == 1:
+        raise RuntimeError("disk on fire")
+    return score_shard(task)
+
+
+def test_a_failing_shard_does_not_stop_the_others(fleet: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(Path(fleet["settings"].home), **{"scoring.max_failed_fraction": 0.5})
+    monkeypatch.setattr(sp, "score_shard", _fail_shard_one)
+    result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
+    assert result.failures == {"shard 1": "RuntimeError: disk on fire"}
+    assert result.manifest["parts"] == ["part-00000.parquet", "part-00002.parquet"]
+    assert result.rows == 4 * 2 * 120  # 2 of 6 devices were in shard 1
+    assert result.manifest["failed_fraction"] == pytest.approx(4 / 12)
+
+
+def test_incomplete_run_is_resumed(fleet: dict) -> None:
+    settings = settings_for(Path(fleet["settings"].home), **{"scoring.max_failed_fraction": 0.5})
+    # a crash after shards 0 and 2 were written: prepare + two shards, no finalize
+    prepared = sp.prepare_run(settings, START, END, skip_validation=True, shards=3)
+    for shard in (0, 2):
+        score_shard(sp.shard_task(settings, prepared.plan, shard))
+    assert writer.read_predictions(settings.storage_url).empty
+    result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
+    assert result.resumed and result.run_id == prepared.run_id
+    assert result.rows == 6 * 2 * 120
+    clean = sp.score_window(settings, START, END, skip_validation=True, shards=3, force=True)
+    a = writer.read_predictions(settings.storage_url, START, result.run_id)
+    b = writer.read_predictions(settings.storage_url, START, clean.run_id)
+    pd.testing.assert_frame_equal(a.sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True),
+                                  b.sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True))
+
+
+def test_series_without_a_model_are_reported_not_scored(fleet: dict) -> None:
+    settings = fleet["settings"]
+    store_windows(settings.database_url, fleet_windows(7, 2, 120, seed=5)[lambda f: f["device"] == "7"])
+    result = sp.score_window(settings, START, END, skip_validation=True)
+    assert result.manifest["unscored"] == {"7/1": "no model in release v3", "7/2": "no model in release v3"}
+    assert result.rows == 6 * 2 * 120
+
+
+def test_whole_range_by_default(fleet: dict) -> None:
+    settings = fleet["settings"]
+    result = sp.score_window(settings, None, None, skip_validation=True)
+    assert result.start == START - timedelta(seconds=5 * 200)
+    assert result.end == datetime(2018, 8, 28, 23, 10)
+    assert result.rows == 6 * 2 * (200 + 120)
