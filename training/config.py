@@ -14,3 +14,4 @@ class TrainingConfig:
     nu: float = 0.01
     gamma: float | str = "scale"
     min_rows: int = 50
+    rolling_window: int = 6

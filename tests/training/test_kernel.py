@@ -1,0 +1,80 @@
+"""The vectorised kernel gives scikit-learn's decision values on thousands of random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.training.helpers import random_fleet, random_series
+from training.features import compute_features
+from training.kernel import kernel_evaluations, missing_series, score_windows
+
+FEATURES = ("value", "spread", "rolling_std", "delta")
+
+
+@pytest.fixture(scope="module")
+def fleet():  # type: ignore[no-untyped-def]
+    return random_fleet(seed=7, models=2000, features=FEATURES, rolling_window=4)
+
+
+def test_decision_values_match_sklearn_on_2000_random_models(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, pipelines, frames = fleet
+    assert bundle.n_support.min() <= 3 and bundle.n_support.max() >= 100  # varied SV counts
+    windows = pd.concat(frames, ignore_index=True)
+    out = score_windows(bundle, windows)
+    assert len(out) == len(windows)
+    assert list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction"]
+    assert out["score"].dtype == np.float64 and out["prediction"].dtype == np.int8
+    offsets = np.cumsum([0] + [len(f) for f in frames])
+    x_all = compute_features(windows, FEATURES, 4)
+    worst = 0.0
+    flips = 0
+    for i, pipe in enumerate(pipelines):
+        x = x_all[offsets[i]:offsets[i + 1]]
+        expected = pipe.decision_function(x)
+        got = out["score"].to_numpy()[offsets[i]:offsets[i + 1]]
+        tol = 1e-9 * max(1.0, abs(float(pipe.steps[-1][1].intercept_[0])))
+        worst = max(worst, float(np.abs(got - expected).max()) / tol)
+        labels = (expected < 0).astype(np.int8)  # OneClassSVM.predict: -1 where decision_function < 0
+        away = np.abs(expected) > tol
+        flips += int((out["prediction"].to_numpy()[offsets[i]:offsets[i + 1]][away] != labels[away]).sum())
+    assert worst <= 1.0
+    assert flips == 0
+
+
+def test_start_with_context_windows_scores_like_the_full_series(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, frames = fleet
+    full = pd.concat(frames[:50], ignore_index=True)
+    scored_full = score_windows(bundle, full)
+    start = pd.Timestamp("2024-01-01 00:01:00")  # row 12 of every series
+    ctx = bundle.context_windows
+    assert ctx == 3
+    sliced = pd.concat([f[f["ts"] >= start - pd.Timedelta(seconds=5 * ctx)] for f in frames[:50]], ignore_index=True)
+    scored = score_windows(bundle, sliced, start=start.to_pydatetime())
+    assert scored["ts"].min() == start
+    expected = scored_full[scored_full["ts"] >= start].reset_index(drop=True)
+    pd.testing.assert_frame_equal(scored, expected, check_exact=False, rtol=0, atol=1e-9)
+
+
+def test_series_without_a_model_are_reported_not_scored(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, frames = fleet
+    stranger = random_series(np.random.default_rng(1), "dev-new", "s9", 30)
+    windows = pd.concat([frames[0], stranger, frames[1]], ignore_index=True)
+    out = score_windows(bundle, windows)
+    assert missing_series(bundle, windows) == [("dev-new", "s9")]
+    assert set(zip(out["device"], out["sensor"], strict=True)) == {bundle.keys[0], bundle.keys[1]}
+    assert len(out) == len(frames[0]) + len(frames[1])
+
+
+def test_kernel_evaluations_counts_rows_times_support_vectors(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, frames = fleet
+    windows = pd.concat(frames[:10], ignore_index=True)
+    expected = sum(len(f) * int(bundle.n_support[i]) for i, f in enumerate(frames[:10]))
+    assert kernel_evaluations(bundle, windows) == expected
+
+
+def test_empty_windows_give_an_empty_frame(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, frames = fleet
+    out = score_windows(bundle, frames[0].iloc[0:0])
+    assert len(out) == 0 and list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction"]
