@@ -8,6 +8,8 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.azurite",
+    "tests.fixtures.dask_cluster",
 ]
 
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
