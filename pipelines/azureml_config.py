@@ -16,6 +16,15 @@ class AzureMLConfig:
     vm_size: str = "Standard_D4s_v3"
     max_nodes: int = 4
     idle_seconds_before_scaledown: int = 300
+    tier: str = "dedicated"  # or low_priority (cheaper, may be pre-empted; failed shards are retried)
+    processes_per_node: int = 2  # parallel scoring processes on each node (about one per 2 cores)
+    shards: int = 0  # 0: scoring.shards, else max_nodes * processes_per_node
+    shard_retries: int = 2
+    shard_timeout_s: int = 3600
     registry: str = ""  # Azure Container Registry login server, e.g. myacr.azurecr.io
     image_name: str = "fleetscore-scoring"
     image_tag: str = ""  # default: the git commit
+    environment: str = "fleetscore-scoring"
+    experiment: str = "fleetscore-scoring"
+    pipeline: str = "fleetscore_scoring"
+    schedule_name: str = "fleetscore-scoring"

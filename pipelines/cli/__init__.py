@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "schedule": "schedule_cmd:schedule",
     "scheduler": "schedule_cmd:scheduler",
     "publish": "publish_cmd:publish",
+    "score-step": "shard_cmd:score_step",
 }
 
 

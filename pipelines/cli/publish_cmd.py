@@ -1,12 +1,55 @@
-"""Placeholder: replaced by the owner of this command (see docs/architecture.md)."""
+"""``fleetscore publish --target azureml``: create or update the scoring pipeline in Azure ML."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from pipelines.cli import CliState
 
 
 @click.command(name="publish")
-def publish() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.option("--target", type=click.Choice(["azureml"]), required=True, help="Where to publish.")
+@click.option("--dry-run", is_flag=True, help="Write the YAML of every entity to --out; no Azure access.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the --dry-run YAML (default: HOME/azureml).")
+@click.option("--image-tag", default=None, metavar="TAG",
+              help="Tag of the scoring image in the registry (default: azureml.image_tag, else the git commit).")
+@click.option("--every", default=None, metavar="DURATION", help="Schedule: one window every DURATION, e.g. 1h.")
+@click.option("--cron", default=None, metavar="EXPR", help="Schedule: a 5-field cron expression (UTC).")
+@click.option("--lag", default=None, metavar="DURATION",
+              help="Score a window this long after it ends (default 0s; with --every or --cron).")
+@click.option("--no-schedule", is_flag=True,
+              help="Leave the schedule alone (default: the one of --every/--cron, else `fleetscore schedule set`).")
+@click.pass_obj
+def publish(state: CliState, target: str, dry_run: bool, out: Path | None, image_tag: str | None,
+            every: str | None, cron: str | None, lag: str | None, no_schedule: bool) -> None:
+    """Publish the scoring pipeline: environment (the image in ACR), components, pipeline, schedule and
+    a compute cluster that scales to zero. Publishing twice with the same inputs changes nothing."""
+    from pipelines import azureml
+    from pipelines.azureml_plan import ScheduleSpec, published_schedule
 
+    settings = state.settings()
+    schedule = None
+    if every or cron:
+        schedule = ScheduleSpec(every=every, cron=cron, lag=lag or "0s")
+    elif lag:
+        raise click.UsageError("--lag goes with --every or --cron")
+    elif not no_schedule:
+        schedule = published_schedule(settings.database_url)
+    spec = azureml.spec_from_settings(settings, image_tag=image_tag or "", schedule=schedule)
+    if dry_run:
+        folder = out or Path(settings.home) / "azureml"
+        entities = azureml.build_entities(spec, azureml.write_code_dir(folder / azureml.CODE_DIR))
+        for path in azureml.write_dry_run(entities, folder):
+            click.echo(f"wrote {path}")
+    else:
+        if out is not None:
+            raise click.UsageError("--out goes with --dry-run")
+        workspace = azureml.Workspace.connect(settings.azureml)
+        for action in azureml.publish(spec, workspace):
+            version = f":{action.version}" if action.version else ""
+            click.echo(f"{action.action:<9} {action.kind} {action.name}{version}")
+    click.echo(f"image {spec.image}")
+    click.echo(f"schedule {schedule.describe() if schedule else 'none'}")
