@@ -30,7 +30,8 @@ def _complete_run(storage: Storage, run_id: str, devices: list[str]) -> None:
     prefix = writer.run_prefix(START, run_id)
     for shard, device in enumerate(devices):
         writer.write_part(storage, prefix, shard, _predictions(device), csv=True)
-    writer.publish(storage, START, run_id, {"run_id": run_id, "parts": [writer.part_name(i) for i in range(len(devices))]})
+    parts = [writer.part_name(i) for i in range(len(devices))]
+    writer.publish(storage, START, run_id, {"run_id": run_id, "parts": parts})
 
 
 def test_layout_and_reader_sees_only_complete_runs(tmp_path: Path) -> None:
