@@ -9,10 +9,16 @@ from dataclasses import dataclass
 class IngestConfig:
     """How readings become windows.
 
-    ``window`` and ``allowed_lateness`` are durations such as ``5s``, ``1m``, ``2h``.
+    ``window`` and ``allowed_lateness`` are durations such as ``5s``, ``1m``, ``2h``. ``batch_rows`` is
+    about how many input lines are parsed at a time (memory stays flat in the input size).
+    The Event Hubs source reads ``eventhub_connection_string`` (environment:
+    ``FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING``; masked by ``fleetscore config``).
     """
 
     window: str = "5s"
     allowed_lateness: str = "1h"
     max_bad_fraction: float = 0.01
     batch_rows: int = 200_000
+    eventhub_name: str = ""
+    eventhub_consumer_group: str = "$Default"
+    eventhub_connection_string: str = ""

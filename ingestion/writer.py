@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _STAGE = "_fs_stage"
 _SERIES = "_fs_series"
+_PROBE = "_fs_probe"
+_NO_TIME = np.iinfo(np.int64).min
 _last_stamp: datetime | None = None
 
 
@@ -59,6 +62,7 @@ class StoreWriter:
         self.stamp = _next_stamp()
         self._temp: set[str] = set()
         self._late_keys: set[tuple[str, str, Any]] = set()
+        self._known: dict[tuple[str, str], int] = {}  # newest window per series, stored or written
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -74,7 +78,7 @@ class StoreWriter:
             column = column.cast(pa.int64()).cast(pa.timestamp("ns"))
         column = column.cast(pa.timestamp("us"), safe=False)
         if self.store.dialect == "sqlite":
-            return pc.strftime(column, format="%Y-%m-%d %H:%M:%S")  # seconds print with 6 decimals
+            return column.cast(pa.string())  # 2018-08-29 01:00:00.000000, as SQLAlchemy writes DATETIME
         return column
 
     def _load_temp(self, name: str, table: pa.Table) -> None:
@@ -116,7 +120,28 @@ class StoreWriter:
         for dev, sen, ts in zip(table.column("device").to_pylist(), table.column("sensor").to_pylist(),
                                 last_ns, strict=True):
             found[(dev, sen)] = ts
+            self._known.setdefault((dev, sen), _NO_TIME if ts is None else int(ts))
         return [found.get((d, s)) for d, s in zip(devices, sensors, strict=True)]
+
+    def _may_exist(self, chunk: pa.Table) -> np.ndarray:
+        """Mask of the chunk's windows that may already be stored: not after the newest window of their
+        series that was stored before or written by this writer. Updates that watermark."""
+        joined = pc.binary_join_element_wise(chunk.column("device").combine_chunks(),
+                                             chunk.column("sensor").combine_chunks(), "\x1f")
+        encoded = joined.dictionary_encode()
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        keys = [tuple(k.split("\x1f", 1)) for k in encoded.dictionary.to_pylist()]
+        unknown = [k for k in keys if k not in self._known]
+        if unknown:
+            self.newest_windows([k[0] for k in unknown], [k[1] for k in unknown])
+        known = np.array([self._known.get(k, _NO_TIME) for k in keys], dtype=np.int64)
+        ts = np.asarray(chunk.column("ts").cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(), dtype=np.int64)
+        possible = ts <= known[codes]
+        newest = np.full(len(keys), _NO_TIME, dtype=np.int64)
+        np.maximum.at(newest, codes, ts)
+        for key, value in zip(keys, newest, strict=True):
+            self._known[key] = max(self._known.get(key, _NO_TIME), int(value))  # type: ignore[index]
+        return possible
 
     def merge_windows(self, chunk: pa.Table) -> MergeResult:
         """Merge partial aggregates (device, sensor, ts, value [mean], value_min, value_max,
@@ -132,34 +157,48 @@ class StoreWriter:
             "value_max": chunk.column("value_max").cast(pa.float64()),
             "value_count": chunk.column("value_count").cast(pa.int64()),
         })
-        self._load_temp(_STAGE, stage)
+        possible = self._may_exist(chunk)
+        existing, late = 0, 0
         stamp = self._time(self.stamp)
-        self.cursor.execute(
-            f"SELECT s.device, s.sensor, s.ts, w.updated_at <> {self._p(1)} AS late FROM {_STAGE} s "
-            "JOIN windows w ON w.device = s.device AND w.sensor = s.sensor AND w.ts = s.ts",
-            parameters=(stamp,),
-        )
-        existing = self.cursor.fetchall()
-        late = 0
-        for device, sensor, ts, is_late in existing:
-            key = (device, sensor, ts)
-            if is_late and key not in self._late_keys:
-                self._late_keys.add(key)
-                late += 1
+        if possible.any():
+            probe = stage.select(["device", "sensor", "ts"]).filter(pa.array(possible))
+            self._load_temp(_PROBE, probe)
+            self.cursor.execute(
+                f"SELECT s.device, s.sensor, s.ts, w.updated_at <> {self._p(1)} AS late FROM {_PROBE} s "
+                "JOIN windows w ON w.device = s.device AND w.sensor = s.sensor AND w.ts = s.ts",
+                parameters=(stamp,),
+            )
+            for device, sensor, ts, is_late in self.cursor.fetchall():
+                existing += 1
+                key = (device, sensor, ts)
+                if is_late and key not in self._late_keys:
+                    self._late_keys.add(key)
+                    late += 1
         lo, hi = ("min", "max") if self.store.dialect == "sqlite" else ("LEAST", "GREATEST")
-        self.cursor.execute(
-            "INSERT INTO windows (device, sensor, ts, value, value_min, value_max, value_count, updated_at) "
-            f"SELECT device, sensor, ts, value, value_min, value_max, value_count, {self._p(1)} "
-            f"FROM {_STAGE} WHERE true ON CONFLICT (device, sensor, ts) DO UPDATE SET "
+        update = (
+            " ON CONFLICT (device, sensor, ts) DO UPDATE SET "
             "value = (windows.value * windows.value_count + excluded.value * excluded.value_count) "
             "/ (windows.value_count + excluded.value_count), "
             f"value_min = {lo}(windows.value_min, excluded.value_min), "
             f"value_max = {hi}(windows.value_max, excluded.value_max), "
             "value_count = windows.value_count + excluded.value_count, "
-            "updated_at = excluded.updated_at",
-            parameters=(stamp,),
+            "updated_at = excluded.updated_at"
         )
-        return MergeResult(created=chunk.num_rows - len(existing), late_updates=late)
+        columns = "device, sensor, ts, value, value_min, value_max, value_count, updated_at"
+        if self.store.dialect == "sqlite":
+            # Bind the Arrow table straight into a prepared upsert (no stage copy).
+            stage = stage.append_column("updated_at", pa.array([stamp] * stage.num_rows, pa.string()))
+            self.cursor.executemany(f"INSERT INTO windows ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){update}",
+                                    stage)
+        else:
+            # PostgreSQL: COPY into a temporary stage, then one INSERT ... SELECT.
+            self._load_temp(_STAGE, stage)
+            self.cursor.execute(
+                f"INSERT INTO windows ({columns}) SELECT device, sensor, ts, value, value_min, value_max, "
+                f"value_count, {self._p(1)} FROM {_STAGE}{update}",
+                parameters=(stamp,),
+            )
+        return MergeResult(created=chunk.num_rows - existing, late_updates=late)
 
     # -- quarantine, sources, checkpoints --------------------------------------------------------
 

@@ -1,18 +1,166 @@
-"""Placeholder: replaced by the owner of this command (see docs/architecture.md)."""
+"""``fleetscore ingest`` and ``fleetscore simulate``: readings into the sensor store."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
+
+from pipelines.cli import CliState
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on a terminal (standard error), nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
+
+
+def _summary(report: Any) -> None:
+    from pipelines.settings import mask_url
+
+    for item in report.inputs:
+        if item.status == "skipped":
+            click.echo(f"{item.name}: skipped (already ingested)")
+        elif item.status == "failed":
+            click.echo(f"{item.name}: not ingested")
+        else:
+            click.echo(f"{item.name}: {item.rows_read:,} rows read, {item.windows_written:,} windows written, "
+                       f"{item.late_updates:,} late updates, {item.quarantined_total:,} quarantined")
+    if len(report.inputs) > 1:
+        quarantined = sum(report.quarantined.values())
+        click.echo(f"total: {report.total('rows_read'):,} rows read, {report.total('windows_written'):,} windows "
+                   f"written, {report.total('late_updates'):,} late updates, {quarantined:,} quarantined")
+    if report.quarantined:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in report.quarantined.items())
+        click.echo(f"quarantined by reason: {reasons}")
+    click.echo(f"database: {mask_url(report.database)}")
 
 
 @click.command(name="ingest")
-def ingest() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("paths", nargs=-1, metavar="PATH...")
+@click.option("--window", default=None, metavar="DURATION", help="Tumbling window length (default 5s).")
+@click.option("--aggregated", is_flag=True, help="Rows are already windows: store them as they are.")
+@click.option("--allowed-lateness", default=None, metavar="DURATION",
+              help="Readings further behind the newest window of their series go to quarantine (default 1h).")
+@click.option("--max-bad-fraction", type=float, default=None,
+              help="Fail when an input's share of quarantined rows passes this (default 0.01).")
+@click.option("--batch-rows", type=int, default=None, help="Lines parsed at a time (default 200000).")
+@click.option("--eventhub", is_flag=True,
+              help="Consume Azure Event Hubs instead of files (connection string from "
+                   "FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING).")
+@click.option("--max-wait", type=float, default=None, metavar="SECONDS",
+              help="With --eventhub: stop after this long without events (default: run until interrupted).")
+@click.pass_obj
+def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregated: bool,
+           allowed_lateness: str | None, max_bad_fraction: float | None, batch_rows: int | None,
+           eventhub: bool, max_wait: float | None) -> None:
+    """Ingest sensor readings into the store, aggregated into tumbling windows.
+
+    PATH is a CSV file with header TS,Device,Sensor,Value (or TS,Device,Tag,Value), a JSON-lines file
+    with the same keys, either one gzipped, or - for standard input. A window is labelled by its start.
+    Re-ingesting the same file adds nothing; bad rows go to the quarantine table.
+    """
+    settings = state.settings(**{"ingest.window": window, "ingest.allowed_lateness": allowed_lateness,
+                                 "ingest.max_bad_fraction": max_bad_fraction, "ingest.batch_rows": batch_rows})
+    from ingestion.timeutil import parse_duration
+
+    config = settings.ingest
+    window_td = parse_duration(config.window, "--window")
+    lateness_td = parse_duration(config.allowed_lateness, "--allowed-lateness")
+    if eventhub:
+        if paths:
+            raise click.UsageError("give either PATH... or --eventhub, not both")
+        from ingestion.eventhub import consume
+
+        count = consume(settings.database_url, config.eventhub_connection_string, config.eventhub_name,
+                        config.eventhub_consumer_group, window=window_td, allowed_lateness=lateness_td,
+                        max_wait_time=max_wait)
+        click.echo(f"eventhub: {count:,} events processed")
+        return
+    if not paths:
+        raise click.UsageError("give at least one PATH (- for standard input), or --eventhub")
+    from ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
+
+    with _progress("ingesting") as on_progress:
+        try:
+            report = ingest_files(settings.database_url, paths, window=window_td, aggregated=aggregated,
+                                  allowed_lateness=lateness_td, max_bad_fraction=config.max_bad_fraction,
+                                  batch_rows=config.batch_rows, on_progress=on_progress)
+        except (InputsUnreadable, TooManyBadRows) as exc:
+            _summary(exc.report)
+            raise
+    _summary(report)
 
 
 @click.command(name="simulate")
-def simulate() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.option("--devices", type=click.IntRange(min=1), default=3, show_default=True, help="Number of devices.")
+@click.option("--sensors", type=click.IntRange(min=1), default=5, show_default=True, help="Sensors per device.")
+@click.option("--duration", default="2h", show_default=True, metavar="DURATION", help="Time span simulated.")
+@click.option("--interval", default="1s", show_default=True, metavar="DURATION", help="Time between readings.")
+@click.option("--start", default="2024-01-01T00:00:00", show_default=True, metavar="TIME",
+              help="Time of the first reading (ISO 8601, UTC).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same output).")
+@click.option("--anomaly-rate", type=float, default=0.01, show_default=True,
+              help="Expected share of anomalous windows after the first hour.")
+@click.option("--window", default=None, metavar="DURATION",
+              help="Window the anomalies are placed on (default: the ingest window, 5s).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write readings to this file (.csv, .jsonl, optionally .gz).")
+@click.option("--ingest", "to_store", is_flag=True, help="Ingest the readings straight into the store.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the anomaly labels (CSV Device,Sensor,Kind,Start,End) here.")
+@click.pass_obj
+def simulate(state: CliState, devices: int, sensors: int, duration: str, interval: str, start: str, seed: int,
+             anomaly_rate: float, window: str | None, out: Path | None, to_store: bool,
+             labels: Path | None) -> None:
+    """Simulate fleet readings with labelled anomalies (spike, level_shift, stuck).
 
+    Normal readings are uniform per sensor as in the reference simulator (sensor 1 in [10, 15], 2 in
+    [30, 40], 3 in [60, 65], 4 in [80, 85], 5 in [100, 110], then again). The first hour has no anomalies.
+    """
+    if out is None and not to_store:
+        raise click.UsageError("give --out FILE and/or --ingest")
+    settings = state.settings(**{"ingest.window": window})
+    from ingestion.simulate import SimulationSpec, simulate_fleet
+    from ingestion.timeutil import parse_duration, parse_time
+
+    spec = SimulationSpec(devices=devices, sensors=sensors, start=parse_time(start, "--start"),
+                          duration=parse_duration(duration, "--duration"),
+                          interval=parse_duration(interval, "--interval"),
+                          window=parse_duration(settings.ingest.window, "--window"), seed=seed,
+                          anomaly_rate=anomaly_rate)
+    with _progress("simulating") as on_progress:
+        result = simulate_fleet(spec, out=out, labels=labels,
+                                database_url=settings.database_url if to_store else None,
+                                allowed_lateness=parse_duration(settings.ingest.allowed_lateness,
+                                                                "--allowed-lateness"),
+                                on_progress=on_progress)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in result.by_kind.items())
+    click.echo(f"simulated {result.readings:,} readings: {result.devices} devices x {result.sensors} sensors, "
+               f"{result.anomalies} anomalies ({kinds}) over {result.anomalous_windows:,} of "
+               f"{result.windows:,} windows")
+    if out is not None:
+        click.echo(f"readings: {out}")
+    if labels is not None:
+        click.echo(f"labels: {labels}")
+    if result.ingest is not None:
+        from ingestion.ingest import IngestReport
+
+        _summary(IngestReport(inputs=[result.ingest], database=settings.database_url))

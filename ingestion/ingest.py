@@ -1,0 +1,259 @@
+"""Ingestion of readings into the sensor store: the library function behind ``fleetscore ingest``.
+
+Each input is ingested in ONE transaction, together with its ``sources`` row (content hash) and its
+quarantined rows, so a crash leaves nothing half-counted and re-ingesting the same input adds nothing.
+One input that cannot be read does not stop the others; errors are raised after every input was
+handled, carrying the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from fleetscore.errors import IngestError, SourceReadError, TooManyBadRowsError
+from ingestion.sources import RawChunk, iter_chunks, open_source
+from ingestion.store import SensorStore
+from ingestion.windowing import Lateness, Readings, Rejects, aggregate, validate, window_starts
+from ingestion.writer import StoreWriter, open_writer
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+RawLookup = Callable[[np.ndarray], list[str]]
+
+
+@dataclass
+class InputReport:
+    """What happened to one input: ``ingested``, ``skipped`` (already ingested) or ``failed``."""
+
+    name: str
+    status: str = "ingested"
+    rows_read: int = 0
+    windows_written: int = 0
+    late_updates: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def quarantined_total(self) -> int:
+        """Rows of this input sent to quarantine."""
+        return sum(self.quarantined.values())
+
+    @property
+    def bad_fraction(self) -> float:
+        """Share of this input's rows that went to quarantine."""
+        return self.quarantined_total / self.rows_read if self.rows_read else 0.0
+
+
+@dataclass
+class IngestReport:
+    """The summary of one ingest run, input by input."""
+
+    inputs: list[InputReport] = field(default_factory=list)
+    database: str = ""
+
+    def total(self, attribute: str) -> int:
+        """Sum of an integer attribute over the inputs that were ingested."""
+        return sum(int(getattr(i, attribute)) for i in self.inputs if i.status == "ingested")
+
+    @property
+    def quarantined(self) -> dict[str, int]:
+        """Quarantined rows by reason, over all inputs."""
+        out: dict[str, int] = {}
+        for item in self.inputs:
+            for reason, count in item.quarantined.items():
+                out[reason] = out.get(reason, 0) + count
+        return dict(sorted(out.items()))
+
+
+class InputsUnreadable(SourceReadError):
+    """At least one input could not be read at all; the others were ingested (see ``report``)."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class TooManyBadRows(TooManyBadRowsError):
+    """An input's share of quarantined rows passed the limit; its good rows were stored."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class _AlreadyIngested(Exception):
+    """Raised inside a writer to roll back an input whose hash is known only at its end (stdin)."""
+
+
+class InputIngest:
+    """Feeds chunks of one input into one :class:`StoreWriter`: lateness, windows, quarantine."""
+
+    def __init__(self, writer: StoreWriter, report: InputReport, window: timedelta, aggregated: bool,
+                 allowed_lateness: timedelta) -> None:
+        self.writer = writer
+        self.report = report
+        self.window_ns = int(window.total_seconds() * 1e9)
+        self.aggregated = aggregated
+        self.lateness = Lateness(int(allowed_lateness.total_seconds() * 1e9), writer.newest_windows)
+
+    def add(self, readings: Readings, rejects: Rejects, raw_lookup: RawLookup, rows_read: int) -> None:
+        """Store one chunk of validated readings and its rejected rows."""
+        self.report.rows_read += rows_read
+        starts = readings.ts if self.aggregated else window_starts(readings.ts, self.window_ns)
+        late = self.lateness.too_late(readings.device, readings.sensor, starts)
+        if late.any():
+            window_s = self.lateness.allowed_ns / 1e9
+            rejects.extend(readings.lines[late], "too_late",
+                           [f"more than {window_s:g}s behind the newest window of its series"] * int(late.sum()))
+            readings = readings.take(~late)
+        merged = self.writer.merge_windows(aggregate(readings, None if self.aggregated else self.window_ns))
+        self.report.windows_written += merged.created
+        self.report.late_updates += merged.late_updates
+        if rejects.lines:
+            lines = np.asarray(rejects.lines, dtype=np.int64)
+            self.writer.quarantine(self.report.name, rejects.lines, raw_lookup(lines), rejects.reasons,
+                                   rejects.details)
+            for reason in rejects.reasons:
+                self.report.quarantined[reason] = self.report.quarantined.get(reason, 0) + 1
+
+    def add_raw(self, chunk: RawChunk) -> None:
+        """Validate and store one raw chunk."""
+        readings, rejects = validate(chunk)
+        self.add(readings, rejects, chunk.raw_lines, chunk.rows_read)
+
+    def finish(self, content_hash: str, window: timedelta) -> None:
+        """Record the input in ``sources`` (same transaction)."""
+        self.writer.add_source(content_hash, self.report.name, self.report.rows_read, window.total_seconds(),
+                               self.report.windows_written, self.report.late_updates,
+                               self.report.quarantined_total)
+
+
+def check_window(writer: StoreWriter, window: timedelta) -> None:
+    """Refuse to mix window sizes in one store."""
+    sizes = [s for s in writer.source_windows() if s > 0]
+    if sizes and any(abs(s - window.total_seconds()) > 1e-9 for s in sizes):
+        held = ", ".join(f"{s:g}s" for s in sorted(sizes))
+        raise IngestError(
+            f"window {window.total_seconds():g}s: the store already holds {held} windows; "
+            "use the same --window or another database_url"
+        )
+
+
+def ingest_files(
+    database_url: str,
+    paths: Sequence[str],
+    *,
+    window: timedelta = timedelta(seconds=5),
+    aggregated: bool = False,
+    allowed_lateness: timedelta = timedelta(hours=1),
+    max_bad_fraction: float = 0.01,
+    batch_rows: int = 200_000,
+    stdin: BinaryIO | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest CSV / JSON-lines inputs (``-`` is standard input, gzip detected) into the store.
+
+    Raises, after every input was handled: :class:`InputsUnreadable` when an input could not be read
+    (naming the first), :class:`TooManyBadRows` when an input's quarantined share passes
+    ``max_bad_fraction``. Both carry the report; everything good was committed.
+    """
+    store = SensorStore(database_url)
+    store.create_schema()
+    report = IngestReport(database=database_url)
+    total = sum(_size(path) for path in paths)
+    done = 0
+    for path in paths:
+        entry = InputReport(name="<stdin>" if path == "-" else path)
+        report.inputs.append(entry)
+        try:
+            source = open_source(path, stdin)
+        except SourceReadError as exc:
+            entry.status, entry.error = "failed", str(exc)
+            log.info("%s", exc)
+            continue
+        try:
+            with open_writer(store) as writer:
+                if source.content_hash is not None and writer.has_source(source.content_hash):
+                    entry.status = "skipped"
+                    continue
+                check_window(writer, window)
+                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness)
+                start_done = done
+                for chunk in iter_chunks(source, batch_rows):
+                    feeder.add_raw(chunk)
+                    if on_progress is not None:
+                        done = start_done + source.position()
+                        on_progress(done, total)
+                content_hash = source.final_hash()
+                if writer.has_source(content_hash):
+                    raise _AlreadyIngested
+                feeder.finish(content_hash, window)
+        except _AlreadyIngested:
+            entry.status = "skipped"
+        except SourceReadError as exc:
+            entry.status, entry.error = "failed", str(exc)
+            log.info("%s", exc)
+        finally:
+            source.close()
+        if entry.status != "ingested":
+            entry.rows_read, entry.windows_written, entry.late_updates, entry.quarantined = 0, 0, 0, {}
+    _raise_for(report, max_bad_fraction)
+    return report
+
+
+def _size(path: str) -> int:
+    if path == "-":
+        return 0
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _raise_for(report: IngestReport, max_bad_fraction: float) -> None:
+    failed = [i for i in report.inputs if i.status == "failed"]
+    if failed:
+        more = f" (and {len(failed) - 1} more unreadable)" if len(failed) > 1 else ""
+        raise InputsUnreadable(f"{failed[0].error}{more}", report)
+    for item in report.inputs:
+        if item.status == "ingested" and item.bad_fraction > max_bad_fraction:
+            raise TooManyBadRows(
+                f"{item.name}: {item.quarantined_total:,} of {item.rows_read:,} rows quarantined "
+                f"({item.bad_fraction:.1%}), more than --max-bad-fraction {max_bad_fraction:g}; "
+                "good rows were stored, see the quarantine table",
+                report,
+            )
+
+
+def ingest_readings(
+    store: SensorStore,
+    name: str,
+    content_hash: str,
+    batches: Iterable[Readings],
+    *,
+    window: timedelta,
+    allowed_lateness: timedelta = timedelta(hours=1),
+) -> InputReport:
+    """Ingest readings generated in memory (the simulator) as one input named ``name``; skipped when an
+    input with ``content_hash`` was ingested before."""
+    store.create_schema()
+    entry = InputReport(name=name)
+    no_raw: RawLookup = lambda lines: [""] * len(lines)  # noqa: E731
+    with open_writer(store) as writer:
+        if writer.has_source(content_hash):
+            entry.status = "skipped"
+            return entry
+        check_window(writer, window)
+        feeder = InputIngest(writer, entry, window, False, allowed_lateness)
+        for readings in batches:
+            feeder.add(readings, Rejects([], [], []), no_raw, len(readings))
+        feeder.finish(content_hash, window)
+    return entry
