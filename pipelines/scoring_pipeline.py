@@ -16,7 +16,9 @@ command again finds that plan and completes it (only the shards without a part a
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -211,8 +213,9 @@ def prepare_run(
     all_devices = sorted(set(store.devices()) | {d for d, _ in bundle.keys})
     if device_filter:
         all_devices = [d for d in all_devices if d in set(device_filter)]
-    n_shards = max(1, min(shards or settings.scoring.shards or (settings.workers or default_workers()),
-                          len(all_devices) or 1))
+    wanted = shards or settings.scoring.shards or max(settings.workers or default_workers(),
+                                                       math.ceil(len(bundle.keys) / settings.scoring.shard_series))
+    n_shards = max(1, min(wanted, len(all_devices) or 1))
     context = bundle.context_windows
     plan = {
         "run_id": run_id,
@@ -420,7 +423,24 @@ def _validate(settings: Settings, start: datetime, end: datetime, window: timede
                           report_dir=Path(settings.home) / "reports" / "validation", window=window, devices=devices)
 
 
+@dataclass(frozen=True)
+class LocalRelease:
+    """A release bundle folder scored without the registry (``--release path:FOLDER``, e.g. a candidate
+    from ``fleetscore train``): version 0 unless the bundle's manifest names one."""
+
+    version: int
+    bundle_dir: Path
+    tags: dict[str, str]
+
+
 def _resolve_release(settings: Settings, ref: str) -> Any:
+    if ref.startswith("path:"):
+        folder = Path(ref[len("path:"):]).resolve()
+        if not (folder / "manifest.json").is_file():
+            raise ScoringError(f"--release {ref}: {folder} is not a release bundle folder (no manifest.json)")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        version = manifest.get("version")
+        return LocalRelease(version if isinstance(version, int) else 0, folder, {"source": str(folder)})
     from training.registry import resolve_release
 
     return resolve_release(settings.tracking_uri, settings.training.model_name, ref)

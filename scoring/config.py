@@ -15,7 +15,8 @@ class ScoringConfig:
     ``DefaultAzureCredential`` with ``AZURE_STORAGE_ACCOUNT_NAME``.
     """
 
-    shards: int = 0  # 0: one shard per worker
+    shards: int = 0  # 0: one per worker, more for big fleets (at most shard_series series per shard)
+    shard_series: int = 10_000
     max_failed_fraction: float = 0.05
     release: str = "champion"
     csv: bool = False

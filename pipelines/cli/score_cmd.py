@@ -14,7 +14,8 @@ from pipelines.cli.options import devices_option, split_ids, time_range, time_ra
 @click.command(name="score")
 @time_range_options
 @click.option("--release", default=None, metavar="REF",
-              help="Release to score with: champion, challenger or a version number (default: scoring.release).")
+              help="champion, challenger, a version number, or path:FOLDER for an unregistered bundle "
+                   "(default: scoring.release).")
 @devices_option
 @click.option("--executor", default=None, metavar="EXECUTOR",
               help="local, dask://HOST:PORT or azureml (default: the executor setting).")

@@ -1,0 +1,133 @@
+"""``fleetscore score``, ``runs``, ``report`` on the real reference data, through the CLI (and a killed run)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import main
+from pipelines.settings import load_settings
+from scoring import writer
+from tests.scoring.fleet import fit_release, store_windows
+
+REF_START, REF_END = "2018-08-28T23:00:00", "2018-08-29T03:15:00"
+ROOT = Path(__file__).resolve().parents[2]
+FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
+
+
+def _reference_windows(reference_data: Path) -> pd.DataFrame:
+    df = pd.read_csv(reference_data / "sensor_data.csv", dtype={"Device": str, "Sensor": str})
+    return pd.DataFrame({"device": df["Device"], "sensor": df["Sensor"], "ts": pd.to_datetime(df["TS"]),
+                         "value": df["Value"], "value_min": df["Value"], "value_max": df["Value"],
+                         "value_count": 1})
+
+
+@pytest.fixture()
+def reference_home(home: Path, reference_data: Path) -> Path:
+    """The reference data in the store (as aggregated windows) and a release bundle fitted on it."""
+    settings = load_settings({"home": str(home / ".fleetscore")}, environ={})
+    frame = _reference_windows(reference_data)
+    store_windows(settings.database_url, frame)
+    fit_release(frame, nu=0.01, gamma=0.5).save(home / "release")
+    (home / "fleetscore.toml").write_text("workers = 2\n[scoring]\nlog_to_mlflow = false\n")
+    return home
+
+
+def test_reference_data_scored_end_to_end_in_the_reference_format(reference_home: Path, reference_data: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release",
+                                  "--csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    match = re.fullmatch(r"run (\S+): 17,768 predictions, ([\d,]+) anomalies \(([\d.]+)%\), release v1, "
+                         r"window 2018-08-28 23:00:00 \.\. 2018-08-29 03:15:00", lines[0])
+    assert match, lines[0]
+    run_id = match.group(1)
+    run_dir = reference_home / ".fleetscore" / "blob" / writer.run_prefix(pd.Timestamp(REF_START), run_id)
+    assert lines[1] == f"predictions: {run_dir}"
+
+    source = pd.read_csv(reference_data / "sensor_data.csv", dtype={"Device": str, "Sensor": str})
+    csv = pd.concat([pd.read_csv(p, dtype={"Device": str, "Sensor": str}) for p in sorted(run_dir.glob("*.csv"))])
+    assert list(csv.columns) == ["TS", "Device", "Sensor", "Val", "Prediction"]
+    keys = ["TS", "Device", "Sensor"]
+    merged = source.merge(csv, on=keys, how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all() and len(merged) == len(source) == 17_768
+    assert (merged["Value"] == merged["Val"]).all()
+    assert set(csv["Prediction"]) <= {0, 1}
+    assert (run_dir / "validation.json").exists()
+
+    again = runner.invoke(main, ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release",
+                                 "--csv"])
+    assert again.output.splitlines()[0] == (
+        f"skipped: window 2018-08-28 23:00:00 .. 2018-08-29 03:15:00 was already scored by run {run_id} "
+        "(release v1, same data); use --force to rescore")
+
+    listed = runner.invoke(main, ["runs", "list"]).output.splitlines()
+    assert listed[0].split() == ["RUN", "ID", "WINDOW", "START", "WINDOW", "END", "RELEASE", "STATUS", "ROWS",
+                                 "ANOMALIES", "SHARDS", "SECONDS"]
+    assert [line.split()[6] for line in listed[1:]] == ["skipped", "done"]
+    shown = runner.invoke(main, ["runs", "show", run_id]).output
+    assert "status:           done\n" in shown and "rows:             17768\n" in shown
+
+    out = reference_home / "r.html"
+    report = runner.invoke(main, ["report", run_id, "--out", str(out)])
+    assert report.output == f"report: {out}\n"
+    page = out.read_text()
+    assert page.count("<img alt='plot' src='data:image/png;base64,") == 3
+    assert "<script" not in page and "http" not in page.replace(str(run_dir), "")
+
+
+def test_cli_errors_are_one_line(reference_home: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["runs", "show", "nope"])
+    assert result.exit_code == 1
+    assert result.output == "Error: no scoring run nope in sqlite:///.fleetscore/fleetscore.db\n"
+    result = runner.invoke(main, ["report", "nope"])
+    assert result.output == "Error: no scoring run nope in the run log\n"
+    result = runner.invoke(main, ["score", "--release", "path:nowhere"])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --release path:nowhere: {reference_home / 'nowhere'} is not a release "
+                             "bundle folder (no manifest.json)\n")
+    result = runner.invoke(main, ["score", "--start", "2018-08-29T05:00", "--end", "2018-08-29T04:00"])
+    assert result.output == "Error: --start 2018-08-29T05:00 is not before --end 2018-08-29T04:00\n"
+
+
+def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path) -> None:
+    args = ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release", "--shards", "3",
+            "--skip-validation"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLEETSCORE_WORKERS": "1"}
+    proc = subprocess.Popen([FLEETSCORE, *args, "--part-delay", "30"],
+                            cwd=reference_home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    blob = reference_home / ".fleetscore" / "blob"
+    deadline = time.monotonic() + 120
+    while not list(blob.rglob("part-00000.parquet")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and any worker
+    proc.wait()
+    assert writer.read_predictions(str(blob)).empty  # nothing a reader takes for a result
+    assert not list(blob.rglob("manifest.json")) and not list(blob.rglob("latest.json"))
+
+    resumed = subprocess.run([FLEETSCORE, *args], cwd=reference_home, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert " (resumed): 17,768 predictions" in resumed.stdout
+    clean = subprocess.run([FLEETSCORE, *args, "--force"], cwd=reference_home, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    output = (resumed.stdout + clean.stdout).splitlines()
+    run_ids = [line.split()[1].rstrip(":") for line in output if line.startswith("run ")]
+    a, b = (writer.read_predictions(str(blob), pd.Timestamp(REF_START), r).sort_values(["Device", "Sensor", "TS"])
+            .reset_index(drop=True) for r in run_ids)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 17_768
