@@ -10,8 +10,19 @@ class TrainingConfig:
     """Feature set and hyperparameters of the per-(device, sensor) models. See docs/training.md."""
 
     model_name: str = "fleetscore-anomaly"
-    features: tuple[str, ...] = ("value",)
+    features: tuple[str, ...] = ("value", "spread")
     nu: float = 0.01
-    gamma: float | str = "scale"
+    gamma: float | str = 0.2
     min_rows: int = 50
     rolling_window: int = 6
+    # the boundary moves out to this quantile of the training scores (0.0: the lowest); unset: libsvm's own
+    threshold_quantile: float | None = 0.0
+    experiment: str = "fleetscore-training"
+    # evaluation gate: a challenger passes when its false-alarm rate on the holdout is at most
+    # max(champion's + gate_far_margin, gate_max_far) and its recall on injected anomalies is at least
+    # the champion's - gate_recall_margin
+    gate_holdout_fraction: float = 0.25
+    gate_far_margin: float = 0.005
+    gate_max_far: float = 0.01
+    gate_recall_margin: float = 0.02
+    gate_seed: int = 0

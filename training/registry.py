@@ -1,0 +1,373 @@
+"""The MLflow adapter: the only module of fleetscore that imports ``mlflow``.
+
+A release is ONE registered model version (one per fleet, name ``TrainingConfig.model_name``) whose
+pyfunc flavour is logged from code (``training/pyfunc_model.py``) with the release bundle as an
+artifact, so loading never unpickles. Aliases ``champion`` and ``challenger`` point at versions; every
+alias move is kept in the registered model's tags (``fleetscore.alias_move.NNNNNN``) because MLflow
+keeps no history of them (the release pipeline also writes it to SQL). ``import mlflow`` alone costs
+1-2 s: other modules import this one inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+from fleetscore.errors import RegistryError, ReleaseNotFound
+from training.bundle import ReleaseBundle
+from training.kernel import score_windows
+
+__all__ = ["BundleModel", "ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release", "set_model"]
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("champion", "challenger")
+MOVE_TAG = "fleetscore.alias_move."
+TRAINING_EXPERIMENT = "fleetscore-training"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+_PACKAGE_DIRS = (Path(__file__).parent, Path(__file__).parents[1] / "fleetscore")
+
+
+@dataclass(frozen=True)
+class ResolvedRelease:
+    """A registered release: its version, its bundle folder (local, downloaded once) and its tags."""
+
+    version: int
+    bundle_dir: Path
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: when, who, which alias, from which version to which, and why."""
+
+    time: str
+    user: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    reason: str
+
+
+def _mlflow() -> Any:
+    import mlflow
+
+    return mlflow
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """For a local ``sqlite:///DIR/FILE.db`` store: ``DIR/mlartifacts`` (next to the database)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        return str((path.parent / "mlartifacts").resolve())
+    return None
+
+
+def _client(tracking_uri: str) -> Any:
+    mlflow = _mlflow()
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _shown(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password:
+        return uri.replace(f":{parts.password}@", ":****@", 1)
+    return uri
+
+
+def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = default_artifact_location(tracking_uri)
+    if location is not None:
+        location = Path(location).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _mlflow_errors() -> tuple[type[BaseException], ...]:
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError)
+
+
+def log_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    artifacts: Mapping[str, Path] | None = None,
+) -> str:
+    """Log one finished MLflow run (params, metrics, tags, files or folders); return its run id."""
+    client = _client(tracking_uri)
+    try:
+        run = client.create_run(_experiment_id(client, tracking_uri, experiment), run_name=run_name,
+                                tags={k: str(v) for k, v in tags.items()})
+        run_id = str(run.info.run_id)
+        _log_batch(client, run_id, params, metrics)
+        for name, path in (artifacts or {}).items():
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=name)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=name)
+        client.set_terminated(run_id, "FINISHED")
+    except _mlflow_errors() as exc:
+        raise RegistryError(f"tracking_uri {_shown(tracking_uri)}: cannot log run {run_name!r}: {exc}") from exc
+    return run_id
+
+
+def _log_batch(client: Any, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for i in range(0, max(len(param_list), len(metric_list)), 100):
+        client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
+
+
+def pip_requirements() -> list[str]:
+    """The pinned packages the pyfunc model needs (explicit: inferring them costs ~3 s a model)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "pandas", "scikit-learn", "pyarrow")]
+
+
+def register_release(
+    tracking_uri: str,
+    model_name: str,
+    bundle_dir: Path,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    version_tags: Mapping[str, Any],
+    tables: Mapping[str, Path] | None = None,
+    experiment: str = TRAINING_EXPERIMENT,
+) -> tuple[int, str]:
+    """Log the training run and register the bundle as a new version of ``model_name``.
+
+    ``tables`` are files (e.g. the per-device metrics Parquet) logged as run artifacts. Returns
+    ``(version, run_id)``.
+    """
+    mlflow = _mlflow()
+    client = _client(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        experiment_id = _experiment_id(client, tracking_uri, experiment)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            run_id = str(run.info.run_id)
+            _log_batch(client, run_id, params, metrics)
+            for name, path in (tables or {}).items():
+                client.log_artifact(run_id, str(path), artifact_path=name)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_CODE),
+                artifacts={"bundle": str(bundle_dir)},
+                code_paths=[str(p) for p in _PACKAGE_DIRS],
+                pip_requirements=pip_requirements(),
+                registered_model_name=model_name,
+            )
+        version = int(info.registered_model_version)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(model_name, str(version), key, str(value))
+    except _mlflow_errors() as exc:
+        raise RegistryError(f"model {model_name}: registration failed: {exc}") from exc
+    return version, run_id
+
+
+def set_version_tags(tracking_uri: str, model_name: str, version: int, tags: Mapping[str, Any]) -> None:
+    """Set tags on an existing model version."""
+    client = _client(tracking_uri)
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, str(version), key, str(value))
+    except _mlflow_errors() as exc:
+        raise RegistryError(f"model {model_name} v{version}: cannot set tags: {exc}") from exc
+
+
+def _version_of(client: Any, model_name: str, ref: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    ref = str(ref).strip()
+    try:
+        if ref.lstrip("v").isdigit():
+            return client.get_model_version(model_name, ref.lstrip("v"))
+        return client.get_model_version_by_alias(model_name, ref)
+    except MlflowException as exc:
+        what = f"version {ref.lstrip('v')}" if ref.lstrip("v").isdigit() else f"alias {ref!r}"
+        raise ReleaseNotFound(f"model {model_name}: no {what} in the registry") from exc
+
+
+def resolve_release(tracking_uri: str, model_name: str, ref: str, cache_dir: Path | None = None) -> ResolvedRelease:
+    """The release ``ref`` ('champion', 'challenger' or a version number) with its bundle downloaded.
+
+    Bundles are cached (versions are immutable) under ``cache_dir``, by default a folder in the
+    system temp directory keyed by the tracking URI, the version and its run id.
+    """
+    client = _client(tracking_uri)
+    mv = _version_of(client, model_name, ref)
+    version = int(mv.version)
+    run_id = str(mv.run_id or "")
+    key = hashlib.sha256(f"{tracking_uri}|{model_name}".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "fleetscore-releases"
+    target = root / key / f"v{version}-{(run_id or str(mv.creation_timestamp))[:12]}"
+    if not (target / "manifest.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            uri = client.get_model_version_download_uri(model_name, str(version))
+            from mlflow.artifacts import download_artifacts
+
+            local = Path(download_artifacts(artifact_uri=f"{uri.rstrip('/')}/artifacts/bundle",
+                                            dst_path=str(tmp), tracking_uri=tracking_uri))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(local, target)
+        except _mlflow_errors() as exc:
+            raise RegistryError(f"model {model_name} v{version}: cannot download the bundle: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ResolvedRelease(version=version, bundle_dir=target, tags=dict(mv.tags or {}),
+                           aliases=tuple(getattr(mv, "aliases", ()) or ()), run_id=run_id)
+
+
+def current_alias(tracking_uri: str, model_name: str, alias: str) -> int | None:
+    """The version ``alias`` points at, ``None`` when unset or when the model does not exist yet."""
+    try:
+        return resolve_version(tracking_uri, model_name, alias)
+    except ReleaseNotFound:
+        return None
+
+
+def resolve_version(tracking_uri: str, model_name: str, ref: str) -> int:
+    """The version number of ``ref`` (alias or number), without downloading anything."""
+    return int(_version_of(_client(tracking_uri), model_name, ref).version)
+
+
+def move_alias(
+    tracking_uri: str, model_name: str, alias: str, version: int, reason: str, user: str | None = None
+) -> AliasMove:
+    """Point ``alias`` at ``version`` and record the move in the registered model's tags."""
+    client = _client(tracking_uri)
+    previous = current_alias(tracking_uri, model_name, alias)
+    move = AliasMove(time=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+                     user=user or _user(), alias=alias, from_version=previous, to_version=int(version),
+                     reason=reason)
+    try:
+        client.set_registered_model_alias(model_name, alias, str(version))
+        count = len(alias_history(tracking_uri, model_name))
+        client.set_registered_model_tag(model_name, f"{MOVE_TAG}{count + 1:06d}", json.dumps(move.__dict__))
+    except _mlflow_errors() as exc:
+        raise RegistryError(f"model {model_name}: cannot move alias {alias!r} to v{version}: {exc}") from exc
+    return move
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def alias_history(tracking_uri: str, model_name: str) -> list[AliasMove]:
+    """Every recorded alias move of ``model_name``, oldest first (empty when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException:
+        return []
+    moves = sorted((k, v) for k, v in (model.tags or {}).items() if k.startswith(MOVE_TAG))
+    return [AliasMove(**json.loads(v)) for _, v in moves]
+
+
+def list_versions(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
+    """Every version of ``model_name``, newest first: version, created, run id, aliases, tags."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        model = client.get_registered_model(model_name)
+        versions = client.search_model_versions(f"name = '{model_name}'", max_results=10000)
+    except MlflowException as exc:
+        raise ReleaseNotFound(f"model {model_name}: not in the registry (no release yet)") from exc
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        out.append({
+            "version": int(mv.version),
+            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).replace(tzinfo=None),
+            "run_id": mv.run_id,
+            "aliases": sorted(aliases.get(str(mv.version), [])),
+            "tags": dict(mv.tags or {}),
+        })
+    return out
+
+
+# -- the pyfunc model (built by training/pyfunc_model.py when MLflow loads a release) ----------------
+
+READING_COLUMNS = ("TS", "Device", "Sensor", "Value")
+
+
+def readings_to_windows(readings: pd.DataFrame, window_seconds: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """Aggregate readings into windows (the ingestion shape); also each reading's window row."""
+    ts = pd.to_datetime(readings["TS"])
+    frame = pd.DataFrame({
+        "device": readings["Device"].astype(str).to_numpy(), "sensor": readings["Sensor"].astype(str).to_numpy(),
+        "ts": ts.dt.floor(pd.Timedelta(seconds=window_seconds)).to_numpy(),
+        "v": pd.to_numeric(readings["Value"]).to_numpy(dtype=np.float64),
+    })
+    grouped = frame.groupby(["device", "sensor", "ts"], sort=True)
+    windows = grouped["v"].agg(value="mean", value_min="min", value_max="max", value_count="count").reset_index()
+    windows["value_count"] = windows["value_count"].astype(np.int64)
+    row = grouped.ngroup().to_numpy()
+    return windows, row
+
+
+class BundleModel(PythonModel):  # type: ignore[misc]
+    """Scores readings with every (device, sensor) model of a release bundle."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the bundle artifact (npz + json, no pickle)."""
+        self.bundle = ReleaseBundle.load(context.artifacts["bundle"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Readings in, the same readings with ``Score`` and ``Prediction`` out (NaN/-1 for unknown series)."""
+        missing = [c for c in READING_COLUMNS if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"model input: missing column(s) {', '.join(missing)}; expected TS, Device, Sensor, Value")
+        window_seconds = float(self.bundle.manifest.get("window_seconds", 5.0))
+        windows, row = readings_to_windows(model_input, window_seconds)
+        scored = score_windows(self.bundle, windows)
+        keyed = windows.merge(scored[["device", "sensor", "ts", "score", "prediction"]],
+                              on=["device", "sensor", "ts"], how="left")
+        out = model_input.copy()
+        out["Score"] = keyed["score"].to_numpy()[row]
+        out["Prediction"] = keyed["prediction"].fillna(-1).astype(np.int8).to_numpy()[row]
+        return out
