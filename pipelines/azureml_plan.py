@@ -124,7 +124,7 @@ def job_environment(settings: Any) -> dict[str, str]:
     Refuses what cannot work from a compute cluster (a local SQLite file or folder) and anything that
     would write a secret into the workspace's job definitions (a password in a URL).
     """
-    from pipelines.settings import mask_url
+    from pipelines.settings import SECRET_WORDS, mask_url
 
     db, tracking = settings.database_url, settings.tracking_uri
     if db.startswith("sqlite"):
@@ -143,6 +143,9 @@ def job_environment(settings: Any) -> dict[str, str]:
         for field in dataclasses.fields(current):
             value = getattr(current, field.name)
             if value != getattr(default, field.name):
+                if any(word in field.name for word in SECRET_WORDS):
+                    raise PublishError(f"{section}.{field.name} is set: a published job must not carry a secret; "
+                                       "give the cluster's managed identity access instead (docs/deploy-azure.md)")
                 env[f"FLEETSCORE_{section.upper()}__{field.name.upper()}"] = _env_text(value)
     return dict(sorted(env.items()))
 

@@ -134,6 +134,9 @@ def test_no_schedule_writes_no_schedule_file(home: Path) -> None:
      "never a password in a published job\n"),
     (["--storage-url", "./blob"], {},
      "Error: storage_url ./blob is local: Azure ML jobs need az://container/prefix\n"),
+    ([], {"FLEETSCORE_SCORING__STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=k"},
+     "Error: scoring.storage_connection_string is set: a published job must not carry a secret; give the "
+     "cluster's managed identity access instead (docs/deploy-azure.md)\n"),
     ([], {"FLEETSCORE_AZUREML__REGISTRY": ""},
      "Error: azureml.registry is not set: the login server of the container registry, e.g. myacr.azurecr.io "
      "(FLEETSCORE_AZUREML__REGISTRY)\n"),
