@@ -1,1 +1,19 @@
-"""data_checks layer of fleetscore (see docs/architecture.md)."""
+"""data_checks layer of fleetscore: the Great Expectations gate on the SQL table of windows.
+
+Public API (the release and scoring pipelines call exactly this)::
+
+    report = run_validation(database_url, start, end, config, report_dir=..., docs_dir=None,
+                            window=timedelta(seconds=5), devices=None)
+    report.raise_if_failed()          # ValidationFailed with one line when a fleet-level check failed
+    report.excluded                   # {(device, sensor): reason} to leave out of training / scoring
+    load_report(id_or_path, report_dir)
+
+Great Expectations is imported only when a validation runs (it takes about 3 s to import).
+"""
+
+from data_checks.config import CheckConfig
+from data_checks.gate import run_validation
+from data_checks.ranges import learn_ranges
+from data_checks.report import CheckResult, ValidationReport, load_report
+
+__all__ = ["CheckConfig", "CheckResult", "ValidationReport", "learn_ranges", "load_report", "run_validation"]

@@ -1,0 +1,157 @@
+"""The data-checks gate: run the suite on a range of the SQL table and write the validation report.
+
+Fleet-level failures (schema broken, range empty, nulls in key columns, duplicates, stale data, volume
+out of band) set ``fleet_ok=False``: :meth:`ValidationReport.raise_if_failed` then stops the pipeline
+with one line. Series-level failures exclude just those ``(device, sensor)`` series, with the reason.
+Warnings are reported and exclude nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from data_checks.config import CheckConfig
+from data_checks.plan import RANGE_CHECKS, RangePlan
+from data_checks.report import FLEET, CheckResult, ValidationReport
+from data_checks.series_checks import (
+    SERIES_CHECKS,
+    History,
+    SeriesOutcome,
+    SeriesThresholds,
+    decide,
+    query_history,
+    query_series_stats,
+)
+from fleetscore.errors import ConfigError, StoreError
+from ingestion.engine import make_engine
+from ingestion.schema import windows
+from ingestion.timeutil import parse_duration, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def run_validation(database_url: str, start: datetime | None, end: datetime | None, config: CheckConfig, *,
+                   report_dir: str | Path, docs_dir: str | Path | None = None,
+                   window: timedelta = timedelta(seconds=5),
+                   devices: Sequence[str] | None = None) -> ValidationReport:
+    """Validate the windows in ``[start, end)`` (``None``: unbounded) and write ``<report_dir>/<id>.json``.
+
+    Fleet-level checks run with Great Expectations as queries in the database; per-series checks run
+    as one grouped query. Raises :class:`StoreError` when the database cannot be reached; a failing
+    check never raises here (call ``raise_if_failed`` on the report).
+    """
+    thresholds = _thresholds(config, window)
+    max_age = parse_duration(config.max_age, "data_checks.max_age")
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"validation range: start {start} is not before end {end}")
+    device_list = list(devices) if devices is not None else None
+    engine = make_engine(database_url)
+    shown = engine.url.render_as_string(hide_password=True)
+    created = utcnow()
+    report = ValidationReport(
+        id=f"{created:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}", created_at=created, start=start, end=end,
+        database=shown, fleet_ok=False, checks=[], devices=device_list,
+        config={**asdict(config), "window": window.total_seconds()},
+    )
+    try:
+        if not inspect(engine).has_table(windows.name):
+            report.checks = [CheckResult("schema", FLEET, False, None, windows.name,
+                                         f"table {windows.name} not found in {shown}")]
+            report.checks += [CheckResult(n, FLEET, None, detail="skipped: schema check failed") for n in RANGE_CHECKS]
+            return _finish(report, None, report_dir)
+        from data_checks.ranges import load_learned_ranges, resolve_ranges
+
+        ranges = resolve_ranges(config, load_learned_ranges(engine))
+        report.ranges = {s: {"low": lo, "high": hi, "source": ranges.source[s]}
+                         for s, (lo, hi) in ranges.by_sensor.items()}
+        report.ranges["*"] = {"low": ranges.default[0], "high": ranges.default[1], "source": "default"}
+        history = None
+        if start is not None and end is not None and config.volume_history > 0:
+            history = query_history(engine, start, end, config.volume_history, device_list)
+        plan = replace(_range_plan(end, max_age, config, history), unique_enforced_by=_unique_constraint(engine))
+
+        from data_checks.gx_runner import run_fleet_checks  # Great Expectations takes ~3 s to import
+
+        fleet = run_fleet_checks(engine, windows.name, start, end, device_list, plan, docs_dir)
+        report.checks = list(fleet.checks)
+        report.rows = fleet.rows
+        if fleet.schema_ok and fleet.rows:
+            stats = query_series_stats(engine, start, end, device_list, ranges, thresholds.max_gap)
+            outcome = decide(stats, history.known if history else set(), thresholds, ranges, start, end)
+            report.series = len(stats)
+        else:
+            outcome = SeriesOutcome([CheckResult(n, "series", None, detail="skipped: no windows to check")
+                                     for n in SERIES_CHECKS])
+        report.checks += outcome.checks
+        report.excluded = outcome.excluded
+        report.warnings = outcome.warnings
+        return _finish(report, fleet.docs_index, report_dir)
+    except SQLAlchemyError as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        raise StoreError(f"database {shown}: validation query failed: {text.splitlines()[0] if text else exc}") from exc
+
+
+def _finish(report: ValidationReport, docs_index: str | None, report_dir: str | Path) -> ValidationReport:
+    report.fleet_ok = not report.failed_checks
+    if docs_index:
+        report.config["docs_index"] = docs_index
+    report.write(report_dir)
+    log.info("validation %s: fleet_ok=%s, %d series excluded, report %s", report.id, report.fleet_ok,
+             len(report.excluded), report.path)
+    return report
+
+
+def _unique_constraint(engine: Engine) -> str:
+    """``"primary key (device, sensor, ts)"`` when the database itself keeps the key unique, else ``""``."""
+    key = {"device", "sensor", "ts"}
+    inspector = inspect(engine)
+    if set(inspector.get_pk_constraint(windows.name).get("constrained_columns") or []) == key:
+        return "primary key (device, sensor, ts)"
+    constraints: list[Any] = [*inspector.get_unique_constraints(windows.name), *inspector.get_indexes(windows.name)]
+    for constraint in constraints:
+        if set(constraint.get("column_names") or []) == key and constraint.get("unique", True):
+            return f"unique constraint {constraint.get('name') or ''}".strip() + " (device, sensor, ts)"
+    return ""
+
+
+def _thresholds(config: CheckConfig, window: timedelta) -> SeriesThresholds:
+    for name in ("min_completeness", "max_out_of_range", "volume_band"):
+        value = getattr(config, name)
+        if not 0 <= value <= (1 if name != "volume_band" else float("inf")):
+            raise ConfigError(f"data_checks.{name}: must be a share between 0 and 1, got {value}")
+    if config.completeness_basis not in ("fleet", "grid"):
+        raise ConfigError("data_checks.completeness_basis: expected 'fleet' or 'grid', "
+                          f"got {config.completeness_basis!r}")
+    if config.volume_history < 0:
+        raise ConfigError(f"data_checks.volume_history: must be >= 0, got {config.volume_history}")
+    if window <= timedelta(0):
+        raise ConfigError(f"window: must be positive, got {window}")
+    return SeriesThresholds(
+        min_completeness=config.min_completeness, completeness_basis=config.completeness_basis,
+        max_gap=parse_duration(config.max_gap, "data_checks.max_gap"),
+        max_out_of_range=config.max_out_of_range, window=window,
+    )
+
+
+def _range_plan(end: datetime | None, max_age: timedelta, config: CheckConfig, history: History | None) -> RangePlan:
+    if history is None:
+        why = "no range start and end given" if config.volume_history > 0 else "volume_history = 0"
+        return RangePlan(end, max_age, None, None, why)
+    if not history.counts:
+        return RangePlan(end, max_age, None, None, f"no data in the {config.volume_history} previous ranges")
+    expected = float(statistics.median(history.counts))
+    low = int(expected * (1 - config.volume_band))
+    high = int(expected * (1 + config.volume_band) + 0.999999)
+    what = f"median {expected:g} of the {len(history.counts)} previous ranges"
+    return RangePlan(end, max_age, (low, high), float(expected), what)
