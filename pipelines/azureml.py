@@ -192,9 +192,9 @@ def _components(spec: PublishSpec, env_ref: str, code_dir: Path) -> dict[str, An
         command=("fleetscore --storage-url ${{inputs.storage_url}} score-step plan --start ${{inputs.start}} "
                  "--end ${{inputs.end}} --schedule '${{inputs.schedule}}' --lag ${{inputs.lag}} "
                  "--release ${{inputs.release}} --devices '${{inputs.devices}}' --shards ${{inputs.shards}} "
-                 "--out ${{outputs.tasks}}"),
+                 "--force ${{inputs.force}} --out ${{outputs.tasks}}"),
         inputs={name: Input(type="string") for name in ("start", "end", "schedule", "lag", "release", "devices",
-                                                   "storage_url")} | {"shards": Input(type="integer")},
+                                                          "storage_url", "force")} | {"shards": Input(type="integer")},
         outputs={"tasks": Output(type="uri_folder")},
         is_deterministic=False,
     )
@@ -241,7 +241,7 @@ def build_pipeline(spec: PublishSpec, components: dict[str, Any], **inputs: Any)
     schedule = spec.schedule.as_input() if spec.schedule else "every:1h"
     values = {"start": "auto", "end": "auto", "schedule": schedule, "lag": spec.schedule.lag if spec.schedule
               else "0s", "release": spec.release, "devices": "all", "storage_url": spec.storage_url,
-              "shards": spec.shards}
+              "shards": spec.shards, "force": "false"}
     unknown = sorted(set(inputs) - set(values))
     if unknown:
         raise PublishError(f"unknown pipeline input {unknown[0]}; known: {', '.join(values)}")
@@ -250,10 +250,10 @@ def build_pipeline(spec: PublishSpec, components: dict[str, Any], **inputs: Any)
 
     @dsl.pipeline(name=spec.pipeline, display_name="fleetscore scoring", experiment_name=spec.experiment,
                   default_compute=spec.compute)  # type: ignore[call-overload]
-    def fleetscore_scoring(start, end, schedule, lag, release, devices, storage_url, shards):  # type: ignore[no-untyped-def]
+    def fleetscore_scoring(start, end, schedule, lag, release, devices, storage_url, shards, force):  # type: ignore[no-untyped-def]
         # no annotations: the SDK reads them at run time and `from __future__ import annotations` hides them
         plan = plan_c(start=start, end=end, schedule=schedule, lag=lag, release=release, devices=devices,
-                      storage_url=storage_url, shards=shards)
+                      storage_url=storage_url, shards=shards, force=force)
         score = score_c(tasks=plan.outputs.tasks, storage_url=storage_url)
         finalize = finalize_c(tasks=plan.outputs.tasks, results=score.outputs.results, storage_url=storage_url)
         _run_as_cluster(plan, spec.job_env)
@@ -453,11 +453,12 @@ def _ensure_schedule(ws: Workspace, spec: PublishSpec, entities: Entities) -> Ac
 
 
 def submit_scoring_job(settings: Any, start: datetime | None, end: datetime | None, release: str | None,
-                       devices: list[str] | None, workspace: Workspace | None = None) -> str:
+                       devices: list[str] | None, workspace: Workspace | None = None, *, force: bool = False) -> str:
     """Submit one run of the published scoring pipeline for ``[start, end)``; returns the job name.
 
     Uses the components as last published (label ``latest``), so it runs the image the release
-    workflow built; ``fleetscore publish --target azureml`` must have run once.
+    workflow built; ``fleetscore publish --target azureml`` must have run once. ``force``: score again a
+    window already scored with the same release and data (a new run beside the old one).
     """
     if start is None or end is None:
         raise PublishError("--executor azureml needs a window: give --start and --end, or --last")
@@ -481,7 +482,7 @@ def submit_scoring_job(settings: Any, start: datetime | None, end: datetime | No
         release=settings.scoring.release, job_env=job_environment(settings),
     )
     job = build_pipeline(spec, components, start=start.isoformat(), end=end.isoformat(), release=release,
-                         devices=",".join(devices) if devices else None)
+                         devices=",".join(devices) if devices else None, force="true" if force else "false")
     name = ws.submit(job, cfg.experiment)
     log.info("submitted Azure ML scoring job %s for %s .. %s", name, start, end)
     return name

@@ -37,19 +37,21 @@ def plan_step(
     release: str | None = None,
     devices: Sequence[str] | None = None,
     shards: int | None = None,
+    force: bool = False,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Plan one run and write its task files into ``out_dir``; returns the run's summary.
 
     ``start``/``end`` ``None``: the latest window of ``schedule`` that is due at ``now`` (a scheduled
     run). A duplicate run, or a resumed run with every shard done, writes a single no-op task so the
-    parallel step still has one mini-batch and ``finalize`` knows what happened.
+    parallel step still has one mini-batch and ``finalize`` knows what happened. ``force`` scores a window
+    again even when the same release already scored the same data (a new run beside the old one).
     """
     from pipelines.scoring_pipeline import prepare_run
 
     if start is None or end is None:
         start, end = scheduled_window(schedule, now or utcnow())
-    prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards)
+    prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards, force=force)
     base = {"run_id": prepared.run_id, "start": prepared.plan["start"], "end": prepared.plan["end"],
             "release_version": prepared.plan["release_version"], "duplicate_of": prepared.duplicate_of,
             "timings": prepared.timings}

@@ -64,7 +64,8 @@ def test_dry_run_writes_every_entity_and_the_sdk_loads_it_back(home: Path) -> No
     plan = load_component(out / "component-plan.yml")
     assert plan.environment == "fleetscore-scoring:0a1b2c3"  # the loader drops "azureml:"
     assert plan.command.startswith("fleetscore --storage-url ${{inputs.storage_url}} score-step plan ")
-    assert set(plan.inputs) == {"start", "end", "schedule", "lag", "release", "devices", "storage_url", "shards"}
+    assert set(plan.inputs) == {"start", "end", "schedule", "lag", "release", "devices", "storage_url", "shards",
+                                "force"}
 
     shards = load_component(out / "component-score_shards.yml")
     assert shards.type == "parallel"
@@ -85,7 +86,8 @@ def test_dry_run_writes_every_entity_and_the_sdk_loads_it_back(home: Path) -> No
     assert isinstance(job, PipelineJob)
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "auto", "end": "auto", "schedule": "every:1h", "lag": "5m", "release": "champion",
-        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 6}  # 3 nodes x 2 processes
+        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 6,  # 3 nodes x 2 processes
+        "force": "false"}
     assert set(job.jobs) == {"plan", "score", "finalize"}
     assert job.jobs["score"].inputs["tasks"]._data["path"] == "${{parent.jobs.plan.outputs.tasks}}"
     assert job.jobs["finalize"].inputs["results"]._data["path"] == "${{parent.jobs.score.outputs.results}}"
@@ -227,13 +229,14 @@ def test_submit_scoring_job_runs_the_published_pipeline_on_a_window() -> None:
                               "run fleetscore publish --target azureml first")
     azureml.publish(_spec(), ws)
     name = azureml.submit_scoring_job(settings, datetime(2018, 8, 29), datetime(2018, 8, 29, 1), "7",
-                                      ["dev-1", "dev-2"], ws)
+                                      ["dev-1", "dev-2"], ws, force=True)
     assert name == "job-1"
     job, experiment = client.jobs.submitted[0]
     assert experiment == "fleetscore-scoring"
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "2018-08-29T00:00:00", "end": "2018-08-29T01:00:00", "schedule": "every:1h", "lag": "0s",
-        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 8}
+        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 8,
+        "force": "true"}
     assert job.jobs["score"].component is client.components.get("fleetscore_score_shards", label="latest")
 
 
