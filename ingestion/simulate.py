@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -266,14 +267,20 @@ def iter_readings(spec: SimulationSpec, anomalies: list[Anomaly],
             on_progress(done, spec.readings)
 
 
-def _open_out(path: Path, compress: bool) -> IO[bytes]:
+@contextmanager
+def _open_out(path: Path, compress: bool) -> Iterator[IO[bytes]]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if compress:
-            return gzip.open(path, "wb", compresslevel=5)  # type: ignore[return-value]
-        return path.open("wb")
+        handle = path.open("wb")
     except OSError as exc:
         raise IngestError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    with handle:
+        if not compress:
+            yield handle
+            return
+        # no name or time in the gzip header: the same spec gives the same bytes
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=5, fileobj=handle, mtime=0) as zipped:
+            yield zipped  # type: ignore[misc]
 
 
 def output_format(path: Path) -> str:
