@@ -70,8 +70,8 @@ def test_stuck_value_is_the_last_normal_reading(simulated: tuple[pd.DataFrame, p
     for row in labels[labels.Kind == "stuck"].itertuples():
         start, end = row.Start, row.End
         series = readings[(readings.Device == row.Device) & (readings.Sensor == row.Sensor)]
-        before = series[series.TS < start].Value.iloc[-1]
-        inside = series[(series.TS >= start) & (series.TS < end)].Value
+        before = series[series.TS.lt(start)].Value.iloc[-1]
+        inside = series[series.TS.ge(start) & series.TS.lt(end)].Value
         assert (inside == before).all()
 
 
