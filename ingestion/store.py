@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,10 @@ class SensorStore:
             )
         if self.dialect == "sqlite" and (not url.database or url.database == ":memory:"):
             raise StoreError("database_url: an in-memory SQLite database cannot be shared; give a file path")
+        if self.dialect == "sqlite" and not Path(url.database).is_absolute():  # type: ignore[arg-type]
+            # resolve now: the engine cache and the ADBC connection must open the same file
+            url = url.set(database=str(Path(url.database).resolve()))  # type: ignore[arg-type]
+            self.database_url = url.render_as_string(hide_password=False)
         self._url = url
         self._schema_ready = False
 
