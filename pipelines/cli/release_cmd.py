@@ -1,30 +1,160 @@
-"""Placeholder: replaced by the owner of this command (see docs/architecture.md)."""
+"""``fleetscore train``, ``release``, ``rollback`` and ``models list|show``."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import click
+
+from pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Any]:
+    """A rich progress bar of shards on a terminal; no callback otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+    with bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @click.command(name="train")
-def train() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@time_range_options
+@devices_option
+@click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the manifest).")
+@click.pass_obj
+def train(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
+          skip_validation: bool) -> None:
+    """Validate and fit one model per (device, sensor); save the candidate bundle (no registration).
+
+    Without a range, all stored windows are used. The last training.gate_holdout_fraction of the range
+    is held out for the evaluation gate and not fitted.
+    """
+    settings = state.settings()
+    window_start, window_end = time_range(start, end, last)
+    from pipelines.release import train_candidate
+
+    with _progress("training shards") as on_progress:
+        cand = train_candidate(settings, window_start, window_end, split_ids(devices), skip_validation, on_progress)
+    click.echo(f"trained {len(cand.bundle):,} models on {cand.rows:,} windows in {cand.seconds:.1f} s "
+               f"({cand.models_per_second:,.0f} models/s); {len(cand.skipped):,} skipped, {len(cand.failed):,} failed")
+    click.echo(f"training range {cand.start} .. {cand.split} (holdout until {cand.end}), "
+               f"validation {cand.validation_id}")
+    for (device, sensor), reason in list(cand.skipped.items())[:10]:
+        click.echo(f"skipped {device}/{sensor}: {reason}")
+    click.echo(f"bundle: {cand.path}")
 
 
 @click.command(name="release")
-def release() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@time_range_options
+@devices_option
+@click.option("--force", is_flag=True, help="Promote every new model, whatever the evaluation gate says.")
+@click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the tags).")
+@click.pass_obj
+def release(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
+            force: bool, skip_validation: bool) -> None:
+    """Validate, train, gate against the champion, register the release and make it the champion.
+
+    Prints e.g. "released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed".
+    """
+    settings = state.settings()
+    window_start, window_end = time_range(start, end, last)
+    from pipelines.release import run_release
+
+    with _progress("training shards") as on_progress:
+        outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
+                              on_progress)
+    click.echo(outcome.summary)
+    click.echo(f"champion: v{outcome.version} (was {_v(outcome.champion_before)}), "
+               f"model {settings.training.model_name}")
+
+
+def _v(version: int | None) -> str:
+    return f"v{version}" if version is not None else "none"
 
 
 @click.command(name="rollback")
-def rollback() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.option("--to", "to_version", type=click.IntRange(min=1), default=None, metavar="VERSION",
+              help="The version to go back to (default: the previous champion).")
+@click.option("--device", default=None, help="Roll back only this device's models (a new release).")
+@click.option("--sensor", default=None, help="With --device: only this sensor's model.")
+@click.option("--reason", default="", help="Why (recorded with the alias move).")
+@click.pass_obj
+def rollback(state: Any, to_version: int | None, device: str | None, sensor: str | None, reason: str) -> None:
+    """Move the champion back, or make a release with one device's models from an older version.
+
+    Without --device the champion alias moves to VERSION (default: the previous champion). With
+    --device D [--sensor S] --to VERSION a new release takes that series from VERSION and every other
+    series from the champion, and becomes the champion.
+    """
+    settings = state.settings()
+    from pipelines.release import rollback as do_rollback
+
+    click.echo(do_rollback(settings, to_version, device, sensor, reason))
 
 
-@click.command(name="models")
+@click.group(name="models")
 def models() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+    """Releases in the model registry: versions, aliases, alias history, per-device provenance."""
 
+
+@models.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def models_list(state: Any, as_json: bool) -> None:
+    """Every release of the fleet's model, newest first."""
+    settings = state.settings()
+    from pipelines.release import list_releases
+
+    versions = list_releases(settings)
+    if as_json:
+        click.echo(json.dumps(versions, indent=1, default=str))
+        return
+    click.echo(f"{'version':>7}  {'created':19}  {'aliases':20}  summary")
+    for v in versions:
+        summary = v["tags"].get("fleetscore.gate_summary", "")
+        click.echo(f"{v['version']:>7}  {v['created']:%Y-%m-%d %H:%M:%S}  {','.join(v['aliases']):20}  {summary}")
+
+
+@models.command(name="show")
+@click.argument("version", required=False, default="champion")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Series to list (0: all).")
+@click.pass_obj
+def models_show(state: Any, version: str, as_json: bool, limit: int) -> None:
+    """One release (VERSION: a number, champion or challenger; default champion)."""
+    settings = state.settings()
+    from pipelines.release import show_release
+
+    info = show_release(settings, version)
+    if as_json:
+        click.echo(json.dumps(info, indent=1, default=str))
+        return
+    click.echo(f"version {info['version']}  aliases: {', '.join(info['aliases']) or '-'}  created {info['created']}")
+    for key in sorted(info["tags"]):
+        click.echo(f"  {key} = {info['tags'][key]}")
+    click.echo("alias history:")
+    for move in info["alias_history"]:
+        click.echo(f"  {move['time']}  {move['user']}  {move['alias']}: {_v(move['from_version'])} -> "
+                   f"v{move['to_version']}  ({move['reason']})")
+    series = info["series"] if limit == 0 else info["series"][:limit]
+    click.echo(f"series ({len(info['series']):,}; features {', '.join(info['features'])}):")
+    for s in series:
+        click.echo(f"  {s['device']}/{s['sensor']}  {s['decision'] or '-':9}  trained in v{s['trained_in']}  "
+                   f"{s['rows']} windows {s['train_start']} .. {s['train_end']}  data {s['data_hash']}")
+    if limit and len(info["series"]) > limit:
+        click.echo(f"  ... {len(info['series']) - limit:,} more (--limit 0 for all)")
+    for s in info["skipped"]:
+        click.echo(f"  skipped {s['device']}/{s['sensor']}: {s['reason']}")

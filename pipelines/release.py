@@ -1,0 +1,427 @@
+"""The release pipeline: validate -> train (sharded) -> gate -> register -> promote; rollbacks.
+
+``fleetscore train`` runs :func:`train_candidate` (no registration), ``fleetscore release`` runs
+:func:`run_release`, ``fleetscore rollback`` runs :func:`rollback`, ``fleetscore models`` reads
+:func:`list_releases` and :func:`show_release`. Settings are resolved by the command and passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fleetscore.errors import ReleaseNotFound, TrainingError
+from ingestion.timeutil import parse_duration, utcnow
+from pipelines.executors import ShardFailure, default_workers, run_shards
+from pipelines.settings import Settings
+from training.bundle import ReleaseBundle
+from training.config import TrainingConfig
+from training.fit import ShardFit, fit_shard
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Candidate:
+    """What training produced: the bundle (saved at ``path``), its range and what was left out."""
+
+    bundle: ReleaseBundle
+    path: Path
+    start: datetime
+    end: datetime
+    split: datetime  # windows from here to ``end`` are the gate's holdout
+    validation_id: str
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    rows: int = 0
+    seconds: float = 0.0
+    data_hash: str = ""
+
+    @property
+    def models_per_second(self) -> float:
+        """Training throughput."""
+        return len(self.bundle) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class ReleaseOutcome:
+    """A registered release: its version, the one-line summary and the per-decision counts."""
+
+    version: int
+    summary: str
+    counts: dict[str, int]
+    champion_before: int | None
+    run_id: str
+    candidate: Candidate
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+
+def _fit_devices(database_url: str, start: datetime, end: datetime, devices: list[str], config: TrainingConfig,
+                 exclude: frozenset[tuple[str, str]]) -> ShardFit:
+    """One shard of training (top level: runs in a worker process or on a Dask worker)."""
+    from ingestion.store import SensorStore
+
+    windows = SensorStore(database_url).read_windows(start, end, devices)
+    return fit_shard(windows, config, exclude)
+
+
+def _resolve_range(settings: Settings, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    from ingestion.store import SensorStore
+
+    if start is not None and end is not None:
+        return start, end
+    first, last = SensorStore(settings.database_url).time_range()
+    if first is None or last is None:
+        raise TrainingError("nothing to train on: the sensor store holds no windows (run fleetscore ingest first)")
+    return start or first, end or last + _window(settings)
+
+
+def _window(settings: Settings) -> timedelta:
+    return parse_duration(settings.ingest.window, "ingest.window")
+
+
+def _validate(settings: Settings, start: datetime, end: datetime, devices: Sequence[str] | None) -> Any:
+    from data_checks import run_validation
+
+    report = run_validation(settings.database_url, start, end, settings.data_checks,
+                            report_dir=Path(settings.home) / "reports" / "validation", window=_window(settings),
+                            devices=devices)
+    report.raise_if_failed()
+    return report
+
+
+def train_candidate(
+    settings: Settings,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    devices: Sequence[str] | None = None,
+    skip_validation: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> Candidate:
+    """Validate the range, fit every (device, sensor) series over device shards, save the bundle.
+
+    The last ``training.gate_holdout_fraction`` of the range is held out for the gate (not fitted).
+    Series excluded by validation or with fewer than ``training.min_rows`` windows are skipped with the
+    reason in the manifest; a shard that fails marks its series failed, the other shards go on.
+    """
+    from ingestion.sharding import shard_devices
+    from ingestion.store import SensorStore
+
+    config = settings.training
+    start, end = _resolve_range(settings, start, end)
+    window = _window(settings)
+    holdout = max(0.0, min(config.gate_holdout_fraction, 0.9))
+    split = start + (end - start) * (1 - holdout)
+    split = start + ((split - start) // window) * window
+    excluded: dict[tuple[str, str], str] = {}
+    validation_id = "skipped"
+    if not skip_validation:
+        report = _validate(settings, start, end, devices)
+        excluded, validation_id = dict(report.excluded), report.id
+    fleet = list(devices) if devices else SensorStore(settings.database_url).devices()
+    if not fleet:
+        raise TrainingError(f"nothing to train on: no windows in [{start}, {end})")
+    workers = settings.workers or default_workers()
+    shards = shard_devices(fleet, max(1, min(len(fleet), workers * 4)))
+    started = time.perf_counter()
+    args = [(settings.database_url, start, split, shard, config, frozenset(excluded)) for shard in shards]
+    results = run_shards(_fit_devices, args, settings.executor, settings.workers, on_progress)
+    parts: list[ReleaseBundle] = []
+    skipped: dict[tuple[str, str], str] = {}
+    failed: dict[tuple[str, str], str] = {}
+    rows = 0
+    for shard, result in zip(shards, results, strict=True):
+        if isinstance(result, ShardFailure):
+            for device in shard:
+                failed[(device, "*")] = f"shard failed: {result.error}"
+            continue
+        fit: ShardFit = result.value
+        parts.append(fit.bundle)
+        skipped.update(fit.skipped)
+        failed.update(fit.failed)
+        rows += fit.rows
+    seconds = time.perf_counter() - started
+    nonempty = [p for p in parts if len(p)]
+    if not nonempty:
+        raise TrainingError(f"no series could be trained in [{start}, {split}): "
+                            f"{len(skipped)} skipped, {len(failed)} failed")
+    bundle = ReleaseBundle.concat(nonempty, manifest={})
+    for record in bundle.manifest["series"]:
+        key = (record["device"], record["sensor"])
+        if key in excluded:  # not possible (excluded series are not fitted); kept for clarity
+            record["excluded"] = excluded[key]
+    data_hash = hashlib.sha256("|".join(sorted(
+        f"{r['device']}/{r['sensor']}:{r['data_hash']}" for r in bundle.manifest["series"])).encode()).hexdigest()[:16]
+    bundle.manifest.update(
+        window_seconds=window.total_seconds(), train_start=str(start), train_end=str(split), holdout_end=str(end),
+        validation_id=validation_id, skip_validation=skip_validation, data_hash=data_hash,
+        hyperparameters={"nu": config.nu, "gamma": config.gamma, "threshold_quantile": config.threshold_quantile,
+                         "min_rows": config.min_rows},
+        skipped=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(skipped.items())],
+        failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
+    )
+    path = Path(settings.home) / "candidates" / f"{utcnow():%Y%m%dT%H%M%S}-{data_hash[:6]}"
+    bundle.save(path)
+    return Candidate(bundle=bundle, path=path, start=start, end=end, split=split, validation_id=validation_id,
+                     skipped=skipped, failed=failed, rows=rows, seconds=seconds, data_hash=data_hash)
+
+
+# -- releasing ---------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _champion(settings: Settings) -> tuple[ReleaseBundle | None, int | None]:
+    from training.registry import resolve_release
+
+    try:
+        resolved = resolve_release(settings.tracking_uri, settings.training.model_name, "champion")
+    except ReleaseNotFound:
+        return None, None
+    return ReleaseBundle.load(resolved.bundle_dir), resolved.version
+
+
+def _per_series_table(bundle: ReleaseBundle, folder: Path) -> Path:
+    rows = []
+    for rec in bundle.manifest.get("series", []):
+        row = {k: v for k, v in rec.items() if k not in ("metrics", "gate")}
+        row.update({f"metric_{k}": v for k, v in (rec.get("metrics") or {}).items()})
+        for side in ("challenger", "champion"):
+            row.update({f"{side}_{k}": v for k, v in ((rec.get("gate") or {}).get(side) or {}).items()})
+        rows.append(row)
+    path = folder / "per_series_metrics.parquet"
+    pd.DataFrame(rows).astype({"trained_in": "Int64"}, errors="ignore").to_parquet(path, index=False)
+    return path
+
+
+def _register(settings: Settings, bundle: ReleaseBundle, run_name: str, params: dict[str, Any],
+              metrics: dict[str, float], tags: dict[str, Any]) -> tuple[int, str]:
+    from training.registry import register_release
+
+    with tempfile.TemporaryDirectory(prefix="fleetscore-release-") as tmp:
+        folder = Path(tmp)
+        bundle.save(folder / "bundle")
+        table = _per_series_table(bundle, folder)
+        return register_release(settings.tracking_uri, settings.training.model_name, folder / "bundle", run_name,
+                                params, metrics, tags, tables={"metrics": table},
+                                experiment=settings.training.experiment)
+
+
+def _move(settings: Settings, alias: str, version: int, reason: str) -> None:
+    from ingestion.alias_log import AliasLog
+    from training.registry import move_alias
+
+    move = move_alias(settings.tracking_uri, settings.training.model_name, alias, version, reason)
+    AliasLog(settings.database_url).record(datetime.fromisoformat(move.time), move.user,
+                                           settings.training.model_name, alias, move.from_version,
+                                           move.to_version, reason)
+
+
+def run_release(
+    settings: Settings,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    devices: Sequence[str] | None = None,
+    force: bool = False,
+    skip_validation: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> ReleaseOutcome:
+    """Validate, train, gate against the champion, register the release and make it the champion.
+
+    The outcome is always explicit: every series is promoted, kept from the champion or new; a series
+    that could not be trained keeps its champion model (or is counted failed when it has none).
+    """
+    from training.evaluation import run_gate
+
+    candidate = train_candidate(settings, start, end, devices, skip_validation, on_progress)
+    champion, champion_version = _champion(settings)
+    holdout = _holdout(settings, candidate, devices)
+    gate = run_gate(candidate.bundle, champion, holdout, settings.training, champion_version, force=force)
+    bundle = gate.bundle
+    bundle.manifest.update({k: v for k, v in candidate.bundle.manifest.items() if k != "series"})
+    bundle.manifest.update(parent_champion=champion_version, force=force, kind="release")
+    failed = len([k for k in candidate.failed if k not in gate.decisions])
+    skipped = len([k for k in candidate.skipped if k not in gate.decisions])
+    pending = gate.summary(0, failed, skipped)
+    params = {"start": candidate.start, "end": candidate.end, "train_end": candidate.split,
+              "features": ",".join(settings.training.features), "nu": settings.training.nu,
+              "gamma": settings.training.gamma, "threshold_quantile": settings.training.threshold_quantile,
+              "rolling_window": settings.training.rolling_window, "min_rows": settings.training.min_rows,
+              "devices": ",".join(devices) if devices else "all", "force": force,
+              "skip_validation": skip_validation}
+    metrics = _fleet_metrics(candidate, gate.counts, failed, skipped)
+    tags = {"fleetscore.git_commit": git_commit(), "fleetscore.train_start": str(candidate.start),
+            "fleetscore.train_end": str(candidate.split), "fleetscore.holdout_end": str(candidate.end),
+            "fleetscore.data_hash": candidate.data_hash, "fleetscore.validation_id": candidate.validation_id,
+            "fleetscore.skip_validation": str(skip_validation).lower(),
+            "fleetscore.parent_champion": str(champion_version) if champion_version is not None else "none",
+            "fleetscore.kind": "release", "fleetscore.models": str(len(bundle))}
+    version, run_id = _register(settings, bundle, f"release-{utcnow():%Y%m%dT%H%M%S}", params, metrics, tags)
+    summary = pending.replace("released v0:", f"released v{version}:", 1)
+    from training.registry import set_version_tags
+
+    set_version_tags(settings.tracking_uri, settings.training.model_name, version,
+                     {"fleetscore.gate_summary": summary, **{f"fleetscore.gate.{k}": v for k, v in gate.counts.items()},
+                      "fleetscore.gate.failed": failed})
+    _move(settings, "challenger", version, f"candidate of release v{version}")
+    _move(settings, "champion", version, summary)
+    return ReleaseOutcome(version=version, summary=summary, counts=gate.counts, champion_before=champion_version,
+                          run_id=run_id, candidate=candidate)
+
+
+def _holdout(settings: Settings, candidate: Candidate, devices: Sequence[str] | None) -> pd.DataFrame:
+    from ingestion.store import SensorStore
+
+    windows = SensorStore(settings.database_url).read_windows(candidate.split, candidate.end, devices)
+    if candidate.skipped or candidate.failed:
+        excluded = set(candidate.skipped) | set(candidate.failed)
+        keys = pd.Series(list(zip(windows["device"], windows["sensor"], strict=True)), dtype=object)
+        windows = windows[~keys.isin(excluded).to_numpy()].reset_index(drop=True)
+    return windows
+
+
+def _fleet_metrics(candidate: Candidate, counts: dict[str, int], failed: int, skipped: int) -> dict[str, float]:
+    series = candidate.bundle.manifest.get("series", [])
+    n_sv = [r["metrics"]["n_support"] for r in series if "metrics" in r]
+    return {"models": float(len(candidate.bundle)), "rows": float(candidate.rows),
+            "train_seconds": candidate.seconds, "models_per_second": candidate.models_per_second,
+            "mean_support_vectors": float(sum(n_sv) / len(n_sv)) if n_sv else 0.0,
+            **{k: float(v) for k, v in counts.items()}, "failed": float(failed), "skipped": float(skipped)}
+
+
+# -- rollback ------------------------------------------------------------------------------------
+
+
+def rollback(
+    settings: Settings,
+    to_version: int | None = None,
+    device: str | None = None,
+    sensor: str | None = None,
+    reason: str = "",
+) -> str:
+    """Move ``champion`` back (default: to the previous champion), or, with ``device``, make a new
+    release that takes that device's series (or one ``sensor`` of it) from ``to_version`` and every
+    other series from the champion. Returns a one-line summary."""
+    from training.registry import alias_history, resolve_release, resolve_version
+
+    name = settings.training.model_name
+    current = resolve_version(settings.tracking_uri, name, "champion")
+    if device is None:
+        if sensor is not None:
+            raise TrainingError("rollback --sensor needs --device")
+        if to_version is None:
+            previous = [m.from_version for m in alias_history(settings.tracking_uri, name)
+                        if m.alias == "champion" and m.to_version == current and m.from_version is not None]
+            if not previous:
+                raise ReleaseNotFound(f"model {name}: champion v{current} has no previous champion to roll back to")
+            to_version = previous[-1]
+        target = resolve_version(settings.tracking_uri, name, str(to_version))
+        if target == current:
+            return f"champion is already v{current}"
+        _move(settings, "champion", target, reason or f"rollback from v{current}")
+        return f"champion: v{current} -> v{target}"
+    if to_version is None:
+        raise TrainingError("rollback --device needs --to VERSION")
+    old = resolve_release(settings.tracking_uri, name, str(to_version))
+    champ = resolve_release(settings.tracking_uri, name, "champion")
+    old_bundle, champ_bundle = ReleaseBundle.load(old.bundle_dir), ReleaseBundle.load(champ.bundle_dir)
+    wanted = [i for i, (d, s) in enumerate(old_bundle.keys) if d == device and (sensor is None or s == sensor)]
+    if not wanted:
+        what = f"device {device}" + (f" sensor {sensor}" if sensor else "")
+        raise ReleaseNotFound(f"model {name} v{old.version}: no model for {what}")
+    taken = {old_bundle.keys[i] for i in wanted}
+    from_old = old_bundle.subset(wanted)
+    from_old.manifest["series"] = [{**r, "decision": "rolled_back", "kept_from": old.version,
+                                    "trained_in": r.get("trained_in") or old.version}
+                                   for r in from_old.manifest["series"]]
+    rest_idx = [i for i, k in enumerate(champ_bundle.keys) if k not in taken]
+    rest = champ_bundle.subset(rest_idx)
+    rest.manifest["series"] = [{**r, "decision": "kept", "kept_from": champ.version,
+                                "trained_in": r.get("trained_in") or champ.version} for r in rest.manifest["series"]]
+    manifest = {k: v for k, v in champ_bundle.manifest.items() if k != "series"}
+    manifest.update(kind="rollback", parent_champion=champ.version, rolled_back_from=old.version,
+                    rolled_back_series=[{"device": d, "sensor": s} for d, s in sorted(taken)])
+    bundle = ReleaseBundle.concat([from_old, rest], manifest=manifest)
+    what = f"device {device}" + (f" sensor {sensor}" if sensor else "")
+    tags = {"fleetscore.git_commit": git_commit(), "fleetscore.kind": "rollback",
+            "fleetscore.parent_champion": str(champ.version), "fleetscore.rolled_back_from": str(old.version),
+            "fleetscore.rolled_back": what, "fleetscore.models": str(len(bundle))}
+    for key in ("fleetscore.train_start", "fleetscore.train_end", "fleetscore.data_hash", "fleetscore.validation_id"):
+        if key in champ.tags:
+            tags[key] = champ.tags[key]
+    params = {"rollback_of": what, "to_version": old.version, "champion": champ.version}
+    version, _ = _register(settings, bundle, f"rollback-{utcnow():%Y%m%dT%H%M%S}", params,
+                           {"models": float(len(bundle)), "rolled_back_series": float(len(taken))}, tags)
+    summary = (f"released v{version}: {what} ({len(taken)} series) from v{old.version}, "
+               f"{len(rest_idx):,} kept from v{champ.version}")
+    from training.registry import set_version_tags
+
+    set_version_tags(settings.tracking_uri, name, version, {"fleetscore.gate_summary": summary})
+    _move(settings, "champion", version, reason or f"rollback of {what} to v{old.version}")
+    return summary
+
+
+# -- reading the registry ------------------------------------------------------------------------
+
+
+def list_releases(settings: Settings) -> list[dict[str, Any]]:
+    """Every release of the fleet's model, newest first (version, created, aliases, summary, tags)."""
+    from training.registry import list_versions
+
+    return list_versions(settings.tracking_uri, settings.training.model_name)
+
+
+def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
+    """One release: version, aliases, tags, the alias history, and per-series provenance."""
+    from ingestion.alias_log import AliasLog
+    from training.registry import alias_history, list_versions, resolve_release
+
+    name = settings.training.model_name
+    resolved = resolve_release(settings.tracking_uri, name, ref)
+    bundle = ReleaseBundle.load(resolved.bundle_dir)
+    versions = {v["version"]: v for v in list_versions(settings.tracking_uri, name)}
+    series = []
+    for rec in bundle.manifest.get("series", []):
+        series.append({"device": rec["device"], "sensor": rec["sensor"], "decision": rec.get("decision", ""),
+                       "trained_in": rec.get("trained_in") or resolved.version, "rows": rec.get("rows"),
+                       "train_start": rec.get("train_start"), "train_end": rec.get("train_end"),
+                       "data_hash": rec.get("data_hash")})
+    return {
+        "version": resolved.version,
+        "aliases": versions.get(resolved.version, {}).get("aliases", []),
+        "created": versions.get(resolved.version, {}).get("created"),
+        "tags": resolved.tags,
+        "alias_history": [asdict(m) for m in alias_history(settings.tracking_uri, name)],
+        "alias_history_sql": AliasLog(settings.database_url).history(name),
+        "series": series,
+        "skipped": bundle.manifest.get("skipped", []),
+        "features": list(bundle.features),
+    }
+
+
+def manifest_json(bundle: ReleaseBundle) -> str:
+    """The bundle manifest as indented JSON (for ``fleetscore train``'s output)."""
+    return json.dumps(bundle.manifest, indent=1, default=str)
