@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.azurite",
     "tests.fixtures.dask_cluster",
+    "tests.fixtures.mlflow_server",
 ]
 
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"

@@ -45,3 +45,37 @@ def random_fleet(
         keys.append((frame["device"].iloc[0], frame["sensor"].iloc[0]))
     bundle = ReleaseBundle.from_sklearn(keys, pipelines, features, rolling_window, manifest={"version": 1})
     return bundle, pipelines, frames
+
+
+def simulated_windows(spec: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``fleetscore simulate`` readings aggregated into windows in memory, and their labels."""
+    import pyarrow as pa
+
+    from ingestion.simulate import block_readings, generate, labels_frame, plan_anomalies
+    from ingestion.windowing import aggregate
+
+    anomalies = plan_anomalies(spec)  # type: ignore[arg-type]
+    window_ns = int(spec.window.total_seconds() * 1e9)  # type: ignore[attr-defined]
+    tables, done = [], 0
+    for block in generate(spec, anomalies):  # type: ignore[arg-type]
+        tables.append(aggregate(block_readings(spec, block, done + 1), window_ns))  # type: ignore[arg-type]
+        done += len(block.ts)
+    partial = pa.concat_tables(tables).to_pandas()
+    partial["s"] = partial["value"] * partial["value_count"]
+    merged = partial.groupby(["device", "sensor", "ts"], as_index=False).agg(
+        s=("s", "sum"), value_min=("value_min", "min"), value_max=("value_max", "max"),
+        value_count=("value_count", "sum"))
+    merged["value"] = merged["s"] / merged["value_count"]
+    merged = merged.sort_values(["device", "sensor", "ts"], ignore_index=True)
+    windows = merged[["device", "sensor", "ts", "value", "value_min", "value_max", "value_count"]]
+    return windows, labels_frame(spec, anomalies)  # type: ignore[arg-type]
+
+
+def label_windows(windows: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
+    """The anomaly kind of each window ('' = normal): a window whose start lies in [Start, End)."""
+    kind = np.full(len(windows), "", dtype=object)
+    for row in labels.itertuples():
+        mask = ((windows["device"] == row.Device) & (windows["sensor"] == row.Sensor)
+                & (windows["ts"] >= row.Start) & (windows["ts"] < row.End)).to_numpy()
+        kind[mask] = row.Kind
+    return kind
