@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from fleetscore.errors import ConfigError
+
+_ENGINES: list[Engine] = []
+
+
+def _close_pools_before_fork() -> None:
+    """Close pooled connections before this process forks: SQLite forbids carrying an open connection
+    into a child (it corrupts, or fails with "disk I/O error"), and sockets must not be shared."""
+    for engine in _ENGINES:
+        engine.dispose()
+
+
+os.register_at_fork(before=_close_pools_before_fork)
 
 
 @functools.lru_cache(maxsize=16)
@@ -38,6 +51,7 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"database_url {shown}: driver not installed ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    _ENGINES.append(engine)
     return engine
 
 

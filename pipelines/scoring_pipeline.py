@@ -174,10 +174,19 @@ def prepare_run(
     storage = storage_for(settings)
     storage.ensure_root()
 
+    # the gate (Great Expectations: seconds) runs in a forked process while this one resolves the release
     t0 = time.perf_counter()
-    report = None
-    if not skip_validation:
-        report = _validate(settings, start, end, window, device_filter)
+    gate = _background(_validate, settings, start, end, window, device_filter) if not skip_validation else None
+    try:
+        resolved = _resolve_release(settings, release_ref)
+        version = int(resolved.version)
+        bundle = load_bundle(str(resolved.bundle_dir))
+        data_hash = window_fingerprint(settings.database_url, start, end, device_filter)
+        timings["resolve"] = time.perf_counter() - t0
+    finally:
+        report = gate.result() if gate is not None else None
+    timings["gate"] = time.perf_counter() - t0
+    if report is not None:
         if not report.fleet_ok:
             try:
                 report.raise_if_failed()
@@ -188,14 +197,6 @@ def prepare_run(
         note(journal, "validation %s: fleet ok, %d series excluded", report.id, len(report.excluded))
     else:
         note(journal, "validation skipped (--skip-validation)")
-    timings["gate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    resolved = _resolve_release(settings, release_ref)
-    version = int(resolved.version)
-    bundle = load_bundle(str(resolved.bundle_dir))
-    data_hash = window_fingerprint(settings.database_url, start, end, device_filter)
-    timings["resolve"] = time.perf_counter() - t0
     note(journal, "release %s -> v%d (%d models); data hash %s", release_ref, version, len(bundle.keys), data_hash)
 
     duplicate = writer.find_duplicate(storage, start, end, version, data_hash, device_filter)
@@ -403,6 +404,30 @@ def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], for
         if all(old.get(k) == plan.get(k) for k in same):
             return run_id
     return None
+
+
+class _Done:
+    """A finished computation with the interface of a future (when no fork is available)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        """The value."""
+        return self.value
+
+
+def _background(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a forked process (a future); in this process where fork does not exist."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return _Done(fn(*args))
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
