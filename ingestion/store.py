@@ -39,6 +39,7 @@ WINDOW_COLUMNS = ["device", "sensor", "ts", "value", "value_min", "value_max", "
 # How SQLAlchemy stores DATETIME on SQLite; the store writes and compares times in the same text form.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _IN_CHUNK = 500  # devices per IN (...) list
+SQLITE_CACHE_KIB = 32768  # page cache of an ADBC connection: index pages of big stores stay in memory
 
 
 def format_time(ts: datetime) -> str:
@@ -124,6 +125,7 @@ class SensorStore:
                 conn = adbc_sqlite.connect(str(self._url.database))
                 with conn.cursor() as cur:
                     cur.execute("PRAGMA busy_timeout=60000")
+                    cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             else:
                 import adbc_driver_postgresql.dbapi as adbc_pg
 

@@ -186,7 +186,9 @@ class StoreWriter:
         )
         columns = "device, sensor, ts, value, value_min, value_max, value_count, updated_at"
         if self.store.dialect == "sqlite":
-            # Bind the Arrow table straight into a prepared upsert (no stage copy).
+            # Bind the Arrow table straight into a prepared upsert (no stage copy), in key order so that
+            # each series' part of the primary-key index is visited once per chunk.
+            stage = stage.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
             stage = stage.append_column("updated_at", pa.array([stamp] * stage.num_rows, pa.string()))
             self.cursor.executemany(f"INSERT INTO windows ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){update}",
                                     stage)
