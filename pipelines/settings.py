@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tomllib
 import types
@@ -33,6 +34,8 @@ from training.config import TrainingConfig
 
 ENV_PREFIX = "FLEETSCORE_"
 CONFIG_FILE = "fleetscore.toml"
+log = logging.getLogger(__name__)
+
 SECRET_WORDS = ("password", "secret", "key", "token", "connection_string", "sig")
 
 
@@ -116,18 +119,31 @@ def _read_toml(path: Path, required: bool) -> dict[str, Any]:
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    section_names = {f.name for f in dataclasses.fields(Settings) if dataclasses.is_dataclass(f.default_factory)}  # type: ignore[arg-type]
+    """``FLEETSCORE_*`` variables as settings. Unknown names are ignored with a warning: the environment
+    is shared with other tools, so a stray variable must not stop every command (a typo in
+    fleetscore.toml or a flag still fails)."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         key = name[len(ENV_PREFIX):].lower()
         section, sep, sub = key.partition("__")
-        if sep and section in section_names:
-            out.setdefault(section, {})[sub] = value
-        elif not sep:
+        field_ = fields.get(section if sep else key)
+        if field_ is not None and sep and _is_section(field_):
+            section_cls: Any = field_.default_factory  # type: ignore[misc]
+            if sub in {f.name for f in dataclasses.fields(section_cls)}:
+                out.setdefault(section, {})[sub] = value
+                continue
+        elif field_ is not None and not sep and not _is_section(field_):
             out[key] = value
+            continue
+        log.warning("ignoring unknown environment variable %s", name)
     return out
+
+
+def _is_section(field_: dataclasses.Field[Any]) -> bool:
+    return dataclasses.is_dataclass(field_.default_factory)  # type: ignore[arg-type]
 
 
 def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:

@@ -64,3 +64,11 @@ def test_secrets_are_masked() -> None:
     conn = "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=abc==;BlobEndpoint=http://x"
     assert mask_url(conn) == "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=****;BlobEndpoint=http://x"
     assert mask_url("az://c/p?sig=abc&sv=1") == "az://c/p?sig=****&sv=1"
+
+
+def test_unknown_environment_variables_are_ignored_with_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = load_settings(environ={"FLEETSCORE_EVENTHUB_CONNECTION_STRING": "x", "FLEETSCORE_TRAINING__NUU": "1",
+                               "FLEETSCORE_TRAINING__NU": "0.05"})
+    assert s.training.nu == 0.05
+    assert "ignoring unknown environment variable FLEETSCORE_EVENTHUB_CONNECTION_STRING" in caplog.text
+    assert "ignoring unknown environment variable FLEETSCORE_TRAINING__NUU" in caplog.text
