@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import subprocess
 import tempfile
 import time
@@ -175,7 +176,7 @@ def train_candidate(
         skipped=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(skipped.items())],
         failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
     )
-    path = Path(settings.home) / "candidates" / f"{utcnow():%Y%m%dT%H%M%S}-{data_hash[:6]}"
+    path = Path(settings.home) / "candidates" / f"{utcnow():%Y%m%dT%H%M%S}-{data_hash[:6]}-{secrets.token_hex(3)}"
     bundle.save(path)
     return Candidate(bundle=bundle, path=path, start=start, end=end, split=split, validation_id=validation_id,
                      skipped=skipped, failed=failed, rows=rows, seconds=seconds, data_hash=data_hash)

@@ -73,7 +73,6 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
     """
     starts, _, model = _series(bundle, windows)
     feats = compute_features(windows, bundle.features, bundle.rolling_window, starts=starts)
-    n = len(windows)
     lengths = np.diff(starts)
     row_model = np.repeat(model, lengths)
     keep = row_model >= 0
