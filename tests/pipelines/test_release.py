@@ -30,7 +30,8 @@ def _run(*args: str, code: int = 0) -> str:
 def _broken_series_csv(path: Path) -> Path:
     """Device 9 sensor 1: the same value for two hours (a dead sensor: validation excludes it)."""
     lines = ["TS,Device,Sensor,Value"]
-    lines += [f"2024-01-01T{h:02d}:{m:02d}:{s:02d},9,1,12.5" for h in range(2) for m in range(60) for s in range(0, 60, 5)]
+    lines += [f"2024-01-01T{h:02d}:{m:02d}:{s:02d},9,1,12.5"
+              for h in range(2) for m in range(60) for s in range(0, 60, 5)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -93,4 +94,5 @@ def test_rollback_before_any_release_is_a_one_line_error(home: Path) -> None:
 def test_release_on_an_empty_store_is_a_one_line_error(home: Path) -> None:
     _run("simulate", "--devices", "1", "--sensors", "1", "--duration", "1m", "--ingest")
     err = _run("train", "--start", "2030-01-01", "--end", "2030-01-02", "--skip-validation", code=1)
-    assert err == "Error: no series could be trained in [2030-01-01 00:00:00, 2030-01-01 18:00:00): 0 skipped, 0 failed\n"
+    assert err == ("Error: no series could be trained in [2030-01-01 00:00:00, 2030-01-01 18:00:00): "
+                   "0 skipped, 0 failed\n")
