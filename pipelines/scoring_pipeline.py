@@ -174,7 +174,7 @@ def prepare_run(
     storage = storage_for(settings)
     storage.ensure_root()
 
-    # the gate (Great Expectations: seconds) runs in a forked process while this one resolves the release
+    # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
     t0 = time.perf_counter()
     gate = _background(_validate, settings, start, end, window, device_filter) if not skip_validation else None
     try:
@@ -406,25 +406,18 @@ def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], for
     return None
 
 
-class _Done:
-    """A finished computation with the interface of a future (when no fork is available)."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        """The value."""
-        return self.value
-
-
 def _background(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` in a forked process (a future); in this process where fork does not exist."""
+    """Run ``fn(*args)`` in a fresh (spawned) process and return its future.
+
+    Spawned, not forked: a forked child would inherit this process's open SQLite connections (the gate
+    of an earlier command run in the same process keeps some), which corrupts the database or fails
+    with "disk I/O error" on both sides. The gate imports Great Expectations anyway, so a fresh
+    interpreter costs only its start.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return _Done(fn(*args))
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future

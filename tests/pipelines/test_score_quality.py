@@ -1,0 +1,55 @@
+"""Detection quality end to end: simulate -> ingest -> release -> score, against the injected labels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ingestion.run_log import RunLog
+from pipelines.settings import load_settings
+from scoring import writer
+
+FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="end to end the false-alarm rate is 1.7% (recall 1.0 on every kind): release "
+                   "pipeline trains on the window minus its 25% holdout; the training defaults reach <= 1% only on "
+                   "the whole hour (tests/training/test_accuracy.py). Remove this mark when the release meets it.")
+def test_recall_and_false_alarms_through_fleetscore_score(home: Path) -> None:
+    def run(*args: str) -> str:  # one process per command, as a user runs them
+        result = subprocess.run([FLEETSCORE, *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("simulate", "--devices", "8", "--sensors", "5", "--duration", "3h", "--seed", "42",
+        "--anomaly-rate", "0.03", "--labels", "labels.csv", "--ingest")
+    run("release", "--start", "2024-01-01T00:00", "--end", "2024-01-01T01:00")  # the first hour is clean
+    output = run("score", "--start", "2024-01-01T01:00", "--end", "2024-01-01T03:00")
+    run_id = output.split()[1].rstrip(":")
+
+    settings = load_settings({}, environ={})
+    got = writer.read_predictions(settings.storage_url)
+    assert len(got) == 8 * 5 * 2 * 720 and set(got["ModelVersion"]) == {1}
+    labels = pd.read_csv("labels.csv", dtype={"Device": str, "Sensor": str}, parse_dates=["Start", "End"])
+    assert set(labels["Kind"]) == {"spike", "level_shift", "stuck"}
+    kind = np.full(len(got), "", dtype=object)
+    for row in labels.itertuples():
+        mask = ((got["Device"] == row.Device) & (got["Sensor"] == row.Sensor)
+                & (got["TS"] >= row.Start) & (got["TS"] < row.End)).to_numpy()
+        kind[mask] = row.Kind
+    flagged = got["Prediction"].to_numpy() == 1
+    recall = {k: float(flagged[kind == k].mean()) for k in ("spike", "level_shift", "stuck")}
+    false_alarms = float(flagged[kind == ""].mean())
+    print("recall", recall, "false alarms", false_alarms)
+    assert float(flagged[kind != ""].mean()) >= 0.95
+    assert min(recall.values()) >= 0.95
+    assert false_alarms <= 0.01
+
+    record = RunLog(settings.database_url).get(run_id)
+    assert record is not None and record["mlflow_run_id"]  # the run is also recorded in MLflow
