@@ -108,6 +108,34 @@ def data_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
+    digest = hashlib.sha256(ts.astype(np.int64).tobytes())
+    digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _calibrate(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tuple[int, int]], quantile: float | None) -> None:
+    """Per model, move the offset out to ``quantile`` of its training scores (as :class:`SeriesModel`
+    does), for all models at once with the vectorised kernel; record the shift and the training flag rate."""
+    from training.kernel import decision_function
+
+    rows = np.concatenate([np.arange(a, b) for a, b in spans])
+    owner = np.repeat(np.arange(len(spans)), [b - a for a, b in spans])
+    scores = decision_function(bundle, feats[rows], owner)
+    bounds = np.cumsum([0] + [b - a for a, b in spans])
+    for m, record in enumerate(bundle.manifest["series"]):
+        own = scores[bounds[m]:bounds[m + 1]]
+        shift = 0.0
+        if quantile is not None:
+            floor = float(bundle.intercept[m])
+            shift = max(min(float(np.quantile(own, quantile)), 0.0), floor / 2)
+            if shift < 0:
+                bundle.intercept[m] -= shift
+            else:
+                shift = 0.0
+        record["metrics"].update(offset_shift=shift, train_flag_rate=float(((own - shift) < 0).mean()))
+
+
 def fit_shard(
     windows: pd.DataFrame,
     config: TrainingConfig,
@@ -129,10 +157,13 @@ def fit_shard(
     first = starts[:-1]
     devices = windows["device"].take(first).to_numpy() if len(windows) else np.array([])
     sensors = windows["sensor"].take(first).to_numpy() if len(windows) else np.array([])
-    ts = windows["ts"].to_numpy()
+    ts = windows["ts"].to_numpy(dtype="datetime64[ns]")
+    values = np.vstack([windows[c].to_numpy(dtype=np.float64) for c in ("value", "value_min", "value_max")]) if len(
+        windows) else np.zeros((3, 0))
     keys: list[tuple[str, str]] = []
     pipelines: list[Pipeline] = []
     records: list[dict[str, Any]] = []
+    spans: list[tuple[int, int]] = []
     result = ShardFit(bundle=ReleaseBundle.empty(config.features, config.rolling_window), rows=len(windows))
     total = len(first)
     for i in range(total):
@@ -144,25 +175,27 @@ def fit_shard(
             result.skipped[key] = f"{b - a} windows, fewer than min_rows={config.min_rows}"
         else:
             try:
-                model = SeriesModel(config.nu, config.gamma, config.threshold_quantile).fit(feats[a:b])
+                # the offset is calibrated below for the whole shard at once (the vectorised kernel)
+                model = SeriesModel(config.nu, config.gamma, None).fit(feats[a:b])
             except (ValueError, ArithmeticError) as exc:
                 result.failed[key] = f"{type(exc).__name__}: {exc}"
                 log.warning("series %s/%s: fit failed: %s", key[0], key[1], exc)
             else:
                 keys.append(key)
                 pipelines.append(model.pipeline_)
-                flagged = float((model.train_decision_ < 0).mean())
+                spans.append((a, b))
                 records.append({
                     "device": key[0], "sensor": key[1], "trained_in": version,
                     "train_start": str(pd.Timestamp(ts[a])), "train_end": str(pd.Timestamp(ts[b - 1])),
-                    "rows": b - a, "data_hash": data_hash(windows.iloc[a:b]),
-                    "metrics": {"n_support": model.n_support_, "train_flag_rate": flagged,
-                                "offset_shift": model.shift_, "fit_status": model.fit_status_},
+                    "rows": b - a, "data_hash": _hash_rows(ts[a:b], values[:, a:b]),
+                    "metrics": {"n_support": model.n_support_, "fit_status": model.fit_status_},
                 })
         if on_progress is not None:
             on_progress(i + 1, total)
     if keys:
-        result.bundle = ReleaseBundle.from_sklearn(keys, pipelines, config.features, config.rolling_window,
-                                                   manifest={"series": records})
+        bundle = ReleaseBundle.from_sklearn(keys, pipelines, config.features, config.rolling_window,
+                                            manifest={"series": records})
+        _calibrate(bundle, feats, spans, config.threshold_quantile)
+        result.bundle = bundle
     result.seconds = time.perf_counter() - started
     return result
