@@ -104,8 +104,7 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
 
 def _finish(report: ValidationReport, docs_index: str | None, report_dir: str | Path) -> ValidationReport:
     report.fleet_ok = not report.failed_checks
-    if docs_index:
-        report.config["docs_index"] = docs_index
+    report.docs_index = docs_index or ""
     report.write(report_dir)
     log.info("validation %s: fleet_ok=%s, %d series excluded, report %s", report.id, report.fleet_ok,
              len(report.excluded), report.path)

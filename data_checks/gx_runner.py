@@ -9,6 +9,8 @@ the context also builds Great Expectations' own HTML Data Docs there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 from great_expectations.exceptions import GreatExpectationsError
-from sqlalchemy import DateTime, Select, column, literal_column, select, table
+from sqlalchemy import DateTime, Select, column, event, literal_column, select, table
 from sqlalchemy.engine import Engine
 
 from data_checks.plan import RANGE_CHECKS, RangePlan
@@ -97,7 +99,8 @@ def run_fleet_checks(engine: Engine, table_name: str, start: datetime | None, en
             range_def = context.validation_definitions.add(gx.ValidationDefinition(
                 name="range", data=range_asset.add_batch_definition_whole_table("range"),
                 suite=context.suites.add(range_suite(plan))))
-            range_result = range_def.run(result_format={"result_format": "BASIC", "partial_unexpected_count": 5})
+            with _columns_without_rows(query):
+                range_result = range_def.run(result_format={"result_format": "BASIC", "partial_unexpected_count": 5})
             outcome.checks.extend(summarize_range(range_result.results, plan))
         else:
             outcome.checks.extend(CheckResult(name, FLEET, None, detail="skipped: schema check failed")
@@ -110,6 +113,32 @@ def run_fleet_checks(engine: Engine, table_name: str, start: datetime | None, en
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"database {shown}: Great Expectations could not run the suite: {first}") from exc
     return outcome
+
+
+@contextmanager
+def _columns_without_rows(query: str) -> Iterator[None]:
+    """While GX runs the range suite, make its column reflection of the range query fetch no rows.
+
+    GX 1.24 learns the columns of a query asset by executing the bare query
+    (``column_reflection_fallback``); SQLite steps to the first row only, but a client-side cursor
+    (psycopg's default) transfers the whole range into memory: 2.4 GB at 10M windows. Every metric
+    query wraps the asset's query in a subquery, so only that reflection runs it bare; it gets
+    ``LIMIT 0`` (columns, no rows). GX builds its engines itself, hence a listener on the Engine class
+    that matches this exact statement only, removed when the suite is done.
+    """
+    bare = query.strip()
+
+    def limit_bare_query(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                         executemany: bool) -> tuple[str, Any]:
+        if statement.strip() == bare:
+            return f"SELECT * FROM ({bare}) AS columns_only LIMIT 0", parameters
+        return statement, parameters
+
+    event.listen(Engine, "before_cursor_execute", limit_bare_query, retval=True)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", limit_bare_query)
 
 
 def _context(docs_dir: str | Path | None) -> gx.data_context.AbstractDataContext:

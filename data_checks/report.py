@@ -54,6 +54,7 @@ class ValidationReport:
     devices: list[str] | None = None
     ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    docs_index: str = ""  # Great Expectations' Data Docs index.html, when built
 
     @property
     def failed_checks(self) -> list[CheckResult]:
@@ -95,6 +96,7 @@ class ValidationReport:
             devices=data.get("devices"),
             ranges=data.get("ranges", {}),
             config=data.get("config", {}),
+            docs_index=data.get("docs_index", ""),
         )
 
     def write(self, report_dir: str | os.PathLike[str]) -> str:

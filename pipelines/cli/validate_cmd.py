@@ -91,8 +91,8 @@ def _print_report(console: Any, report: Any) -> None:
             console.print(f"  ... and {len(report.warnings) - _MAX_ROWS} more (see the report)")
     verdict = "fleet OK" if report.fleet_ok else "fleet FAILED"
     console.print(f"{verdict}; report: {report.path}")
-    if report.config.get("docs_index"):
-        console.print(f"Data Docs: {report.config['docs_index']}")
+    if report.docs_index:
+        console.print(f"Data Docs: {report.docs_index}")
 
 
 def _print_learned(learned: list[Any], as_json: bool) -> None:

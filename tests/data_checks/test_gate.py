@@ -164,7 +164,7 @@ def test_unknown_report_is_a_one_line_error(tmp_path: Path) -> None:
 def test_data_docs(sqlite_url: str, tmp_path: Path) -> None:
     report = validate(sqlite_url, "bad_gaps", tmp_path, docs_dir=tmp_path / "docs")
     index = tmp_path / "docs" / "index.html"
-    assert report.config["docs_index"] == str(index)
+    assert report.docs_index == str(index) and index.is_file()
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
     assert len(pages) == 2  # the schema suite and the range suite
     range_page = next(p for p in pages if "fleetscore_range" in str(p)).read_text()
