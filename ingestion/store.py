@@ -114,15 +114,21 @@ class SensorStore:
     # -- ADBC connections ------------------------------------------------------------------------
 
     @contextmanager
-    def adbc_connection(self) -> Iterator[Any]:
-        """An ADBC DB-API connection (not autocommit) on the same database; closed on exit."""
+    def adbc_connection(self, readonly: bool = False) -> Iterator[Any]:
+        """An ADBC DB-API connection (not autocommit) on the same database; closed on exit.
+
+        ``readonly`` opens SQLite read-only, which every query must use (see the comment below)."""
         self.ensure_schema()
         shown = self._url.render_as_string(hide_password=True)
         try:
             if self.dialect == "sqlite":
                 import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-                conn = adbc_sqlite.connect(str(self._url.database))
+                # ADBC links its own copy of SQLite: a read-write connection of that copy, when it closes,
+                # takes itself for the last one, checkpoints and deletes the WAL under the connections of
+                # Python's sqlite3 in this process, and their later commits are lost. Read-only it cannot.
+                target = f"file:{self._url.database}?mode=ro" if readonly else str(self._url.database)
+                conn = adbc_sqlite.connect(target)
                 with conn.cursor() as cur:
                     cur.execute("PRAGMA busy_timeout=60000")
                     cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
@@ -148,7 +154,7 @@ class SensorStore:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         shown = self._url.render_as_string(hide_password=True)
-        with self.adbc_connection() as conn, conn.cursor() as cur:
+        with self.adbc_connection(readonly=True) as conn, conn.cursor() as cur:
             try:
                 cur.execute(sql, parameters=tuple(params) if params else None)
                 table: pa.Table = cur.fetch_arrow_table()

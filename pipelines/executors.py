@@ -51,6 +51,17 @@ def _timed_call(fn: Callable[..., Any], shard: int, args: tuple[Any, ...]) -> Sh
     return ShardResult(shard, value, time.perf_counter() - start)
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fork server, never by forking this process: SQLite (and GX's and ADBC's
+    connections) must not be carried into a child, which corrupts the database or loses writes. The
+    server imports the heavy libraries once, so each worker still starts in milliseconds."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["numpy", "pandas", "pyarrow", "sklearn.svm", "pipelines.executors"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def default_workers() -> int:
     """One worker per core this process may use."""
     try:
@@ -91,9 +102,7 @@ def run_shards(
             for i, args in enumerate(shard_args):
                 record(_timed_call(fn, i, args))
         else:
-            # fork is cheap and inherits imported modules; spawn elsewhere
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method)) as pool:
+            with ProcessPoolExecutor(max_workers=n, mp_context=_pool_context()) as pool:
                 futures = [pool.submit(_timed_call, fn, i, args) for i, args in enumerate(shard_args)]
                 for future in as_completed(futures):
                     record(future.result())
