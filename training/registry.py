@@ -188,6 +188,7 @@ def register_release(
                 artifacts={"bundle": str(bundle_dir)},
                 code_paths=[str(p) for p in _PACKAGE_DIRS],
                 pip_requirements=pip_requirements(),
+                signature=_readings_signature(),
                 registered_model_name=model_name,
             )
         version = int(info.registered_model_version)
@@ -196,6 +197,16 @@ def register_release(
     except _mlflow_errors() as exc:
         raise RegistryError(f"model {model_name}: registration failed: {exc}") from exc
     return version, run_id
+
+
+def _readings_signature() -> Any:
+    """The pyfunc's input: readings. Ids and times as "any", so that integer device ids or string
+    times (as ``pd.read_csv`` gives them) are accepted; the model normalises them itself."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec(AnyType(), "TS"), ColSpec(AnyType(), "Device"),
+                                         ColSpec(AnyType(), "Sensor"), ColSpec("double", "Value")]))
 
 
 def set_version_tags(tracking_uri: str, model_name: str, version: int, tags: Mapping[str, Any]) -> None:

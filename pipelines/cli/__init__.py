@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from fleetscore.errors import FleetscoreError
 # command name -> "module:attribute" (relative to pipelines.cli)
 COMMANDS: dict[str, str] = {
     "config": "config_cmd:config",
+    "demo": "demo_cmd:demo",
     "ingest": "ingest_cmd:ingest",
     "simulate": "ingest_cmd:simulate",
     "validate": "validate_cmd:validate",
@@ -95,6 +97,11 @@ def main(ctx: click.Context, config_file: str | None, home: str | None, database
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose == 0:
+        # MLflow logs its store migrations at INFO through its own handler and draws download bars:
+        # our terminal output is the summary lines; -v brings them back
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = {"home": home, "database_url": database_url, "tracking_uri": tracking_uri,
                  "storage_url": storage_url}
     ctx.obj = CliState(overrides=overrides, config_file=config_file)

@@ -1,0 +1,30 @@
+"""What ``fleetscore demo`` reads back after the flow: the newest scoring run and its detection quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleetscore.errors import ScoringError
+from ingestion.labels import detection_quality as _quality
+from ingestion.labels import label_windows, read_labels
+from ingestion.run_log import RunLog
+from ingestion.timeutil import parse_time
+from pipelines.settings import Settings
+from scoring.writer import read_predictions
+
+
+def latest_run_id(settings: Settings) -> str:
+    """The id of the newest scoring run recorded in the store."""
+    runs = RunLog(settings.database_url).list(limit=1)
+    if not runs:
+        raise ScoringError("no scoring run recorded yet")
+    return str(runs[0]["run_id"])
+
+
+def detection_quality(settings: Settings, labels_path: Path, start: str, end: str) -> dict[str, dict[str, float]]:
+    """Recall per kind and false-alarm rate of the latest predictions in ``[start, end)`` against the labels."""
+    predictions = read_predictions(settings.storage_url)
+    inside = (predictions["TS"] >= parse_time(start)) & (predictions["TS"] < parse_time(end))
+    predictions = predictions[inside]
+    kinds = label_windows(predictions, read_labels(labels_path), device="Device", sensor="Sensor", ts="TS")
+    return _quality(kinds, predictions["Prediction"].to_numpy() == 1)
