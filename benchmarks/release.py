@@ -113,6 +113,9 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(uri)
+        # its own experiment: the default one keeps artifacts in ./mlruns of the working directory
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+            "per-series-baseline", artifact_location=(root / "baseline-artifacts").as_uri()))
         n = min(args.per_series, len(bundle))
         t = time.perf_counter()
         for i in range(n):
