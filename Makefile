@@ -29,7 +29,15 @@ $(AZURITE):
 	mkdir -p $(NODE_PREFIX)
 	npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) azurite@3.35.0
 
-install-test: install $(AZURITE)
+# the tests start a real PostgreSQL server from the machine's packages (initdb runs as user postgres)
+$(VENV)/.postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL from the Debian packages for the tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	fi
+	touch $@
+
+install-test: install $(AZURITE) $(VENV)/.postgres
 
 demo: install
 	$(BIN)/fleetscore demo
