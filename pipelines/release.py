@@ -171,7 +171,7 @@ def train_candidate(
     bundle.manifest.update(
         window_seconds=window.total_seconds(), train_start=str(start), train_end=str(split), holdout_end=str(end),
         validation_id=validation_id, skip_validation=skip_validation, data_hash=data_hash,
-        hyperparameters={"nu": config.nu, "gamma": config.gamma, "threshold_quantile": config.threshold_quantile,
+        hyperparameters={"nu": config.nu, "gamma": config.gamma, "offset_margin": config.offset_margin,
                          "min_rows": config.min_rows},
         skipped=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(skipped.items())],
         failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
@@ -269,7 +269,7 @@ def run_release(
     pending = gate.summary(0, failed, skipped)
     params = {"start": candidate.start, "end": candidate.end, "train_end": candidate.split,
               "features": ",".join(settings.training.features), "nu": settings.training.nu,
-              "gamma": settings.training.gamma, "threshold_quantile": settings.training.threshold_quantile,
+              "gamma": settings.training.gamma, "offset_margin": settings.training.offset_margin,
               "rolling_window": settings.training.rolling_window, "min_rows": settings.training.min_rows,
               "devices": ",".join(devices) if devices else "all", "force": force,
               "skip_validation": skip_validation}

@@ -11,12 +11,13 @@ class TrainingConfig:
 
     model_name: str = "fleetscore-anomaly"
     features: tuple[str, ...] = ("value", "spread")
-    nu: float = 0.01
+    nu: float = 0.02
     gamma: float | str = 0.2
     min_rows: int = 50
     rolling_window: int = 6
-    # the boundary moves out to this quantile of the training scores (0.0: the lowest); unset: libsvm's own
-    threshold_quantile: float | None = 0.0
+    # each model's offset (rho) moves out by this share of itself: a window is an anomaly when its kernel
+    # score is below (1 - offset_margin) * rho; 0 keeps libsvm's own boundary (see docs/training.md)
+    offset_margin: float = 0.1
     experiment: str = "fleetscore-training"
     # evaluation gate: a challenger passes when its false-alarm rate on the holdout is at most
     # max(champion's + gate_far_margin, gate_max_far) and its recall on injected anomalies is at least

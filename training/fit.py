@@ -1,27 +1,33 @@
 """Fitting one ``StandardScaler + OneClassSVM`` per (device, sensor) series.
 
-:class:`SeriesModel` is a scikit-learn style estimator for one series (hyperparameters in
-``__init__``, ``fit`` returns ``self``, learned state ends in ``_``). :func:`fit_shard` is the pure
-function that the release pipeline runs over shards of devices: windows in, a partial
-:class:`~training.bundle.ReleaseBundle` plus per-series metrics and skip reasons out.
+:func:`fit_shard` is the pure function that the release pipeline runs over shards of devices: windows
+in, a partial :class:`~training.bundle.ReleaseBundle` plus per-series metrics and skip reasons out.
+It fits the models without scikit-learn's per-call overhead (input validation, estimator objects):
+the scalers of every series are computed at once with numpy, and each SVM is one call of the libsvm
+routine that ``OneClassSVM.fit`` calls, with the arguments it would pass. The fitted arrays are the
+ones scikit-learn learns (``tests/training/test_fit.py`` compares them to ``1e-12``).
+:class:`SeriesModel` is the scikit-learn style estimator for one series, on the same code.
+
+After fitting, each model's offset is moved outward by ``offset_margin`` of itself (see
+docs/training.md): the released model is the plain ``OneClassSVM`` with ``offset_ = (1 - margin) * rho``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, OutlierMixin
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import OneClassSVM
+from sklearn.svm import _libsvm
 
+from fleetscore.errors import ConfigError
 from training.bundle import ReleaseBundle
 from training.config import TrainingConfig
 from training.features import check_features, compute_features, series_starts
@@ -30,51 +36,145 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
+_ONE_CLASS = 2  # libsvm's svm_type: sklearn.svm._base.LIBSVM_IMPL.index("one_class")
+_EMPTY = np.empty(0, dtype=np.float64)
+_EPS = float(np.finfo(np.float64).eps)
+
+
+# -- the numeric core -------------------------------------------------------------------------------
+
+
+def scaler_moments(x: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per series (rows ``starts[i]:starts[i + 1]`` of ``x``), what ``StandardScaler().fit`` learns:
+    ``mean_``, ``var_`` and ``scale_`` (1 for a constant feature), each ``(series, F)``, in one pass
+    over the whole shard (the corrected two-pass variance scikit-learn uses)."""
+    lengths = np.diff(starts)
+    if len(lengths) == 0 or len(x) == 0:
+        empty = np.zeros((0, x.shape[1]))
+        return empty, empty.copy(), empty.copy()
+    first = starts[:-1]
+    n = lengths.astype(np.float64)[:, None]
+    mean = np.add.reduceat(x, first, axis=0) / n
+    temp = x - np.repeat(mean, lengths, axis=0)
+    correction = np.add.reduceat(temp, first, axis=0)
+    temp *= temp
+    var = (np.add.reduceat(temp, first, axis=0) - correction ** 2 / n) / n
+    constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2  # sklearn's _is_constant_feature
+    scale = np.where(constant, 1.0, np.sqrt(var))
+    return mean, var, scale
+
+
+def resolve_gamma(gamma: float | str, z: np.ndarray) -> float:
+    """The kernel width ``OneClassSVM`` uses for ``gamma`` on the (scaled) rows ``z``."""
+    if isinstance(gamma, str):
+        if gamma == "scale":
+            x_var = float(z.var())
+            return 1.0 / (z.shape[1] * x_var) if x_var != 0 else 1.0
+        if gamma == "auto":
+            return 1.0 / z.shape[1]
+        raise ConfigError(f"training.gamma: expected a number, 'scale' or 'auto', got {gamma!r}")
+    if isinstance(gamma, Real) and not isinstance(gamma, bool) and gamma > 0:
+        return float(gamma)
+    raise ConfigError(f"training.gamma: must be positive, got {gamma!r}")
+
+
+@dataclass
+class SVMFit:
+    """What ``OneClassSVM(kernel="rbf").fit`` learns, as arrays (names as scikit-learn's attributes)."""
+
+    support: np.ndarray  # (S,) int32
+    support_vectors: np.ndarray  # (S, F)
+    dual_coef: np.ndarray  # (S,)
+    intercept: float  # _intercept_[0] = -offset_
+    nu: float
+    gamma: float
+    fit_status: int
+    n_iter: int
+
+
+def fit_svm(z: np.ndarray, nu: float, gamma: float) -> SVMFit:
+    """``OneClassSVM(kernel="rbf", nu=nu, gamma=gamma).fit(z)`` without the estimator: the same libsvm call
+    with the same arguments (defaults tol 1e-3, shrinking, cache 200 MB). ``z``: C-contiguous float64."""
+    _libsvm.set_verbosity_wrap(0)  # libsvm prints to stdout unless told not to
+    support, support_vectors, _, dual_coef, intercept, _, _, fit_status, n_iter = _libsvm.fit(
+        z, np.ones(z.shape[0]), svm_type=_ONE_CLASS, sample_weight=_EMPTY, class_weight=_EMPTY, kernel="rbf",
+        C=0.0, nu=nu, probability=False, degree=3, shrinking=True, tol=1e-3, cache_size=200, coef0=0.0,
+        gamma=gamma, epsilon=0.0, max_iter=-1, random_seed=0,  # the seed only serves probability estimates
+    )
+    if not (np.isfinite(intercept).all() and np.isfinite(dual_coef).all()):
+        raise ValueError("the dual coefficients or intercept are not finite")
+    return SVMFit(support=support, support_vectors=support_vectors, dual_coef=dual_coef.ravel(),
+                  intercept=float(intercept[0]), nu=nu, gamma=gamma, fit_status=int(fit_status), n_iter=int(n_iter[0]))
+
+
+def check_config(config: TrainingConfig) -> None:
+    """Raise :class:`ConfigError` for a feature set or hyperparameter that cannot be fitted."""
+    check_features(config.features, config.rolling_window)
+    if not 0 < config.nu <= 1:
+        raise ConfigError(f"training.nu: must be in (0, 1], got {config.nu}")
+    if not 0 <= config.offset_margin < 1:
+        raise ConfigError(f"training.offset_margin: must be in [0, 1), got {config.offset_margin}")
+    if isinstance(config.gamma, str):
+        resolve_gamma(config.gamma, np.zeros((1, 1)))
+    else:
+        resolve_gamma(config.gamma, _EMPTY)
+
+
+def _bundle(keys: list[tuple[str, str]], features: tuple[str, ...], rolling_window: int, margin: float,
+            moments: tuple[np.ndarray, np.ndarray, np.ndarray], rows: list[int], fits: list[SVMFit],
+            records: list[dict[str, Any]]) -> ReleaseBundle:
+    """Pack fitted series into a bundle (``moments``: their scalers' mean, var, scale); the offset margin
+    is applied here."""
+    mean, var, scale = moments
+    counts = np.array([len(f.support) for f in fits], dtype=np.int64)
+    intercept = np.array([f.intercept for f in fits], dtype=np.float64)
+    return ReleaseBundle(
+        keys=keys, features=features, rolling_window=rolling_window,
+        mean=mean, scale=scale, var=var, n_samples=np.array(rows, dtype=np.int64),
+        sv_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        support_vectors=np.concatenate([f.support_vectors for f in fits]).astype(np.float64, copy=False),
+        support=np.concatenate([f.support for f in fits]).astype(np.int32, copy=False),
+        dual_coef=np.concatenate([f.dual_coef for f in fits]).astype(np.float64, copy=False),
+        intercept=intercept * (1.0 - margin),
+        gamma=np.array([f.gamma for f in fits], dtype=np.float64),
+        nu=np.array([f.nu for f in fits], dtype=np.float64),
+        n_iter=np.array([f.n_iter for f in fits], dtype=np.int64),
+        manifest={"series": records},
+    )
+
+
+# -- one series: the scikit-learn estimator ----------------------------------------------------------
+
 
 class SeriesModel(OutlierMixin, BaseEstimator):  # type: ignore[misc]
-    """``StandardScaler + OneClassSVM(kernel="rbf")`` for one series, with an optional calibrated offset.
+    """``StandardScaler + OneClassSVM(kernel="rbf")`` for one series, its offset moved out by ``offset_margin``.
 
-    ``threshold_quantile``: after fitting, the SVM's offset is moved so that this share of the training
-    rows lies below the boundary (``None`` keeps libsvm's own offset, about ``nu`` of them). The offset
-    only ever moves outward (fewer false alarms), never past the decision function's floor.
+    ``fit`` learns ``pipeline_`` (the equivalent fitted scikit-learn ``Pipeline``), ``n_support_`` and
+    ``fit_status_``; ``offset_margin = 0`` gives exactly ``Pipeline([StandardScaler(), OneClassSVM()])``.
     """
 
-    def __init__(self, nu: float = 0.01, gamma: float | str = "scale", threshold_quantile: float | None = None):
+    def __init__(self, nu: float = 0.02, gamma: float | str = 0.2, offset_margin: float = 0.0):
         self.nu = nu
         self.gamma = gamma
-        self.threshold_quantile = threshold_quantile
+        self.offset_margin = offset_margin
 
     def fit(self, X: np.ndarray, y: Any = None) -> SeriesModel:
         """Fit the scaler and the SVM on the feature rows ``X`` (``(n, F)``)."""
-        x = np.asarray(X, dtype=np.float64)
-        scaler = StandardScaler()
-        mean = x.mean(axis=0)
-        var = x.var(axis=0)
-        scale = np.sqrt(var)
-        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0  # like sklearn
-        scaler.mean_, scaler.var_, scaler.scale_ = mean, var, scale
-        scaler.n_samples_seen_, scaler.n_features_in_ = len(x), x.shape[1]
+        x = np.ascontiguousarray(X, dtype=np.float64)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"expected a non-empty 2-D feature matrix, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("the feature rows hold NaN or infinity")
+        starts = np.array([0, len(x)], dtype=np.int64)
+        mean, var, scale = scaler_moments(x, starts)
         z = (x - mean) / scale
-        svm = OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Solver terminated early": recorded below as fit_status
-            svm.fit(z)
-        self.train_decision_ = svm.decision_function(z)
-        self.shift_ = 0.0
-        if self.threshold_quantile is not None:
-            q = float(np.quantile(self.train_decision_, self.threshold_quantile))
-            floor = float(svm._intercept_[0])  # f(x) -> intercept far from every support vector
-            shift = min(q, 0.0)
-            shift = max(shift, floor / 2)  # stay well above the floor: distant points must still flag
-            if shift < 0:
-                svm._intercept_ = svm._intercept_ - shift
-                svm.intercept_ = svm._intercept_.copy()
-                svm.offset_ = -svm._intercept_
-                self.train_decision_ = self.train_decision_ - shift
-                self.shift_ = shift
-        self.pipeline_ = Pipeline([("scaler", scaler), ("svm", svm)])
-        self.n_support_ = len(svm.support_vectors_)
-        self.fit_status_ = int(svm.fit_status_)
+        svm = fit_svm(z, self.nu, resolve_gamma(self.gamma, z))
+        features = tuple(f"x{j}" for j in range(x.shape[1]))
+        bundle = _bundle([("", "")], features, 2, self.offset_margin, (mean, var, scale), [len(x)], [svm], [{}])
+        self.pipeline_ = bundle.to_sklearn("", "")
+        self.pipeline_.steps[-1][1].fit_status_ = svm.fit_status
+        self.n_support_ = len(svm.support)
+        self.fit_status_ = svm.fit_status
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -86,6 +186,9 @@ class SeriesModel(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """scikit-learn's convention: -1 = anomaly, 1 = normal."""
         result: np.ndarray = self.pipeline_.predict(X)
         return result
+
+
+# -- a shard of series ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -114,26 +217,17 @@ def _hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _calibrate(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tuple[int, int]], quantile: float | None) -> None:
-    """Per model, move the offset out to ``quantile`` of its training scores (as :class:`SeriesModel`
-    does), for all models at once with the vectorised kernel; record the shift and the training flag rate."""
+def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Per model, the share of its own training windows it flags (vectorised kernel, all models at once)."""
     from training.kernel import decision_function
 
-    rows = np.concatenate([np.arange(a, b) for a, b in spans])
-    owner = np.repeat(np.arange(len(spans)), [b - a for a, b in spans])
-    scores = decision_function(bundle, feats[rows], owner)
-    bounds = np.cumsum([0] + [b - a for a, b in spans])
-    for m, record in enumerate(bundle.manifest["series"]):
-        own = scores[bounds[m]:bounds[m + 1]]
-        shift = 0.0
-        if quantile is not None:
-            floor = float(bundle.intercept[m])
-            shift = max(min(float(np.quantile(own, quantile)), 0.0), floor / 2)
-            if shift < 0:
-                bundle.intercept[m] -= shift
-            else:
-                shift = 0.0
-        record["metrics"].update(offset_shift=shift, train_flag_rate=float(((own - shift) < 0).mean()))
+    lengths = np.array([b - a for a, b in spans], dtype=np.int64)
+    begins = np.array([a for a, _ in spans], dtype=np.int64)
+    rows = np.repeat(begins - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+    owner = np.repeat(np.arange(len(spans)), lengths)
+    flagged = (decision_function(bundle, feats[rows], owner) < 0).astype(np.float64)
+    result: np.ndarray = np.add.reduceat(flagged, np.concatenate([[0], np.cumsum(lengths)[:-1]])) / lengths
+    return result
 
 
 def fit_shard(
@@ -146,25 +240,31 @@ def fit_shard(
     """Fit one model per (device, sensor) series of ``windows`` (sorted by device, sensor, ts).
 
     Series in ``exclude`` are skipped (reason ``excluded by validation``), as are series with fewer than
-    ``config.min_rows`` windows. A series whose fit raises is recorded in ``failed``; the others go on.
+    ``config.min_rows`` windows. A series that cannot be fitted (non-finite features, a libsvm failure)
+    is recorded in ``failed``; the others go on.
     """
-    import time
-
     started = time.perf_counter()
-    check_features(config.features, config.rolling_window)
+    check_config(config)
     starts = series_starts(windows)
     feats = compute_features(windows, config.features, config.rolling_window, starts=starts)
     first = starts[:-1]
-    devices = windows["device"].take(first).to_numpy() if len(windows) else np.array([])
-    sensors = windows["sensor"].take(first).to_numpy() if len(windows) else np.array([])
-    ts = windows["ts"].to_numpy(dtype="datetime64[ns]")
-    values = np.vstack([windows[c].to_numpy(dtype=np.float64) for c in ("value", "value_min", "value_max")]) if len(
-        windows) else np.zeros((3, 0))
-    keys: list[tuple[str, str]] = []
-    pipelines: list[Pipeline] = []
-    records: list[dict[str, Any]] = []
-    spans: list[tuple[int, int]] = []
+    lengths = np.diff(starts)
     result = ShardFit(bundle=ReleaseBundle.empty(config.features, config.rolling_window), rows=len(windows))
+    if len(windows) == 0:
+        result.seconds = time.perf_counter() - started
+        return result
+    devices = windows["device"].take(first).to_numpy()
+    sensors = windows["sensor"].take(first).to_numpy()
+    ts = windows["ts"].to_numpy(dtype="datetime64[ns]")
+    values = np.vstack([windows[c].to_numpy(dtype=np.float64) for c in ("value", "value_min", "value_max")])
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean, var, scale = scaler_moments(feats, starts)
+        z = (feats - np.repeat(mean, lengths, axis=0)) / np.repeat(scale, lengths, axis=0)
+    finite = np.logical_and.reduceat(np.isfinite(z).all(axis=1), first)
+    keys: list[tuple[str, str]] = []
+    fits: list[SVMFit] = []
+    fitted: list[int] = []
+    records: list[dict[str, Any]] = []
     total = len(first)
     for i in range(total):
         key = (str(devices[i]), str(sensors[i]))
@@ -173,29 +273,34 @@ def fit_shard(
             result.skipped[key] = "excluded by validation"
         elif b - a < config.min_rows:
             result.skipped[key] = f"{b - a} windows, fewer than min_rows={config.min_rows}"
+        elif not finite[i]:
+            result.failed[key] = "ValueError: a feature is NaN or infinite in the training windows"
+            log.warning("series %s/%s: not fitted: a feature is NaN or infinite", key[0], key[1])
         else:
             try:
-                # the offset is calibrated below for the whole shard at once (the vectorised kernel)
-                model = SeriesModel(config.nu, config.gamma, None).fit(feats[a:b])
+                svm = fit_svm(z[a:b], config.nu, resolve_gamma(config.gamma, z[a:b]))
             except (ValueError, ArithmeticError) as exc:
                 result.failed[key] = f"{type(exc).__name__}: {exc}"
                 log.warning("series %s/%s: fit failed: %s", key[0], key[1], exc)
             else:
                 keys.append(key)
-                pipelines.append(model.pipeline_)
-                spans.append((a, b))
+                fits.append(svm)
+                fitted.append(i)
                 records.append({
                     "device": key[0], "sensor": key[1], "trained_in": version,
                     "train_start": str(pd.Timestamp(ts[a])), "train_end": str(pd.Timestamp(ts[b - 1])),
                     "rows": b - a, "data_hash": _hash_rows(ts[a:b], values[:, a:b]),
-                    "metrics": {"n_support": model.n_support_, "fit_status": model.fit_status_},
+                    "metrics": {"n_support": len(svm.support), "fit_status": svm.fit_status},
                 })
         if on_progress is not None:
             on_progress(i + 1, total)
     if keys:
-        bundle = ReleaseBundle.from_sklearn(keys, pipelines, config.features, config.rolling_window,
-                                            manifest={"series": records})
-        _calibrate(bundle, feats, spans, config.threshold_quantile)
+        idx = np.array(fitted, dtype=np.int64)
+        bundle = _bundle(keys, tuple(config.features), config.rolling_window, config.offset_margin,
+                         (mean[idx], var[idx], scale[idx]), [int(lengths[i]) for i in fitted], fits, records)
+        spans = [(int(starts[i]), int(starts[i + 1])) for i in fitted]
+        for record, rate in zip(records, _train_flag_rates(bundle, feats, spans), strict=True):
+            record["metrics"]["train_flag_rate"] = float(rate)
         result.bundle = bundle
     result.seconds = time.perf_counter() - started
     return result

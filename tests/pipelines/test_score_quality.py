@@ -18,9 +18,6 @@ FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="end to end the false-alarm rate is 1.7% (recall 1.0 on every kind): release "
-                   "pipeline trains on the window minus its 25% holdout; the training defaults reach <= 1% only on "
-                   "the whole hour (tests/training/test_accuracy.py). Remove this mark when the release meets it.")
 def test_recall_and_false_alarms_through_fleetscore_score(home: Path) -> None:
     def run(*args: str) -> str:  # one process per command, as a user runs them
         result = subprocess.run([FLEETSCORE, *args], capture_output=True, text=True, timeout=600)

@@ -59,7 +59,7 @@ def test_value_alone_misses_stuck_sensors(fleet) -> None:  # type: ignore[no-unt
 def test_reference_hyperparameters_give_tiny_models(fleet) -> None:  # type: ignore[no-untyped-def]
     windows, _ = fleet
     train = windows[windows["ts"] < TRAIN_END].reset_index(drop=True)
-    fit = fit_shard(train, TrainingConfig(features=("value",), nu=0.0001, gamma=0.01, threshold_quantile=None))
+    fit = fit_shard(train, TrainingConfig(features=("value",), nu=0.0001, gamma=0.01, offset_margin=0.0))
     assert np.median(fit.bundle.n_support) <= 2  # one or two support vectors per model
 
 

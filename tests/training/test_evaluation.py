@@ -30,7 +30,7 @@ def parts():  # type: ignore[no-untyped-def]
     good = fit_shard(new[new["device"] != "2"].reset_index(drop=True), CONFIG).bundle
     # device 2's new models are bad: nu=0.5 puts half of the normal windows outside
     bad = fit_shard(new[new["device"] == "2"].reset_index(drop=True),
-                    TrainingConfig(nu=0.5, gamma=5.0, threshold_quantile=None)).bundle
+                    TrainingConfig(nu=0.5, gamma=5.0, offset_margin=0.0)).bundle
     challenger = ReleaseBundle.concat([good, bad], manifest={})
     return champion, challenger, holdout
 
