@@ -1,9 +1,24 @@
-"""The SQLAlchemy engine for a database URL: SQLite (WAL), PostgreSQL, Azure SQL (mssql+pyodbc)."""
+"""The SQLAlchemy engine for a database URL: SQLite (WAL), PostgreSQL, Azure SQL (mssql+pyodbc).
+
+SQLite and two copies of its library: Python's ``sqlite3`` (which SQLAlchemy uses) links the system
+libsqlite3, ADBC's SQLite driver links its own copy. Two copies with the same file open in one process
+is SQLite's documented corruption case ("How To Corrupt An SQLite Database File", 2.2.1): POSIX locks of
+one process never conflict, and closing a file drops every lock the process holds on it. A connection of
+one copy then takes itself for the last one and deletes the WAL under the other copy's connections (or
+another process does, once this process's locks are gone): committed rows vanish. So every ``sqlite3``
+connection of the engines made here counts itself per file (:class:`TrackedConnection`), and the other
+copy may open a file only inside :func:`single_sqlite_copy`, which closes the idle pooled connections and
+holds off new ones while it runs. Writes never use the other copy.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +29,75 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from fleetscore.errors import ConfigError
 
 _ENGINES: list[Engine] = []
+_SQLITE_ENGINES: dict[str, list[Engine]] = {}  # SQLite file (real path) -> the engines on it
+
+
+class _FileGuard:
+    """Per SQLite file: how many ``sqlite3`` connections of this process are open on it, and the lock
+    that :func:`single_sqlite_copy` holds (new connections wait on it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.count_lock = threading.Lock()
+        self.open = 0
+
+
+_GUARDS: dict[str, _FileGuard] = {}
+_GUARDS_LOCK = threading.Lock()
+
+
+def _file_key(database: Any) -> str:
+    return os.path.realpath(os.fspath(database))
+
+
+def _guard(key: str) -> _FileGuard:
+    with _GUARDS_LOCK:
+        return _GUARDS.setdefault(key, _FileGuard())
+
+
+class TrackedConnection(sqlite3.Connection):
+    """A ``sqlite3`` connection that counts itself open on its file, and waits to open while another
+    SQLite library copy has the file open (see the module docstring)."""
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        guard = _guard(_file_key(database))
+        with guard.lock:
+            super().__init__(database, *args, **kwargs)
+            with guard.count_lock:
+                guard.open += 1
+        self._fs_guard: _FileGuard | None = guard
+
+    def close(self) -> None:
+        """Close the connection and stop counting it."""
+        super().close()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        guard, self._fs_guard = getattr(self, "_fs_guard", None), None
+        if guard is not None:
+            with guard.count_lock:
+                guard.open -= 1
+
+    def __del__(self) -> None:
+        self._uncount()
+
+
+@contextmanager
+def single_sqlite_copy(database: str) -> Iterator[bool]:
+    """Let another SQLite library copy (ADBC) open ``database`` inside this block, when it is safe.
+
+    Closes the idle pooled ``sqlite3`` connections on that file and holds off new ones until the block
+    ends; yields True when no ``sqlite3`` connection of this process is left open on it (one is checked
+    out, e.g. a transaction up the stack: yields False, and the caller must read through ``sqlite3``).
+    """
+    key = _file_key(database)
+    guard = _guard(key)
+    with guard.lock:
+        for engine in _SQLITE_ENGINES.get(key, []):
+            engine.dispose()  # closes the idle connections; checked-out ones stay open (and counted)
+        with guard.count_lock:
+            alone = guard.open == 0
+        yield alone
 
 
 def _close_pools_before_fork() -> None:
@@ -23,25 +107,41 @@ def _close_pools_before_fork() -> None:
         engine.dispose()
 
 
-os.register_at_fork(before=_close_pools_before_fork)
+def _fresh_guards_in_child() -> None:
+    """A forked child holds none of its parent's connections, and no lock another thread held."""
+    global _GUARDS, _GUARDS_LOCK
+    _GUARDS, _GUARDS_LOCK = {}, threading.Lock()
 
 
-@functools.lru_cache(maxsize=16)
+os.register_at_fork(before=_close_pools_before_fork, after_in_child=_fresh_guards_in_child)
+
+
 def make_engine(url: str) -> Engine:
-    """Create (once per process and URL) an engine for ``url``.
+    """The engine for ``url``, created once per process and database.
 
     SQLite files get their folder created, WAL journaling and a busy timeout, so that a scheduler and
-    a CLI command can use the same file at once.
+    a CLI command can use the same file at once. A relative SQLite path is resolved against the current
+    directory first, so the same file always gets the same engine and a later change of directory never
+    sends a pooled connection to the previous directory's file.
     """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"database_url: not a SQLAlchemy URL: {url!r}") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
+            and not parsed.database.startswith("file:"):
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    return _engine(parsed.render_as_string(hide_password=False))
+
+
+@functools.lru_cache(maxsize=16)
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 60}
+        kwargs["connect_args"] = {"timeout": 60, "factory": TrackedConnection}
     elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
     try:
@@ -51,6 +151,8 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"database_url {shown}: driver not installed ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        if parsed.database and parsed.database != ":memory:":
+            _SQLITE_ENGINES.setdefault(_file_key(parsed.database), []).append(engine)
     _ENGINES.append(engine)
     return engine
 

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
-from ingestion.engine import make_engine
 from pipelines.cli import main
 from tests.data_checks.conftest import FIXTURES, load_csv, load_reference
-
-
-@pytest.fixture(autouse=True)
-def fresh_engines() -> Iterator[None]:
-    """The default database URL is relative (sqlite:///.fleetscore/...) and make_engine caches engines by
-    URL, so an engine pooled in another test's folder must not be reused here."""
-    make_engine.cache_clear()
-    yield
-    make_engine.cache_clear()
 
 
 def home_db(home: Path) -> str:
@@ -87,7 +75,8 @@ def test_learn_ranges(home: Path, reference_data: Path) -> None:
 def test_empty_database_fails_schema(home: Path) -> None:
     code, _, err = run("validate")
     assert code == 1
-    assert err == "Error: validation failed: schema: table windows not found in sqlite:///.fleetscore/fleetscore.db\n"
+    database = home / ".fleetscore" / "fleetscore.db"  # the file that was checked, as an absolute path
+    assert err == f"Error: validation failed: schema: table windows not found in sqlite:///{database}\n"
 
 
 def test_bad_range_flags(home: Path) -> None:
