@@ -90,8 +90,7 @@ def test_cli_errors_are_one_line(reference_home: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["runs", "show", "nope"])
     assert result.exit_code == 1
-    database = reference_home / ".fleetscore" / "fleetscore.db"  # named by its absolute path
-    assert result.output == f"Error: no scoring run nope in sqlite:///{database}\n"
+    assert result.output == "Error: no scoring run nope in sqlite:///.fleetscore/fleetscore.db\n"
     result = runner.invoke(main, ["report", "nope"])
     assert result.output == "Error: no scoring run nope in the run log\n"
     result = runner.invoke(main, ["score", "--release", "path:nowhere"])
