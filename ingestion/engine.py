@@ -93,11 +93,18 @@ def single_sqlite_copy(database: str) -> Iterator[bool]:
     key = _file_key(database)
     guard = _guard(key)
     with guard.lock:
-        for engine in _SQLITE_ENGINES.get(key, []):
-            engine.dispose()  # closes the idle connections; checked-out ones stay open (and counted)
+        engines = _SQLITE_ENGINES.get(key, [])
+        if not any(_checked_out(engine) for engine in engines):  # else they stay open: no use closing
+            for engine in engines:
+                engine.dispose()  # closes the idle pooled connections
         with guard.count_lock:
             alone = guard.open == 0
         yield alone
+
+
+def _checked_out(engine: Engine) -> int:
+    count = getattr(engine.pool, "checkedout", None)
+    return int(count()) if callable(count) else 0
 
 
 def _close_pools_before_fork() -> None:

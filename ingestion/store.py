@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import make_engine
+from ingestion.engine import make_engine, single_sqlite_copy
 from ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from ingestion.sharding import shard_devices
 from ingestion.timeutil import utcnow
@@ -111,32 +111,25 @@ class SensorStore:
         if not self._schema_ready:
             self.create_schema()
 
-    # -- ADBC connections ------------------------------------------------------------------------
+    # -- connections ----------------------------------------------------------------------------
 
     @contextmanager
-    def adbc_connection(self, readonly: bool = False) -> Iterator[Any]:
-        """An ADBC DB-API connection (not autocommit) on the same database; closed on exit.
+    def adbc_connection(self) -> Iterator[Any]:
+        """An ADBC DB-API connection (not autocommit) to PostgreSQL; closed on exit.
 
-        ``readonly`` opens SQLite read-only, which every query must use (see the comment below)."""
+        Not for SQLite: ADBC's driver links its own copy of the SQLite library, and a read-write
+        connection of that copy loses the commits of Python's ``sqlite3`` in this process (see
+        :mod:`ingestion.engine`). SQLite is written through ``sqlite3`` and read through
+        :meth:`_query`."""
+        if self.dialect == "sqlite":
+            raise StoreError(f"{self!r}: no ADBC connection to SQLite (two SQLite copies corrupt the file)")
         self.ensure_schema()
         shown = self._url.render_as_string(hide_password=True)
         try:
-            if self.dialect == "sqlite":
-                import adbc_driver_sqlite.dbapi as adbc_sqlite
+            import adbc_driver_postgresql.dbapi as adbc_pg
 
-                # ADBC links its own copy of SQLite: a read-write connection of that copy, when it closes,
-                # takes itself for the last one, checkpoints and deletes the WAL under the connections of
-                # Python's sqlite3 in this process, and their later commits are lost. Read-only it cannot.
-                target = f"file:{self._url.database}?mode=ro" if readonly else str(self._url.database)
-                conn = adbc_sqlite.connect(target)
-                with conn.cursor() as cur:
-                    cur.execute("PRAGMA busy_timeout=60000")
-                    cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            else:
-                import adbc_driver_postgresql.dbapi as adbc_pg
-
-                uri = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
-                conn = adbc_pg.connect(uri)
+            uri = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = adbc_pg.connect(uri)
         except Exception as exc:
             raise StoreError(f"{shown}: cannot connect: {_one_line(exc)}") from exc
         try:
@@ -153,15 +146,40 @@ class SensorStore:
         return format_time(ts) if self.dialect == "sqlite" else ts
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run one query; its result as an Arrow table (one snapshot)."""
         shown = self._url.render_as_string(hide_password=True)
-        with self.adbc_connection(readonly=True) as conn, conn.cursor() as cur:
-            try:
-                cur.execute(sql, parameters=tuple(params) if params else None)
-                table: pa.Table = cur.fetch_arrow_table()
-            except Exception as exc:
-                raise StoreError(f"{shown}: query failed: {_one_line(exc)}") from exc
-            conn.rollback()
-        return table
+        self.ensure_schema()
+        try:
+            if self.dialect != "sqlite":
+                with self.adbc_connection() as conn, conn.cursor() as cur:
+                    cur.execute(sql, parameters=tuple(params) if params else None)
+                    table: pa.Table = cur.fetch_arrow_table()
+                    conn.rollback()
+                    return table
+            with single_sqlite_copy(str(self._url.database)) as alone:
+                if alone:
+                    return _adbc_sqlite_read(str(self._url.database), sql, params)
+                log.debug("%s: a sqlite3 connection is open in this process; reading through sqlite3", shown)
+                return self._sqlite3_read(sql, params)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{shown}: query failed: {_one_line(exc)}") from exc
+
+    def _sqlite3_read(self, sql: str, params: Sequence[Any]) -> pa.Table:
+        """The slow, always safe way: Python's sqlite3 (when ADBC may not open the file now)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql, tuple(params))
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            cursor.close()
+            raw.rollback()
+        finally:
+            raw.close()
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pa.table({name: pa.array(list(values)) for name, values in zip(names, columns, strict=True)})
 
     def _order(self, column: str) -> str:
         # Byte order on PostgreSQL too (its default collation sorts differently from Python).
@@ -277,6 +295,20 @@ class SensorStore:
         table = self._query("SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY reason")
         return {str(r): int(n) for r, n in zip(table.column("reason").to_pylist(),
                                                 table.column("n").to_pylist(), strict=True)}
+
+
+def _adbc_sqlite_read(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
+    """Read through ADBC (Arrow, several times faster than sqlite3), read-only; only inside
+    :func:`ingestion.engine.single_sqlite_copy` with no sqlite3 connection open on ``path``."""
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+    with adbc_sqlite.connect(f"file:{path}?mode=ro") as conn, conn.cursor() as cur:
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        cur.execute(sql, parameters=tuple(params) if params else None)
+        table: pa.Table = cur.fetch_arrow_table()
+        conn.rollback()
+    return table
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,16 +1,21 @@
 """Writing to the sensor store: one transaction per input (a file, a simulated batch, an event batch).
 
-Chunks of partial window aggregates are bulk-loaded (ADBC, Arrow) into a temporary stage table and
-merged into ``windows`` with ``INSERT ... ON CONFLICT DO UPDATE``: the count-weighted mean, the min,
-the max and the sum of counts, so a window that arrives in several pieces (chunk boundaries, late
-readings, several files) ends up exactly as if its readings had come together. Quarantined rows, the
-``sources`` row and Event Hubs checkpoints go into the same transaction: a crash leaves nothing
-half-counted.
+Chunks of partial window aggregates are merged into ``windows`` with ``INSERT ... ON CONFLICT DO
+UPDATE``: the count-weighted mean, the min, the max and the sum of counts, so a window that arrives in
+several pieces (chunk boundaries, late readings, several files) ends up exactly as if its readings had
+come together. Quarantined rows, the ``sources`` row and Event Hubs checkpoints go into the same
+transaction: a crash leaves nothing half-counted.
+
+SQLite is written through Python's ``sqlite3`` only (a prepared upsert fed by ``executemany``, in
+key order), the library SQLAlchemy uses for the other tables: ADBC's driver links its own SQLite copy,
+and two copies writing one file in one process lose commits (see :mod:`ingestion.engine`).
+PostgreSQL is written through ADBC (COPY into a temporary stage, then one ``INSERT ... SELECT``).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.errors import StoreError
-from ingestion.store import SensorStore
+from ingestion.store import SQLITE_CACHE_KIB, SensorStore
 from ingestion.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -53,16 +58,35 @@ class MergeResult:
 
 
 class StoreWriter:
-    """One write transaction on an ADBC connection. Use :func:`open_writer`."""
+    """One write transaction: the dialect-independent logic. Use :func:`open_writer`, which gives a
+    :class:`SqliteWriter` or a :class:`PostgresWriter`."""
 
-    def __init__(self, store: SensorStore, conn: Any) -> None:
+    def __init__(self, store: SensorStore) -> None:
         self.store = store
-        self.conn = conn
-        self.cursor = conn.cursor()
         self.stamp = _next_stamp()
-        self._temp: set[str] = set()
         self._late_keys: set[tuple[str, str, Any]] = set()
         self._known: dict[tuple[str, str], int] = {}  # newest window per series, stored or written
+
+    # -- dialect primitives ----------------------------------------------------------------------
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in this transaction; rows of its result if any."""
+        raise NotImplementedError
+
+    def _newest(self, devices: list[str], sensors: list[str]) -> list[tuple[str, str, Any]]:
+        """(device, sensor, newest stored window start or None) for each pair."""
+        raise NotImplementedError
+
+    def _stored(self, probe: pa.Table) -> list[tuple[str, str, Any, Any]]:
+        """(device, sensor, ts, written by another writer) of the probe's windows that are stored."""
+        raise NotImplementedError
+
+    def _upsert(self, stage: pa.Table, update: str) -> None:
+        """Insert the stage's windows, merging into stored ones with the ``update`` clause."""
+        raise NotImplementedError
+
+    def _append_quarantine(self, table: pa.Table) -> None:
+        raise NotImplementedError
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -81,44 +105,19 @@ class StoreWriter:
             return column.cast(pa.string())  # 2018-08-29 01:00:00.000000, as SQLAlchemy writes DATETIME
         return column
 
-    def _load_temp(self, name: str, table: pa.Table) -> None:
-        if name in self._temp:
-            self.cursor.execute(f"DELETE FROM {name}")
-            self.cursor.adbc_ingest(name, table, mode="append", temporary=True)
-        else:
-            if self.store.dialect == "postgresql":
-                self.cursor.execute(f"DROP TABLE IF EXISTS {name}")
-            self.cursor.adbc_ingest(name, table, mode="create_append", temporary=True)
-            self._temp.add(name)
-
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement in this transaction; rows of its result if any."""
-        self.cursor.execute(sql, parameters=params or None)
-        if self.cursor.description is None:
-            return []
-        rows: list[tuple[Any, ...]] = self.cursor.fetchall()
-        return rows
-
     # -- windows --------------------------------------------------------------------------------
 
     def newest_windows(self, devices: list[str], sensors: list[str]) -> list[int | None]:
         """For each (device, sensor) pair, the start of its newest stored window in ns, or None."""
         if not devices:
             return []
-        self._load_temp(_SERIES, pa.table({"device": pa.array(devices, pa.string()),
-                                          "sensor": pa.array(sensors, pa.string())}))
-        self.cursor.execute(
-            f"SELECT s.device, s.sensor, (SELECT max(w.ts) FROM windows w WHERE w.device = s.device "
-            f"AND w.sensor = s.sensor) AS last_ts FROM {_SERIES} s"
-        )
-        table = self.cursor.fetch_arrow_table()
-        found: dict[tuple[str, str], int | None] = {}
-        last = table.column("last_ts")
+        rows = self._newest(devices, sensors)
+        last = pa.array([r[2] for r in rows])
         if not pa.types.is_timestamp(last.type):
             last = pc.cast(last.cast(pa.string()), pa.timestamp("ns"))
         last_ns = last.cast(pa.timestamp("ns")).cast(pa.int64()).to_pylist()
-        for dev, sen, ts in zip(table.column("device").to_pylist(), table.column("sensor").to_pylist(),
-                                last_ns, strict=True):
+        found: dict[tuple[str, str], int | None] = {}
+        for (dev, sen, _), ts in zip(rows, last_ns, strict=True):
             found[(dev, sen)] = ts
             self._known.setdefault((dev, sen), _NO_TIME if ts is None else int(ts))
         return [found.get((d, s)) for d, s in zip(devices, sensors, strict=True)]
@@ -159,23 +158,16 @@ class StoreWriter:
         })
         possible = self._may_exist(chunk)
         existing, late = 0, 0
-        stamp = self._time(self.stamp)
         if possible.any():
             probe = stage.select(["device", "sensor", "ts"]).filter(pa.array(possible))
-            self._load_temp(_PROBE, probe)
-            self.cursor.execute(
-                f"SELECT s.device, s.sensor, s.ts, w.updated_at <> {self._p(1)} AS late FROM {_PROBE} s "
-                "JOIN windows w ON w.device = s.device AND w.sensor = s.sensor AND w.ts = s.ts",
-                parameters=(stamp,),
-            )
-            for device, sensor, ts, is_late in self.cursor.fetchall():
+            for device, sensor, ts, is_late in self._stored(probe):
                 existing += 1
                 key = (device, sensor, ts)
                 if is_late and key not in self._late_keys:
                     self._late_keys.add(key)
                     late += 1
         lo, hi = ("min", "max") if self.store.dialect == "sqlite" else ("LEAST", "GREATEST")
-        update = (
+        self._upsert(stage, (
             " ON CONFLICT (device, sensor, ts) DO UPDATE SET "
             "value = (windows.value * windows.value_count + excluded.value * excluded.value_count) "
             "/ (windows.value_count + excluded.value_count), "
@@ -183,23 +175,7 @@ class StoreWriter:
             f"value_max = {hi}(windows.value_max, excluded.value_max), "
             "value_count = windows.value_count + excluded.value_count, "
             "updated_at = excluded.updated_at"
-        )
-        columns = "device, sensor, ts, value, value_min, value_max, value_count, updated_at"
-        if self.store.dialect == "sqlite":
-            # Bind the Arrow table straight into a prepared upsert (no stage copy), in key order so that
-            # each series' part of the primary-key index is visited once per chunk.
-            stage = stage.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
-            stage = stage.append_column("updated_at", pa.array([stamp] * stage.num_rows, pa.string()))
-            self.cursor.executemany(f"INSERT INTO windows ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){update}",
-                                    stage)
-        else:
-            # PostgreSQL: COPY into a temporary stage, then one INSERT ... SELECT.
-            self._load_temp(_STAGE, stage)
-            self.cursor.execute(
-                f"INSERT INTO windows ({columns}) SELECT device, sensor, ts, value, value_min, value_max, "
-                f"value_count, {self._p(1)} FROM {_STAGE}{update}",
-                parameters=(stamp,),
-            )
+        ))
         return MergeResult(created=chunk.num_rows - existing, late_updates=late)
 
     # -- quarantine, sources, checkpoints --------------------------------------------------------
@@ -209,16 +185,14 @@ class StoreWriter:
         """Store rejected rows with where they came from and why."""
         if not lines:
             return
-        stamp = self.stamp
-        table = pa.table({
+        self._append_quarantine(pa.table({
             "source": pa.array([source] * len(lines), pa.string()),
             "line": pa.array(lines, pa.int32()),
             "raw": pa.array(raws, pa.string()),
             "reason": pa.array(reasons, pa.string()),
             "detail": pa.array(details, pa.string()),
-            "ingested_at": self._times(pa.array([stamp] * len(lines), pa.timestamp("us"))),
-        })
-        self.cursor.adbc_ingest("quarantine", table, mode="append")
+            "ingested_at": self._times(pa.array([self.stamp] * len(lines), pa.timestamp("us"))),
+        }))
 
     def has_source(self, content_hash: str) -> bool:
         """Whether an input with this content hash was ingested already."""
@@ -264,11 +238,131 @@ class StoreWriter:
         )
 
 
+_WINDOW_COLUMNS = "device, sensor, ts, value, value_min, value_max, value_count, updated_at"
+
+
+class SqliteWriter(StoreWriter):
+    """A write transaction on a ``sqlite3`` connection (``BEGIN IMMEDIATE``: writers queue up front)."""
+
+    def __init__(self, store: SensorStore, conn: sqlite3.Connection) -> None:
+        super().__init__(store)
+        self.conn = conn
+        self.cursor = conn.cursor()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in this transaction; rows of its result if any."""
+        self.cursor.execute(sql, params)
+        return self.cursor.fetchall() if self.cursor.description is not None else []
+
+    def _newest(self, devices: list[str], sensors: list[str]) -> list[tuple[str, str, Any]]:
+        sql = "SELECT max(ts) FROM windows WHERE device = ? AND sensor = ?"  # one primary-key seek each
+        return [(d, s, self.cursor.execute(sql, (d, s)).fetchone()[0])
+                for d, s in zip(devices, sensors, strict=True)]
+
+    def _stored(self, probe: pa.Table) -> list[tuple[str, str, Any, Any]]:
+        sql = "SELECT updated_at <> ? FROM windows WHERE device = ? AND sensor = ? AND ts = ?"
+        stamp = self._time(self.stamp)
+        found = []
+        for device, sensor, ts in zip(*(probe.column(c).to_pylist() for c in ("device", "sensor", "ts")),
+                                      strict=True):
+            row = self.cursor.execute(sql, (stamp, device, sensor, ts)).fetchone()
+            if row is not None:
+                found.append((device, sensor, ts, row[0]))
+        return found
+
+    def _upsert(self, stage: pa.Table, update: str) -> None:
+        # In key order, so that each series' part of the primary-key index is visited once per chunk.
+        stage = stage.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
+        stamps = [self._time(self.stamp)] * stage.num_rows
+        rows = zip(*(_pylist(stage.column(c)) for c in stage.column_names), stamps, strict=True)
+        self.cursor.executemany(f"INSERT INTO windows ({_WINDOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){update}",
+                                rows)
+
+    def _append_quarantine(self, table: pa.Table) -> None:
+        marks = ", ".join("?" * table.num_columns)
+        self.cursor.executemany(f"INSERT INTO quarantine ({', '.join(table.column_names)}) VALUES ({marks})",
+                                zip(*(_pylist(table.column(c)) for c in table.column_names), strict=True))
+
+
+def _pylist(column: pa.ChunkedArray) -> list[Any]:
+    """A column as Python values, fast: numbers through numpy, repeated strings decoded once."""
+    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+        values: list[Any] = column.to_numpy().tolist()
+        return values
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    words = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+    codes = encoded.indices.fill_null(len(words) - 1).to_numpy()
+    decoded: list[Any] = words[codes].tolist()
+    return decoded
+
+
+class PostgresWriter(StoreWriter):
+    """A write transaction on an ADBC PostgreSQL connection (COPY into temporary stage tables)."""
+
+    def __init__(self, store: SensorStore, conn: Any) -> None:
+        super().__init__(store)
+        self.conn = conn
+        self.cursor = conn.cursor()
+        self._temp: set[str] = set()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in this transaction; rows of its result if any."""
+        self.cursor.execute(sql, parameters=params or None)
+        if self.cursor.description is None:
+            return []
+        rows: list[tuple[Any, ...]] = self.cursor.fetchall()
+        return rows
+
+    def _load_temp(self, name: str, table: pa.Table) -> None:
+        if name in self._temp:
+            self.cursor.execute(f"DELETE FROM {name}")
+            self.cursor.adbc_ingest(name, table, mode="append", temporary=True)
+        else:
+            self.cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            self.cursor.adbc_ingest(name, table, mode="create_append", temporary=True)
+            self._temp.add(name)
+
+    def _newest(self, devices: list[str], sensors: list[str]) -> list[tuple[str, str, Any]]:
+        self._load_temp(_SERIES, pa.table({"device": pa.array(devices, pa.string()),
+                                          "sensor": pa.array(sensors, pa.string())}))
+        return self.execute(
+            f"SELECT s.device, s.sensor, (SELECT max(w.ts) FROM windows w WHERE w.device = s.device "
+            f"AND w.sensor = s.sensor) AS last_ts FROM {_SERIES} s"
+        )  # type: ignore[return-value]
+
+    def _stored(self, probe: pa.Table) -> list[tuple[str, str, Any, Any]]:
+        self._load_temp(_PROBE, probe)
+        return self.execute(
+            f"SELECT s.device, s.sensor, s.ts, w.updated_at <> $1 AS late FROM {_PROBE} s "
+            "JOIN windows w ON w.device = s.device AND w.sensor = s.sensor AND w.ts = s.ts",
+            (self._time(self.stamp),),
+        )  # type: ignore[return-value]
+
+    def _upsert(self, stage: pa.Table, update: str) -> None:
+        self._load_temp(_STAGE, stage)
+        self.execute(
+            f"INSERT INTO windows ({_WINDOW_COLUMNS}) SELECT device, sensor, ts, value, value_min, value_max, "
+            f"value_count, $1 FROM {_STAGE}{update}",
+            (self._time(self.stamp),),
+        )
+
+    def _append_quarantine(self, table: pa.Table) -> None:
+        self.cursor.adbc_ingest("quarantine", table, mode="append")
+
+
 @contextmanager
 def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
     """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error."""
+    if store.dialect == "sqlite":
+        with _sqlite_transaction(store) as conn:
+            sqlite_writer = SqliteWriter(store, conn)
+            try:
+                yield sqlite_writer
+            finally:
+                sqlite_writer.cursor.close()
+        return
     with store.adbc_connection() as conn:
-        writer = StoreWriter(store, conn)
+        writer = PostgresWriter(store, conn)
         try:
             yield writer
         except BaseException:
@@ -280,3 +374,37 @@ def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
             raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
         finally:
             writer.cursor.close()
+
+
+@contextmanager
+def _sqlite_transaction(store: SensorStore) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on a pooled ``sqlite3`` connection of the store's engine (the
+    connection SQLAlchemy uses too), with a larger page cache; the connection goes back as it came."""
+    store.ensure_schema()
+    try:
+        raw = store.engine.raw_connection()
+    except Exception as exc:
+        raise StoreError(f"{store!r}: cannot connect: {' '.join(str(exc).split())}") from exc
+    try:
+        conn: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+        isolation, cache = conn.isolation_level, conn.execute("PRAGMA cache_size").fetchone()[0]
+        conn.isolation_level = None  # transactions spelled out below, not begun implicitly
+        conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
+        finally:
+            conn.execute(f"PRAGMA cache_size={int(cache)}")
+            conn.isolation_level = isolation
+    finally:
+        raw.close()
