@@ -42,7 +42,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,27 +85,29 @@ def make_windows(series: int, windows: int, start: datetime, seed: int) -> pd.Da
 
 
 def store(database_url: str, frame: pd.DataFrame) -> None:
-    """Bulk-load windows into the store's SQLite table through ADBC."""
-    import adbc_driver_sqlite.dbapi as adbc
-
+    """Bulk-load windows into the store's SQLite table through sqlite3 (never ADBC's own SQLite copy for
+    writing: see ingestion/engine.py), in key order with a large page cache."""
     from ingestion.store import SensorStore, format_time
 
-    SensorStore(database_url).create_schema()
-    path = database_url.removeprefix("sqlite:///")
+    sensor_store = SensorStore(database_url)
+    sensor_store.create_schema()
     stamp = format_time(datetime(2026, 1, 1))
-    step = 1_000_000
-    with adbc.connect(path) as conn:
-        for i in range(0, len(frame), step):
-            part = frame.iloc[i:i + step]
-            table = pa.table({
-                "device": part["device"], "sensor": part["sensor"],
-                "ts": pd.to_datetime(part["ts"]).dt.strftime("%Y-%m-%d %H:%M:%S.%f"),
-                "value": part["value"], "value_min": part["value_min"], "value_max": part["value_max"],
-                "value_count": part["value_count"], "updated_at": [stamp] * len(part),
-            })
-            with conn.cursor() as cur:
-                cur.adbc_ingest("windows", table, mode="append")
-        conn.commit()
+    ordered = frame.sort_values(["device", "sensor", "ts"], ignore_index=True)
+    columns = [ordered[c].tolist() for c in ("device", "sensor")]
+    columns.append(pd.to_datetime(ordered["ts"]).dt.strftime("%Y-%m-%d %H:%M:%S.%f").tolist())
+    columns += [ordered[c].tolist() for c in ("value", "value_min", "value_max", "value_count")]
+    raw = sensor_store.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA cache_size=-262144")
+        cursor.executemany(
+            "INSERT INTO windows (device, sensor, ts, value, value_min, value_max, value_count, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            zip(*columns, [stamp] * len(ordered), strict=True),
+        )
+        raw.commit()
+    finally:
+        raw.close()
 
 
 def fit_release(train: pd.DataFrame, series: int) -> object:
