@@ -50,7 +50,7 @@ def make_windows(devices: list[str], n: int, seed: int) -> pd.DataFrame:
     ts = pd.date_range("2024-01-01", periods=n, freq="5s").to_numpy()
     return pd.DataFrame({
         "device": np.repeat(np.asarray(devices, dtype=object), SENSORS * n),
-        "sensor": (sensor_idx + 1).astype(str).astype(object),
+        "sensor": np.array([str(k + 1) for k in range(SENSORS)], dtype=object)[sensor_idx],
         "ts": np.tile(ts, series),
         "value": readings.mean(axis=1), "value_min": readings.min(axis=1), "value_max": readings.max(axis=1),
         "value_count": np.full(series * n, 5, dtype=np.int64),
