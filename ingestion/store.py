@@ -146,40 +146,48 @@ class SensorStore:
         return format_time(ts) if self.dialect == "sqlite" else ts
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        """Run one query; its result as an Arrow table (one snapshot)."""
+        """Run one query; its result as an Arrow table."""
+        return self._queries([(sql, params)])[0]
+
+    def _queries(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+        """Run queries in one read transaction (one snapshot); their results as Arrow tables."""
         shown = self._url.render_as_string(hide_password=True)
         self.ensure_schema()
         try:
             if self.dialect != "sqlite":
-                with self.adbc_connection() as conn, conn.cursor() as cur:
-                    cur.execute(sql, parameters=tuple(params) if params else None)
-                    table: pa.Table = cur.fetch_arrow_table()
+                with self.adbc_connection() as conn:
+                    tables = _adbc_read(conn, statements)
                     conn.rollback()
-                    return table
-            with single_sqlite_copy(str(self._url.database)) as alone:
+                    return tables
+            path = str(self._url.database)
+            with single_sqlite_copy(path) as alone:
                 if alone:
-                    return _adbc_sqlite_read(str(self._url.database), sql, params)
+                    return _adbc_sqlite_read(path, statements)
                 log.debug("%s: a sqlite3 connection is open in this process; reading through sqlite3", shown)
-                return self._sqlite3_read(sql, params)
+                return self._sqlite3_read(statements)
         except StoreError:
             raise
         except Exception as exc:
             raise StoreError(f"{shown}: query failed: {_one_line(exc)}") from exc
 
-    def _sqlite3_read(self, sql: str, params: Sequence[Any]) -> pa.Table:
+    def _sqlite3_read(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
         """The slow, always safe way: Python's sqlite3 (when ADBC may not open the file now)."""
+        tables = []
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
-            cursor.execute(sql, tuple(params))
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
+            cursor.execute("BEGIN")
+            for sql, params in statements:
+                cursor.execute(sql, tuple(params))
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+                columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+                tables.append(pa.table({n: pa.array(list(v)) for n, v in zip(names, columns, strict=True)}))
             cursor.close()
-            raw.rollback()
         finally:
+            raw.rollback()
             raw.close()
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-        return pa.table({name: pa.array(list(values)) for name, values in zip(names, columns, strict=True)})
+        return tables
 
     def _order(self, column: str) -> str:
         # Byte order on PostgreSQL too (its default collation sorts differently from Python).
@@ -210,12 +218,36 @@ class SensorStore:
             device_groups = [unique[i : i + _IN_CHUNK] for i in range(0, len(unique), _IN_CHUNK)]
         tables = []
         for group in device_groups:
-            sql, params = self._windows_sql(start, end, group, sensors)
-            tables.append(self._query(sql, params))
+            clause, params = self._windows_where(start, end, group, sensors)
+            if self.dialect == "sqlite":
+                tables.append(self._read_sqlite_windows(clause, params))
+            else:
+                order = ", ".join(self._order(c) for c in ("device", "sensor")) + ", ts"
+                sql = f"SELECT {', '.join(WINDOW_COLUMNS)} FROM windows{clause} ORDER BY {order}"
+                tables.append(self._query(sql, params))
         table = pa.concat_tables([_normalise_windows(t) for t in tables]) if tables else _empty_windows()
         return _windows_frame(table)
 
-    def _windows_sql(
+    def _read_sqlite_windows(self, clause: str, params: list[Any]) -> pa.Table:
+        """On SQLite: the rows without their device and sensor, which come once per series from a second
+        query in the same snapshot (a fifth fewer values to fetch); both walk the primary key in order."""
+        pk = "windows INDEXED BY sqlite_autoindex_windows_1"
+        series, rows = self._queries([
+            (f"SELECT device, sensor, count(*) AS n FROM {pk}{clause} GROUP BY device, sensor "
+             "ORDER BY device, sensor", params),
+            (f"SELECT {', '.join(WINDOW_COLUMNS[2:])} FROM {pk}{clause} ORDER BY device, sensor, ts", params),
+        ])
+        counts = series.column("n").to_numpy(zero_copy_only=False).astype(np.int64)
+        if int(counts.sum()) != rows.num_rows:
+            raise StoreError(f"{self!r}: windows changed between two reads of one snapshot")
+        take = pa.array(np.repeat(np.arange(len(counts)), counts))
+        return pa.table({
+            "device": series.column("device").cast(pa.string()).take(take),
+            "sensor": series.column("sensor").cast(pa.string()).take(take),
+            **{name: rows.column(name) for name in WINDOW_COLUMNS[2:]},
+        })
+
+    def _windows_where(
         self, start: datetime | None, end: datetime | None, devices: list[str] | None,
         sensors: Sequence[str] | None,
     ) -> tuple[str, list[Any]]:
@@ -231,15 +263,7 @@ class SensorStore:
                 marks = ", ".join(self.placeholder(len(params) + i + 1) for i in range(len(sensors)))
                 where.append(f"sensor IN ({marks})")
                 params.extend(str(s) for s in sensors)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        # On SQLite, walk the primary key in order rather than sorting a time-range scan.
-        hint = " INDEXED BY sqlite_autoindex_windows_1" if self.dialect == "sqlite" else ""
-        order = ", ".join(self._order(c) for c in ("device", "sensor")) + ", ts"
-        sql = (
-            "SELECT device, sensor, ts, value, value_min, value_max, value_count "
-            f"FROM windows{hint}{clause} ORDER BY {order}"
-        )
-        return sql, params
+        return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
     def _range_where(self, start: datetime | None, end: datetime | None) -> tuple[list[str], list[Any]]:
         where: list[str] = []
@@ -297,18 +321,27 @@ class SensorStore:
                                                 table.column("n").to_pylist(), strict=True)}
 
 
-def _adbc_sqlite_read(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
-    """Read through ADBC (Arrow, several times faster than sqlite3), read-only; only inside
-    :func:`ingestion.engine.single_sqlite_copy` with no sqlite3 connection open on ``path``."""
+def _adbc_read(conn: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+    tables = []
+    with conn.cursor() as cur:
+        for sql, params in statements:
+            cur.execute(sql, parameters=tuple(params) if params else None)
+            tables.append(cur.fetch_arrow_table())
+    return tables
+
+
+def _adbc_sqlite_read(path: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+    """Read through ADBC (Arrow, several times faster than sqlite3), read-only, in one transaction; only
+    inside :func:`ingestion.engine.single_sqlite_copy` with no sqlite3 connection open on ``path``."""
     import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-    with adbc_sqlite.connect(f"file:{path}?mode=ro") as conn, conn.cursor() as cur:
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-        cur.execute(sql, parameters=tuple(params) if params else None)
-        table: pa.Table = cur.fetch_arrow_table()
+    with adbc_sqlite.connect(f"file:{path}?mode=ro") as conn:
+        with conn.cursor() as cur:
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        tables = _adbc_read(conn, statements)
         conn.rollback()
-    return table
+    return tables
 
 
 def _one_line(exc: BaseException) -> str:
