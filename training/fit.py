@@ -114,10 +114,7 @@ def check_config(config: TrainingConfig) -> None:
         raise ConfigError(f"training.nu: must be in (0, 1], got {config.nu}")
     if not 0 <= config.offset_margin < 1:
         raise ConfigError(f"training.offset_margin: must be in [0, 1), got {config.offset_margin}")
-    if isinstance(config.gamma, str):
-        resolve_gamma(config.gamma, np.zeros((1, 1)))
-    else:
-        resolve_gamma(config.gamma, _EMPTY)
+    resolve_gamma(config.gamma, np.ones((2, 1)))
 
 
 def _bundle(keys: list[tuple[str, str]], features: tuple[str, ...], rolling_window: int, margin: float,
