@@ -34,9 +34,11 @@ def label_windows(windows: pd.DataFrame, labels: pd.DataFrame, device: str = "de
                   ts: str = "ts") -> np.ndarray:
     """The anomaly kind of each row of ``windows`` ('' = normal), in the rows' order."""
     rows = pd.DataFrame({"d": windows[device].astype(str).to_numpy(), "s": windows[sensor].astype(str).to_numpy(),
-                         "t": pd.to_datetime(windows[ts]).to_numpy(), "i": np.arange(len(windows))})
+                         "t": pd.to_datetime(windows[ts]).to_numpy().astype("datetime64[ns]"),
+                         "i": np.arange(len(windows))})
     marks = pd.DataFrame({"d": labels["Device"].astype(str), "s": labels["Sensor"].astype(str),
-                          "t": labels["Start"].to_numpy(), "end": labels["End"].to_numpy(),
+                          "t": labels["Start"].to_numpy().astype("datetime64[ns]"),
+                          "end": labels["End"].to_numpy().astype("datetime64[ns]"),
                           "kind": labels["Kind"].astype(str)})
     matched = pd.merge_asof(rows.sort_values("t"), marks.sort_values("t"), on="t", by=["d", "s"],
                             direction="backward")

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -182,15 +183,18 @@ def register_release(
             _log_batch(client, run_id, params, metrics)
             for name, path in (tables or {}).items():
                 client.log_artifact(run_id, str(path), artifact_path=name)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_CODE),
-                artifacts={"bundle": str(bundle_dir)},
-                code_paths=[str(p) for p in _PACKAGE_DIRS],
-                pip_requirements=pip_requirements(),
-                signature=_readings_signature(),
-                registered_model_name=model_name,
-            )
+            with warnings.catch_warnings():
+                # the signature is given explicitly; an input example would only cost a model load
+                warnings.filterwarnings("ignore", message=".*An input example was not provided.*")
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={"bundle": str(bundle_dir)},
+                    code_paths=[str(p) for p in _PACKAGE_DIRS],
+                    pip_requirements=pip_requirements(),
+                    signature=_readings_signature(),
+                    registered_model_name=model_name,
+                )
         version = int(info.registered_model_version)
         for key, value in version_tags.items():
             client.set_model_version_tag(model_name, str(version), key, str(value))

@@ -101,6 +101,7 @@ def main(ctx: click.Context, config_file: str | None, home: str | None, database
         # MLflow logs its store migrations at INFO through its own handler and draws download bars:
         # our terminal output is the summary lines; -v brings them back
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its level on import
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = {"home": home, "database_url": database_url, "tracking_uri": tracking_uri,
                  "storage_url": storage_url}
