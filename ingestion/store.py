@@ -2,8 +2,9 @@
 
 ``SensorStore(database_url)`` works on SQLite (a file, WAL mode) and PostgreSQL
 (``postgresql://`` or ``postgresql+psycopg://``). Bulk reads go through ADBC (Arrow), several times
-faster than ``pandas.read_sql`` (2.88M windows in about 1.2 s on SQLite); writes go through
-:mod:`ingestion.writer`, one transaction per input.
+faster than ``pandas.read_sql`` or ``sqlite3``; on SQLite only while no ``sqlite3`` connection of this
+process has the file open (see :mod:`ingestion.engine`: two SQLite library copies lose commits), else
+through ``sqlite3``. Writes go through :mod:`ingestion.writer`, one transaction per input.
 
 All times are naive UTC; a window is labelled by its start; ranges are ``[start, end)``.
 """
@@ -39,7 +40,7 @@ WINDOW_COLUMNS = ["device", "sensor", "ts", "value", "value_min", "value_max", "
 # How SQLAlchemy stores DATETIME on SQLite; the store writes and compares times in the same text form.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _IN_CHUNK = 500  # devices per IN (...) list
-SQLITE_CACHE_KIB = 32768  # page cache of an ADBC connection: index pages of big stores stay in memory
+SQLITE_CACHE_KIB = 32768  # page cache of a writer or reader: index pages of big stores stay in memory
 
 
 def format_time(ts: datetime) -> str:
