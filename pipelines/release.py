@@ -71,6 +71,8 @@ class ReleaseOutcome:
 
 # -- training ------------------------------------------------------------------------------------------
 
+MIN_DEVICES_PER_SHARD = 50  # about 0.3 s of fitting at 5 sensors a device: worth a process
+
 
 def _fit_devices(database_url: str, start: datetime, end: datetime, devices: list[str], config: TrainingConfig,
                  exclude: frozenset[tuple[str, str]]) -> ShardFit:
@@ -138,7 +140,8 @@ def train_candidate(
     if not fleet:
         raise TrainingError(f"nothing to train on: no windows in [{start}, {end})")
     workers = settings.workers or default_workers()
-    shards = shard_devices(fleet, max(1, min(len(fleet), workers * 4)))
+    # a worker pool costs seconds to start: small fleets train in one shard in this process
+    shards = shard_devices(fleet, max(1, min(workers * 4, -(-len(fleet) // MIN_DEVICES_PER_SHARD))))
     started = time.perf_counter()
     args = [(settings.database_url, start, split, shard, config, frozenset(excluded)) for shard in shards]
     results = run_shards(_fit_devices, args, settings.executor, settings.workers, on_progress)
