@@ -5,10 +5,12 @@ intercept ``b`` and ``gamma = g``, the decision function of a window with featur
 
     f(x) = sum_j a_j exp(-g ||z - v_j||^2) + b,   z = (x - mu) / s
 
-which is expanded as ``exp(z . (2 g v_j) + (log a_j - g ||v_j||^2) - g ||z||^2)``. Models are grouped
-into blocks (sorted by support-vector count, so little padding); per block the rows and support
-vectors are padded, then ONE batched matrix product and ONE ``np.exp`` give every kernel value. The
-Python loop runs once per block, never per row.
+with the exponent expanded as ``W . Z``: ``W = [2 g v / s, -g |v|^2, -g]`` per support vector and
+``Z = [x - mu, 1, |z|^2]`` per row. Models are grouped into cache-sized blocks (sorted by support-vector
+count, so little padding); per block ONE batched matrix product gives every exponent, ONE ``np.exp`` in
+place every kernel value, and ONE product with the dual coefficients (zero for padded support vectors)
+the sums. The Python loop runs once per block, never per row or per model; temporaries stay
+block-sized (fresh large arrays cost page faults).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ import pandas as pd
 from training.bundle import ReleaseBundle
 from training.features import compute_features, series_starts
 
-# padded kernel values per block (rows x support vectors x models); ~ 8 MB of float64, cache-sized
-BLOCK_ELEMENTS = 1_000_000
-MAX_BLOCK_MODELS = 256
-_PAD = -1e300  # exponent of a padded support vector
+# padded kernel values per block (rows x support vectors x models): 2 MB of float64, the L2 cache
+BLOCK_ELEMENTS = 262_144
+MAX_BLOCK_MODELS = 512
 _FLOOR = -700.0  # exponents are clipped here: exp(-700) ~ 1e-304, far below the 1e-9 tolerance
 
 OUTPUT_COLUMNS = ("device", "sensor", "ts", "value", "score", "prediction")
@@ -74,13 +75,26 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
     starts, _, model = _series(bundle, windows)
     feats = compute_features(windows, bundle.features, bundle.rolling_window, starts=starts)
     lengths = np.diff(starts)
-    row_model = np.repeat(model, lengths)
-    keep = row_model >= 0
-    if start is not None:
-        keep &= windows["ts"].to_numpy() >= np.datetime64(pd.Timestamp(start).to_datetime64())
-    rows = np.flatnonzero(keep)
-    scores = _decision(bundle, feats[rows], row_model[rows])
-    out = windows.iloc[rows][["device", "sensor", "ts", "value"]].reset_index(drop=True)
+    # rows scored per series: those with ts >= start, a suffix of each series (sorted by ts)
+    kept = lengths.copy()
+    if start is not None and len(windows):
+        late = windows["ts"].to_numpy() >= np.datetime64(pd.Timestamp(start).to_datetime64())
+        kept = np.add.reduceat(late, starts[:-1]).astype(np.int64)
+    kept[model < 0] = 0
+    present = kept > 0
+    run_len = kept[present]
+    run_start = starts[1:][present] - run_len
+    out_start = np.concatenate([[0], np.cumsum(run_len)[:-1]]).astype(np.int64)
+    total = int(run_len.sum())
+    scores = np.empty(total, dtype=np.float64)
+    if total:
+        _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
+    columns = ["device", "sensor", "ts", "value"]
+    if total == len(windows):
+        out = windows[columns].reset_index(drop=True)
+    else:
+        rows = np.repeat(run_start - out_start, run_len) + np.arange(total)
+        out = windows.take(rows)[columns].reset_index(drop=True)
     out["score"] = scores
     out["prediction"] = (scores < 0).astype(np.int8)
     return out
@@ -101,10 +115,35 @@ def _decision(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -
     change = np.flatnonzero(np.diff(row_model)) + 1
     run_start = np.concatenate([[0], change]).astype(np.int64)
     run_len = np.diff(np.append(run_start, n))
-    run_model = row_model[run_start]
-    n_sv = bundle.n_support[run_model]
+    _score_runs(bundle, np.ascontiguousarray(feats), run_start, run_len, row_model[run_start], run_start, scores)
+    return scores
+
+
+def _score_runs(
+    bundle: ReleaseBundle,
+    feats: np.ndarray,
+    run_start: np.ndarray,
+    run_len: np.ndarray,
+    run_model: np.ndarray,
+    out_start: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    """Score run ``k`` (rows ``run_start[k]:+run_len[k]`` of ``feats``, model ``run_model[k]``) into
+    ``scores[out_start[k]:+run_len[k]]``, a cache-sized block of models at a time.
+
+    The kernel value of row ``z`` (scaled features) and support vector ``v`` is ``exp(W . Z)`` with
+    ``Z = [z, 1, |z|^2]`` and ``W = [2 g v, -g |v|^2, -g]``, so ``W . Z = -g ||z - v||^2``. ``W`` of every
+    support vector is computed once; a block gathers its rows and vectors, then does one matrix product,
+    one ``exp`` in place and one product with the dual coefficients (zero for padded support vectors,
+    which masks them exactly). Temporaries stay block-sized: fresh large arrays cost page faults.
+    """
+    n_feat = feats.shape[1]
+    w_all, coef_all, reach_sv = _support_terms(bundle)
+    inv_var = 1.0 / (bundle.scale * bundle.scale)
+    flat = np.ascontiguousarray(feats).reshape(-1)
+    n_support = bundle.n_support
+    n_sv = n_support[run_model]
     order = np.argsort(n_sv, kind="stable")
-    feats_t = np.ascontiguousarray(feats.T)
     i = 0
     while i < len(order):
         # the largest block from i whose padded size (models x rows x support vectors) fits BLOCK_ELEMENTS;
@@ -113,66 +152,71 @@ def _decision(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -
         max_rows_acc = np.maximum.accumulate(run_len[cand])
         size = np.arange(1, len(cand) + 1) * max_rows_acc * np.maximum(n_sv[cand], 1)
         take = max(1, int(np.searchsorted(size, BLOCK_ELEMENTS, side="right")))
-        j = i + take
+        runs = order[i:i + take]
+        i += take
         max_rows, max_sv = int(max_rows_acc[take - 1]), int(n_sv[cand[take - 1]])
-        runs = order[i:j]
-        scores_block = _block(bundle, feats_t, run_start[runs], run_len[runs], run_model[runs], max_rows, max_sv)
-        mask = np.arange(max_rows)[None, :] < run_len[runs][:, None]
-        idx = run_start[runs][:, None] + np.arange(max_rows)[None, :]
-        scores[idx[mask]] = scores_block[mask]
-        i = j
-    return scores
+        models, lengths = run_model[runs], run_len[runs]
+        r = np.arange(max_rows)
+        padded = bool((lengths != max_rows).any())
+        offset = (np.minimum(r[None, :], lengths[:, None] - 1) if padded else r[None, :])  # pad: the last row
+        if max_sv == 0:
+            block = np.broadcast_to(bundle.intercept[models][:, None], (len(runs), max_rows))
+        else:
+            # Z = [u, 1, |z|^2] of the block's rows (u = x - mean, z = u / scale), feature-major
+            # (F + 2, B, R): every pass runs over one contiguous array
+            flat_rows = (run_start[runs][:, None] + offset) * n_feat
+            zt = np.empty((n_feat + 2, len(runs), max_rows), dtype=np.float64)
+            norm = zt[n_feat + 1]
+            for f in range(n_feat):  # u = x - mean; the 1 / scale of z = u / scale is folded into W
+                uf = zt[f]
+                if f:
+                    flat_rows += 1
+                np.take(flat, flat_rows, out=uf)
+                uf -= bundle.mean[models, f][:, None]
+                if f == 0:
+                    np.multiply(uf, uf, out=norm)
+                    norm *= inv_var[models, f][:, None]
+                else:
+                    norm += uf * uf * inv_var[models, f][:, None]
+            zt[n_feat] = 1.0
+            s = np.arange(max_sv)
+            sv_mask = s[None, :] < n_sv[runs][:, None]
+            sv_idx = np.where(sv_mask, bundle.sv_offsets[models][:, None] + s[None, :], 0)
+            expo = np.matmul(w_all[sv_idx], zt.transpose(1, 0, 2))  # (B, S, R): -g ||z - v||^2 <= 0
+            # exp() of a result below ~1e-308 (exponent < -708) takes a slow path (100x slower); such terms
+            # are far below the tolerance: clip the exponents, only in blocks where a row can be that far
+            gamma = bundle.gamma[models]
+            reach = np.sqrt(norm.max(axis=1)) + reach_sv[models]
+            if float((gamma * reach * reach).max()) > -_FLOOR:
+                np.maximum(expo, _FLOOR, out=expo)
+            np.exp(expo, out=expo)
+            coef = np.where(sv_mask, coef_all[sv_idx], 0.0)[:, None, :]  # (B, 1, S)
+            block = np.matmul(coef, expo)[:, 0, :]  # dual-coefficient-weighted sum over support vectors
+            block += bundle.intercept[models][:, None]
+        idx = out_start[runs][:, None] + r[None, :]
+        if padded:
+            mask = r[None, :] < lengths[:, None]
+            scores[idx[mask]] = block[mask]
+        else:
+            scores[idx] = block
 
 
-def _block(
-    bundle: ReleaseBundle,
-    feats_t: np.ndarray,
-    run_start: np.ndarray,
-    run_len: np.ndarray,
-    models: np.ndarray,
-    max_rows: int,
-    max_sv: int,
-) -> np.ndarray:
-    """Decision values ``(B, max_rows)`` of one block of models (padded rows are garbage).
-
-    Exponents are ``W @ Z`` with ``W = [2 g v, log a - g |v|^2, 1]`` per support vector (``(B, S, F + 2)``)
-    and ``Z = [z, 1, -g |z|^2]`` per row (``(B, F + 2, R)``): one matrix product, one ``exp``, one sum.
-    """
-    b = len(models)
-    n_feat = feats_t.shape[0]
-    gamma = bundle.gamma[models]
-    intercept = bundle.intercept[models]
-    if max_sv == 0:
-        return np.broadcast_to(intercept[:, None], (b, max_rows)).copy()
-    r = np.arange(max_rows)
-    row_idx = run_start[:, None] + np.minimum(r[None, :], run_len[:, None] - 1)  # pad with the last row
-    zt = np.empty((b, n_feat + 2, max_rows), dtype=np.float64)
-    norm = zt[:, n_feat + 1, :]
-    norm[...] = 0.0
-    for f in range(n_feat):  # scaler folded in, feature by feature (F is small)
-        zf = zt[:, f, :]
-        np.take(feats_t[f], row_idx, out=zf)
-        zf -= bundle.mean[models, f][:, None]
-        zf /= bundle.scale[models, f][:, None]
-        norm += zf * zf
-    norm *= -gamma[:, None]
-    zt[:, n_feat, :] = 1.0
-    s = np.arange(max_sv)
-    counts = bundle.n_support[models]
-    sv_mask = s[None, :] < counts[:, None]
-    sv_idx = np.where(sv_mask, bundle.sv_offsets[models][:, None] + s[None, :], 0)
-    sv = bundle.support_vectors[sv_idx]  # (B, S, F)
-    w = np.zeros((b, max_sv, n_feat + 2), dtype=np.float64)
-    w[:, :, :n_feat] = sv * (2.0 * gamma)[:, None, None]
-    with np.errstate(divide="ignore"):
-        const = np.log(bundle.dual_coef[sv_idx]) - gamma[:, None] * np.einsum("bsf,bsf->bs", sv, sv)
-    w[:, :, n_feat] = const
-    w[:, :, n_feat + 1] = 1.0
-    w[~sv_mask] = 0.0
-    w[:, :, n_feat][~sv_mask] = _PAD
-    expo = np.matmul(w, zt)  # (B, S, R)
-    np.maximum(expo, _FLOOR, out=expo)  # exp() of subnormal results is slow; exp(-700) ~ 1e-304
-    np.exp(expo, out=expo)
-    result: np.ndarray = np.matmul(np.ones(max_sv), expo)  # sum over support vectors
-    result += intercept[:, None]
-    return result
+def _support_terms(bundle: ReleaseBundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``W = [2 g v / s, -g |v|^2, -g]`` of every support vector (``(S, F + 2)``, ``s`` its model's scale,
+    so that ``W`` applies to ``u = x - mean``), the dual coefficients, and per model the largest ``|v|``
+    (to know when an exponent can underflow)."""
+    sv = bundle.support_vectors
+    n_feat = sv.shape[1]
+    n_support = bundle.n_support
+    gamma = np.repeat(bundle.gamma, n_support)
+    sv_norm = np.einsum("sf,sf->s", sv, sv)
+    w = np.empty((len(sv), n_feat + 2), dtype=np.float64)
+    np.multiply(sv, (2.0 * gamma)[:, None], out=w[:, :n_feat])
+    w[:, :n_feat] /= np.repeat(bundle.scale, n_support, axis=0)
+    w[:, n_feat] = -gamma * sv_norm
+    w[:, n_feat + 1] = -gamma
+    reach = np.zeros(len(bundle.keys), dtype=np.float64)
+    has = n_support > 0
+    if has.any():
+        reach[has] = np.sqrt(np.maximum.reduceat(sv_norm, bundle.sv_offsets[:-1][has]))
+    return w, np.asarray(bundle.dual_coef, dtype=np.float64), reach
