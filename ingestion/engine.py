@@ -151,11 +151,14 @@ def _engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 60, "factory": TrackedConnection}
     elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+    elif parsed.get_backend_name() == "mssql" and parsed.get_driver_name() == "pyodbc":
+        kwargs["fast_executemany"] = True  # executemany as one array-bound round trip, not one per row
     try:
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
         shown = parsed.render_as_string(hide_password=True)
-        raise ConfigError(f"database_url {shown}: driver not installed ({exc})") from exc
+        raise ConfigError(f"database_url {shown}: driver not installed ({_one_line(exc)}){_install_hint(parsed)}") \
+            from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         if parsed.database and parsed.database != ":memory:":
@@ -170,3 +173,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _install_hint(parsed: Any) -> str:
+    """How to install the driver a URL needs, for the drivers fleetscore documents."""
+    if parsed.get_backend_name() == "mssql" and parsed.get_driver_name() == "pyodbc":
+        return ("; install pyodbc (pip install 'fleetscore[azure]') and Microsoft's ODBC Driver 18 for "
+                "SQL Server, which brings unixODBC's libodbc.so.2 (docs/deploy-azure.md)")
+    return ""

@@ -21,8 +21,13 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mssql
 
 SCHEMA_VERSION = 1
+
+# A time column: DATETIME2(6) on SQL Server (microseconds, like Python; SQLAlchemy's generic DateTime
+# is SQL Server's DATETIME there, rounded to 1/300 s); unchanged on SQLite and PostgreSQL.
+UtcDateTime = DateTime().with_variant(mssql.DATETIME2(precision=6), "mssql")
 
 metadata = MetaData()
 
@@ -34,12 +39,12 @@ windows = Table(
     metadata,
     Column("device", String(64), primary_key=True),
     Column("sensor", String(64), primary_key=True),
-    Column("ts", DateTime, primary_key=True),
+    Column("ts", UtcDateTime, primary_key=True),
     Column("value", Float, nullable=False),  # mean of the readings
     Column("value_min", Float, nullable=False),
     Column("value_max", Float, nullable=False),
     Column("value_count", Integer, nullable=False),
-    Column("updated_at", DateTime, nullable=False),  # the ingest that last wrote the window
+    Column("updated_at", UtcDateTime, nullable=False),  # the ingest that last wrote the window
 )
 Index("ix_windows_ts", windows.c.ts)
 
@@ -53,7 +58,7 @@ quarantine = Table(
     Column("raw", Text, nullable=False),
     Column("reason", String(64), nullable=False),
     Column("detail", Text, nullable=False, default=""),
-    Column("ingested_at", DateTime, nullable=False),
+    Column("ingested_at", UtcDateTime, nullable=False),
 )
 Index("ix_quarantine_reason", quarantine.c.reason)
 
@@ -65,7 +70,7 @@ sources = Table(
     Column("content_hash", String(64), primary_key=True),
     Column("name", Text, nullable=False),
     Column("rows", Integer, nullable=False),
-    Column("ingested_at", DateTime, nullable=False),
+    Column("ingested_at", UtcDateTime, nullable=False),
     Column("window_seconds", Float, nullable=False, default=0.0),
     Column("windows_written", Integer, nullable=False, default=0),
     Column("late_updates", Integer, nullable=False, default=0),
@@ -83,13 +88,13 @@ eventhub_checkpoints = Table(
     Column("partition_id", String(64), primary_key=True),
     Column("offset", String(64), nullable=False),
     Column("sequence_number", BigInteger, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 # Schema version, written when the tool creates the schema and checked on every connection.
 schema_info = Table(
     "fleetscore_schema",
     metadata,
-    Column("version", Integer, primary_key=True),
-    Column("created_at", DateTime, nullable=False),
+    Column("version", Integer, primary_key=True, autoincrement=False),  # no IDENTITY on SQL Server
+    Column("created_at", UtcDateTime, nullable=False),
 )

@@ -6,6 +6,11 @@ faster than ``pandas.read_sql`` or ``sqlite3``; on SQLite only while no ``sqlite
 process has the file open (see :mod:`ingestion.engine`: two SQLite library copies lose commits), else
 through ``sqlite3``. Writes go through :mod:`ingestion.writer`, one transaction per input.
 
+Any other SQLAlchemy dialect (Azure SQL: ``mssql+pyodbc://...``) takes the *generic* path: reads and
+writes through SQLAlchemy Core and the dialect's DB-API driver only, sorted in Arrow (byte order of the
+ids, whatever the server's collation). Tests force that path on SQLite and PostgreSQL
+(``SensorStore(url, _generic=True)``), where it is checked against the native one.
+
 All times are naive UTC; a window is labelled by its start; ranges are ``[start, end)``.
 """
 
@@ -22,11 +27,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from fleetscore.errors import StoreError
+from fleetscore.errors import ConfigError, StoreError
 from ingestion.engine import make_engine, single_sqlite_copy
 from ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from ingestion.sharding import shard_devices
@@ -55,15 +60,16 @@ class SensorStore:
     first use, so reading a fresh database gives empty results rather than an error.
     """
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, _generic: bool = False) -> None:
         self.database_url = database_url
-        url = make_url(database_url)
+        try:
+            url = make_url(database_url)
+        except ArgumentError as exc:
+            raise ConfigError(f"database_url: not a SQLAlchemy URL: {database_url!r}") from exc
         self.dialect = url.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise StoreError(
-                f"database_url {url.render_as_string(hide_password=True)}: the sensor store supports "
-                "SQLite and PostgreSQL (sqlite:///path, postgresql://...)"
-            )
+        # native paths: SQLite (sqlite3 + ADBC reads), PostgreSQL (ADBC); everything else is generic.
+        # ``_generic`` forces the generic path on SQLite/PostgreSQL: for tests and benchmarks only.
+        self.generic = _generic or self.dialect not in ("sqlite", "postgresql")
         if self.dialect == "sqlite" and (not url.database or url.database == ":memory:"):
             raise StoreError("database_url: an in-memory SQLite database cannot be shared; give a file path")
         if self.dialect == "sqlite" and not Path(url.database).is_absolute():  # type: ignore[arg-type]
@@ -72,6 +78,13 @@ class SensorStore:
             self.database_url = url.render_as_string(hide_password=False)
         self._url = url
         self._schema_ready = False
+        if self.dialect not in ("sqlite", "postgresql"):
+            self.check_driver()  # a missing driver (pyodbc, ODBC) is named now, before any work is done
+
+    def check_driver(self) -> None:
+        """Build the engine (no connection) so that a missing database driver is reported at once, as a
+        :class:`ConfigError` naming it and how to install it."""
+        make_engine(self.database_url)
 
     def __repr__(self) -> str:
         return f"SensorStore({self._url.render_as_string(hide_password=True)!r})"
@@ -124,6 +137,8 @@ class SensorStore:
         :meth:`_query`."""
         if self.dialect == "sqlite":
             raise StoreError(f"{self!r}: no ADBC connection to SQLite (two SQLite copies corrupt the file)")
+        if self.dialect != "postgresql":
+            raise StoreError(f"{self!r}: no ADBC driver for {self.dialect}; the store uses SQLAlchemy here")
         self.ensure_schema()
         shown = self._url.render_as_string(hide_password=True)
         try:
@@ -139,7 +154,10 @@ class SensorStore:
             conn.close()
 
     def placeholder(self, index: int) -> str:
-        """The query parameter marker number ``index`` (1-based) in this dialect."""
+        """The query parameter marker number ``index`` (1-based) in this dialect (a named SQLAlchemy
+        parameter ``:pN`` on the generic path)."""
+        if self.generic:
+            return f":p{index}"
         return "?" if self.dialect == "sqlite" else f"${index}"
 
     def time_param(self, ts: datetime) -> Any:
@@ -155,6 +173,8 @@ class SensorStore:
         shown = self._url.render_as_string(hide_password=True)
         self.ensure_schema()
         try:
+            if self.generic:
+                return self._sqlalchemy_read(statements)
             if self.dialect != "sqlite":
                 with self.adbc_connection() as conn:
                     tables = _adbc_read(conn, statements)
@@ -190,6 +210,20 @@ class SensorStore:
             raw.close()
         return tables
 
+    def _sqlalchemy_read(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+        """The generic path: queries through SQLAlchemy (the dialect's DB-API driver) in one read
+        transaction, results fetched into Arrow; parameters are the named ``:pN`` of :meth:`placeholder`."""
+        tables = []
+        with self.engine.connect() as conn:
+            for sql, params in statements:
+                result = conn.execute(text(sql), {f"p{i}": v for i, v in enumerate(params, start=1)})
+                names = list(result.keys())
+                rows = result.fetchall()
+                columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+                tables.append(pa.table({n: pa.array(list(v)) for n, v in zip(names, columns, strict=True)}))
+            conn.rollback()
+        return tables
+
     def _order(self, column: str) -> str:
         # Byte order on PostgreSQL too (its default collation sorts differently from Python).
         return column if self.dialect == "sqlite" else f'{column} COLLATE "C"'
@@ -220,7 +254,10 @@ class SensorStore:
         tables = []
         for group in device_groups:
             clause, params = self._windows_where(start, end, group, sensors)
-            if self.dialect == "sqlite":
+            if self.generic:
+                sql = f"SELECT {', '.join(WINDOW_COLUMNS)} FROM windows{clause}"
+                tables.append(_sort_by_key(self._query(sql, params), ["device", "sensor", "ts"]))
+            elif self.dialect == "sqlite":
                 tables.append(self._read_sqlite_windows(clause, params))
             else:
                 order = ", ".join(self._order(c) for c in ("device", "sensor")) + ", ts"
@@ -282,12 +319,17 @@ class SensorStore:
         first_ts, last_ts; sorted by device, sensor."""
         where, params = self._range_where(start, end)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        order = ", ".join(self._order(c) for c in ("device", "sensor"))
-        table = self._query(
-            "SELECT device, sensor, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts "
-            f"FROM windows{clause} GROUP BY device, sensor ORDER BY {order}",
-            params,
-        )
+        if self.generic:  # byte order whatever the server's collation: sorted here
+            table = _sort_by_key(self._query(
+                "SELECT device, sensor, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts "
+                f"FROM windows{clause} GROUP BY device, sensor", params), ["device", "sensor"])
+        else:
+            order = ", ".join(self._order(c) for c in ("device", "sensor"))
+            table = self._query(
+                "SELECT device, sensor, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts "
+                f"FROM windows{clause} GROUP BY device, sensor ORDER BY {order}",
+                params,
+            )
         frame = pd.DataFrame({
             "device": pd.Series(table.column("device").to_pylist(), dtype="str"),
             "sensor": pd.Series(table.column("sensor").to_pylist(), dtype="str"),
@@ -343,6 +385,16 @@ def _adbc_sqlite_read(path: str, statements: Sequence[tuple[str, Sequence[Any]]]
         tables = _adbc_read(conn, statements)
         conn.rollback()
     return tables
+
+
+def _sort_by_key(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Rows sorted by ``keys`` ascending; ids compare by their UTF-8 bytes (Python's order)."""
+    if table.num_rows == 0:
+        return table
+    columns = {k: table.column(k).cast(pa.string()) if k != "ts" else _to_timestamp(table.column(k))
+               for k in keys}
+    order = pc.sort_indices(pa.table(columns), sort_keys=[(k, "ascending") for k in keys])
+    return table.take(order)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,6 +10,9 @@ SQLite is written through Python's ``sqlite3`` only (a prepared upsert fed by ``
 key order), the library SQLAlchemy uses for the other tables: ADBC's driver links its own SQLite copy,
 and two copies writing one file in one process lose commits (see :mod:`ingestion.engine`).
 PostgreSQL is written through ADBC (COPY into a temporary stage, then one ``INSERT ... SELECT``).
+Any other dialect (Azure SQL) is written by :class:`GenericWriter` through SQLAlchemy Core only: the
+stored keys of a chunk are found with a few range queries, then one ``executemany`` UPDATE merges into
+them and one bulk INSERT adds the rest; no upsert syntax, no per-row round trip.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class MergeResult:
 
 class StoreWriter:
     """One write transaction: the dialect-independent logic. Use :func:`open_writer`, which gives a
-    :class:`SqliteWriter` or a :class:`PostgresWriter`."""
+    :class:`SqliteWriter`, a :class:`PostgresWriter` or a :class:`GenericWriter`."""
 
     def __init__(self, store: SensorStore) -> None:
         self.store = store
@@ -81,8 +84,9 @@ class StoreWriter:
         """(device, sensor, ts, written by another writer) of the probe's windows that are stored."""
         raise NotImplementedError
 
-    def _upsert(self, stage: pa.Table, update: str) -> None:
-        """Insert the stage's windows, merging into stored ones with the ``update`` clause."""
+    def _upsert(self, stage: pa.Table, stored: set[tuple[str, str, Any]]) -> None:
+        """Insert the stage's windows, merging into the stored ones (``stored``: their keys, as
+        :meth:`_stored` gave them)."""
         raise NotImplementedError
 
     def _append_quarantine(self, table: pa.Table) -> None:
@@ -157,17 +161,23 @@ class StoreWriter:
             "value_count": chunk.column("value_count").cast(pa.int64()),
         })
         possible = self._may_exist(chunk)
-        existing, late = 0, 0
+        stored: set[tuple[str, str, Any]] = set()
+        late = 0
         if possible.any():
             probe = stage.select(["device", "sensor", "ts"]).filter(pa.array(possible))
             for device, sensor, ts, is_late in self._stored(probe):
-                existing += 1
                 key = (device, sensor, ts)
+                stored.add(key)
                 if is_late and key not in self._late_keys:
                     self._late_keys.add(key)
                     late += 1
+        self._upsert(stage, stored)
+        return MergeResult(created=chunk.num_rows - len(stored), late_updates=late)
+
+    def _on_conflict(self) -> str:
+        """The ``ON CONFLICT`` clause of the native upserts (SQLite, PostgreSQL)."""
         lo, hi = ("min", "max") if self.store.dialect == "sqlite" else ("LEAST", "GREATEST")
-        self._upsert(stage, (
+        return (
             " ON CONFLICT (device, sensor, ts) DO UPDATE SET "
             "value = (windows.value * windows.value_count + excluded.value * excluded.value_count) "
             "/ (windows.value_count + excluded.value_count), "
@@ -175,8 +185,7 @@ class StoreWriter:
             f"value_max = {hi}(windows.value_max, excluded.value_max), "
             "value_count = windows.value_count + excluded.value_count, "
             "updated_at = excluded.updated_at"
-        ))
-        return MergeResult(created=chunk.num_rows - existing, late_updates=late)
+        )
 
     # -- quarantine, sources, checkpoints --------------------------------------------------------
 
@@ -270,7 +279,8 @@ class SqliteWriter(StoreWriter):
                 found.append((device, sensor, ts, row[0]))
         return found
 
-    def _upsert(self, stage: pa.Table, update: str) -> None:
+    def _upsert(self, stage: pa.Table, stored: set[tuple[str, str, Any]]) -> None:
+        update = self._on_conflict()
         # In key order, so that each series' part of the primary-key index is visited once per chunk.
         stage = stage.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
         stamps = [self._time(self.stamp)] * stage.num_rows
@@ -338,7 +348,8 @@ class PostgresWriter(StoreWriter):
             (self._time(self.stamp),),
         )  # type: ignore[return-value]
 
-    def _upsert(self, stage: pa.Table, update: str) -> None:
+    def _upsert(self, stage: pa.Table, stored: set[tuple[str, str, Any]]) -> None:
+        update = self._on_conflict()
         self._load_temp(_STAGE, stage)
         self.execute(
             f"INSERT INTO windows ({_WINDOW_COLUMNS}) SELECT device, sensor, ts, value, value_min, value_max, "
@@ -353,6 +364,12 @@ class PostgresWriter(StoreWriter):
 @contextmanager
 def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
     """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error."""
+    if store.generic:
+        from ingestion.generic_writer import generic_transaction
+
+        with generic_transaction(store) as generic_writer:
+            yield generic_writer
+        return
     if store.dialect == "sqlite":
         with _sqlite_transaction(store) as conn:
             sqlite_writer = SqliteWriter(store, conn)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from fleetscore.errors import StoreError
+from fleetscore.errors import ConfigError, StoreError
 from ingestion.schema import SCHEMA_VERSION, schema_info
 from ingestion.sharding import shard_devices
 from ingestion.store import SensorStore
@@ -63,8 +63,10 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
 def test_unsupported_urls_are_named() -> None:
     with pytest.raises(StoreError, match="in-memory SQLite"):
         SensorStore("sqlite://")
-    with pytest.raises(StoreError, match="supports SQLite and PostgreSQL"):
+    # any other dialect takes the generic path; a missing driver is named at once, password masked
+    with pytest.raises(ConfigError) as info:
         SensorStore("mysql://u:secret@h/db")
+    assert str(info.value) == "database_url mysql://u:***@h/db: driver not installed (No module named 'MySQLdb')"
 
 
 def test_read_windows_shape_dtypes_and_order(store: SensorStore) -> None:
