@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, func, select, update
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
 from ingestion.engine import make_engine
+from ingestion.schema import UtcDateTime
 from ingestion.schema import windows as windows_table
 
 metadata = MetaData()
@@ -27,8 +28,8 @@ scoring_runs = Table(
     "scoring_runs",
     metadata,
     Column("run_id", String(64), primary_key=True),
-    Column("window_start", DateTime, nullable=False),
-    Column("window_end", DateTime, nullable=False),
+    Column("window_start", UtcDateTime, nullable=False),
+    Column("window_end", UtcDateTime, nullable=False),
     Column("release_ref", String(64), nullable=False, default=""),
     Column("release_version", Integer, nullable=True),
     Column("status", String(16), nullable=False),
@@ -37,8 +38,8 @@ scoring_runs = Table(
     Column("shards_total", Integer, nullable=False, default=0),
     Column("shards_done", Integer, nullable=False, default=0),
     Column("series_failed", Integer, nullable=False, default=0),
-    Column("started_at", DateTime, nullable=False),
-    Column("finished_at", DateTime, nullable=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
     Column("seconds", Float, nullable=True),
     Column("data_hash", String(64), nullable=False, default=""),
     Column("validation_id", String(64), nullable=False, default=""),

@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    DateTime,
     Integer,
     MetaData,
     String,
@@ -35,6 +34,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fleetscore.errors import StoreError
 from ingestion.engine import make_engine
+from ingestion.schema import UtcDateTime
 
 metadata = MetaData()
 
@@ -45,8 +45,8 @@ scoring_schedules = Table(
     Column("every", String(32), nullable=False, default=""),
     Column("cron", String(128), nullable=False, default=""),
     Column("lag", String(32), nullable=False, default="0s"),
-    Column("start", DateTime, nullable=False),
-    Column("created_at", DateTime, nullable=False),
+    Column("start", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
     Column("created_by", String(128), nullable=False, default=""),
     Column("note", Text, nullable=False, default=""),
 )
@@ -54,15 +54,15 @@ scoring_schedules = Table(
 scoring_windows = Table(
     "scoring_windows",
     metadata,
-    Column("window_start", DateTime, primary_key=True),
-    Column("window_end", DateTime, nullable=False),
+    Column("window_start", UtcDateTime, primary_key=True),
+    Column("window_end", UtcDateTime, nullable=False),
     Column("status", String(16), nullable=False),
     Column("holder", String(128), nullable=False, default=""),
-    Column("locked_until", DateTime, nullable=True),
+    Column("locked_until", UtcDateTime, nullable=True),
     Column("run_id", String(64), nullable=False, default=""),
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=False, default=""),
-    Column("updated_at", DateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 
