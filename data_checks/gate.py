@@ -30,6 +30,7 @@ from data_checks.series_checks import (
     SeriesOutcome,
     SeriesThresholds,
     decide,
+    fingerprint,
     query_history,
     query_series_stats,
 )
@@ -79,7 +80,9 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
         history = None
         if start is not None and end is not None and config.volume_history > 0:
             history = query_history(engine, start, end, config.volume_history, device_list)
-        plan = replace(_range_plan(end, max_age, config, history), unique_enforced_by=_unique_constraint(engine))
+        # what the table's constraints guarantee is not scanned for again; Data Docs show the whole suite
+        plan = replace(_range_plan(end, max_age, config, history), unique_enforced_by=_unique_constraint(engine),
+                       not_null_enforced_by=_not_null_constraints(engine) if docs_dir is None else "")
 
         from data_checks.gx_runner import run_fleet_checks  # Great Expectations takes ~3 s to import
 
@@ -90,6 +93,7 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
             stats = query_series_stats(engine, start, end, device_list, ranges, thresholds.max_gap)
             outcome = decide(stats, history.known if history else set(), thresholds, ranges, start, end)
             report.series = len(stats)
+            report.data_hash = fingerprint(stats)
         else:
             outcome = SeriesOutcome([CheckResult(n, "series", None, detail="skipped: no windows to check")
                                      for n in SERIES_CHECKS])
@@ -121,6 +125,14 @@ def _unique_constraint(engine: Engine) -> str:
     for constraint in constraints:
         if set(constraint.get("column_names") or []) == key and constraint.get("unique", True):
             return f"unique constraint {constraint.get('name') or ''}".strip() + " (device, sensor, ts)"
+    return ""
+
+
+def _not_null_constraints(engine: Engine) -> str:
+    """``"NOT NULL constraints (device, sensor, ts)"`` when the database keeps the key columns non-null."""
+    columns = {c["name"]: c for c in inspect(engine).get_columns(windows.name)}
+    if all(name in columns and not columns[name].get("nullable", True) for name in ("device", "sensor", "ts")):
+        return "NOT NULL constraints (device, sensor, ts)"
     return ""
 
 

@@ -20,3 +20,4 @@ class RangePlan:
     volume_expected: float | None
     volume_detail: str  # what the band is based on, or why the volume check is skipped
     unique_enforced_by: str = ""  # the constraint that makes (device, sensor, ts) unique, if any
+    not_null_enforced_by: str = ""  # the constraints that keep device, sensor, ts non-null, if any

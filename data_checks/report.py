@@ -55,6 +55,7 @@ class ValidationReport:
     ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     docs_index: str = ""  # Great Expectations' Data Docs index.html, when built
+    data_hash: str = ""  # fingerprint of the validated windows (series_checks.fingerprint), "" if not scanned
 
     @property
     def failed_checks(self) -> list[CheckResult]:
@@ -97,6 +98,7 @@ class ValidationReport:
             ranges=data.get("ranges", {}),
             config=data.get("config", {}),
             docs_index=data.get("docs_index", ""),
+            data_hash=data.get("data_hash", ""),
         )
 
     def write(self, report_dir: str | os.PathLike[str]) -> str:

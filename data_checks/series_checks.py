@@ -12,6 +12,8 @@ them: "stuck" means constant over the WHOLE range, "out of range" means most of 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,9 @@ class SeriesStats:
     max_value: float | None
     non_finite: int
     out_of_range: int
+    value_sum: float = 0.0  # sum(value), sum(value_count) and newest updated_at: for the data fingerprint
+    count_sum: int = 0
+    newest_update: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -111,12 +116,14 @@ def _bucket(engine: Engine, ts: Any, anchor: datetime, seconds: float) -> Column
     return cast(func.floor(seconds_since), Integer)
 
 
-def _filters(start: datetime | None, end: datetime | None, devices: Sequence[str] | None) -> list[Any]:
+def _filters(start: datetime | None, end: datetime | None, devices: Sequence[str] | None,
+             ts: Any = None) -> list[Any]:
+    ts = windows.c.ts if ts is None else ts
     conds: list[Any] = [windows.c.device.is_not(None), windows.c.sensor.is_not(None), windows.c.ts.is_not(None)]
     if start is not None:
-        conds.append(windows.c.ts >= start)
+        conds.append(ts >= start)
     if end is not None:
-        conds.append(windows.c.ts < end)
+        conds.append(ts < end)
     if devices is not None:
         conds.append(windows.c.device.in_(list(devices)))
     return conds
@@ -143,16 +150,51 @@ def query_series_stats(engine: Engine, start: datetime | None, end: datetime | N
     query = (select(w.device, w.sensor, func.count().label("n"), func.min(w.ts), func.max(w.ts),
                     func.min(value), func.max(value), func.sum(case((non_finite, 1), else_=0)),
                     func.sum(case((out_of_range, 1), else_=0)),
-                    func.count(distinct(bucket)), func.max(bucket) - func.min(bucket) + 1)
-             .where(and_(*_filters(start, end, devices))).group_by(w.device, w.sensor).order_by(w.device, w.sensor))
+                    # the bucket is monotonic in ts: its max and min are those of max(ts) and min(ts)
+                    func.count(distinct(bucket)),
+                    _bucket(engine, func.max(w.ts), anchor, half) - _bucket(engine, func.min(w.ts), anchor, half) + 1,
+                    func.sum(value), func.sum(w.value_count), func.max(w.updated_at))
+             .group_by(w.device, w.sensor).order_by(w.device, w.sensor))
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
+        # "+ts" (SQLite): a range condition that cannot use the ts index, so the key index is walked
+        ts = literal_column(f"+{windows.name}.ts", DateTime) if _key_order(conn, engine, start, end) else None
+        rows = conn.execute(query.where(and_(*_filters(start, end, devices, ts)))).all()
         holed = [(str(r[0]), str(r[1])) for r in rows if int(r[9]) < int(r[10])]
         gaps = _exact_gaps(conn, engine, start, end, devices, holed) if holed else {}
     return [SeriesStats(str(d), str(s), int(n), first, last, gaps.get((str(d), str(s)), 0.0),
                         None if lo is None else float(lo), None if hi is None else float(hi),
-                        int(bad or 0), int(out or 0))
-            for d, s, n, first, last, lo, hi, bad, out, _, _ in rows]
+                        int(bad or 0), int(out or 0), float(total or 0.0), int(counts or 0), newest)
+            for d, s, n, first, last, lo, hi, bad, out, _, _, total, counts, newest in rows]
+
+
+def _key_order(conn: Connection, engine: Engine, start: datetime | None, end: datetime | None) -> bool:
+    """On SQLite, whether to walk the primary key (device, sensor, ts) rather than the ``ts`` index.
+
+    Without statistics SQLite answers a time range through the ``ts`` index, one table lookup per row
+    and then a sort for the GROUP BY: right for an hour out of months, but 3x slower than walking the
+    key (already grouped) when the range holds most of the table, as when a fresh store is scored whole.
+    """
+    if engine.url.get_backend_name() != "sqlite":
+        return False
+    first, last = conn.execute(select(func.min(windows.c.ts), func.max(windows.c.ts))).one()
+    if first is None or last is None:
+        return False
+    lo, hi = max(start or first, first), min(end or last, last)
+    span = (last - first).total_seconds()
+    return span <= 0 or (hi - lo).total_seconds() >= 0.5 * span
+
+
+def fingerprint(stats: Sequence[SeriesStats]) -> str:
+    """A hash of the windows the stats were computed from (count, sums, newest ``updated_at``, first and
+    last window): the same text as ``ingestion.run_log.window_fingerprint`` hashes, from the one scan the
+    series checks make anyway. ``""`` without stats."""
+    if not stats:
+        return ""
+    updates = [s.newest_update for s in stats if s.newest_update is not None]
+    text = (f"{sum(s.count for s in stats)}|{sum(s.count_sum for s in stats)}|"
+            f"{round(math.fsum(s.value_sum for s in stats), 6)}|{max(updates) if updates else None}|"
+            f"{min(s.first for s in stats)}|{max(s.last for s in stats)}")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _exact_gaps(conn: Connection, engine: Engine, start: datetime | None, end: datetime | None,

@@ -62,8 +62,11 @@ def range_suite(plan: RangePlan) -> gx.ExpectationSuite:
     """The fleet-level expectations on the rows of the checked range."""
     suite = gx.ExpectationSuite(name=RANGE_SUITE)
     suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"check": "not_empty"}))
-    for column in KEY_COLUMNS:
-        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, meta={"check": "nulls"}))
+    # a scan of the range per column; not needed, and not run, when the table's NOT NULL constraints
+    # already guarantee it (as for the unique key below)
+    if not plan.not_null_enforced_by:
+        for column in KEY_COLUMNS:
+            suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, meta={"check": "nulls"}))
     # one GROUP BY in the database (GX's ExpectCompoundColumnsToBeUnique joins the table with its own
     # grouped counts and then fetches samples: 5-7x slower on SQLite); not needed, and not run, when a
     # primary key or unique constraint of the table already enforces it
@@ -121,10 +124,15 @@ def summarize_range(results: Sequence[Any], plan: RangePlan) -> list[CheckResult
     nulls = [(r.expectation_config.kwargs["column"], r) for r in by_check["nulls"]]
     bad = [f"{col}: {r.result.get('unexpected_count')} nulls" if not _exception(r) else f"{col}: {_exception(r)}"
            for col, r in nulls if not r.success]
-    out.append(CheckResult("nulls", FLEET, None if empty else not bad,
-                           {col: r.result.get("unexpected_count") for col, r in nulls}, 0,
-                           "skipped: no windows" if empty else ("; ".join(bad) + " in key columns") if bad
-                           else "no nulls in device, sensor, ts"))
+    if plan.not_null_enforced_by:
+        out.append(CheckResult("nulls", FLEET, None if empty else True, dict.fromkeys(KEY_COLUMNS, 0), 0,
+                               "skipped: no windows" if empty else
+                               f"enforced by the table's {plan.not_null_enforced_by}"))
+    else:
+        out.append(CheckResult("nulls", FLEET, None if empty else not bad,
+                               {col: r.result.get("unexpected_count") for col, r in nulls}, 0,
+                               "skipped: no windows" if empty else ("; ".join(bad) + " in key columns") if bad
+                               else "no nulls in device, sensor, ts"))
     for res in by_check["unique"]:
         keys = res.result.get("observed_value")
         out.append(CheckResult("unique", FLEET, None if empty else bool(res.success), keys, 0,

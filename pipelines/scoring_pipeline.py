@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,13 @@ def score_window(
     ``max_failed_fraction`` of the series fail (the run is then recorded as failed, with no manifest).
     """
     t_start = time.perf_counter()
+    executor = executor or settings.executor
+    if not skip_validation:
+        overlapped = _score_during_gate(settings, start, end, release=release, devices=devices, executor=executor,
+                                        shards=shards, force=force, csv=csv, on_progress=on_progress,
+                                        part_delay=part_delay, started=t_start)
+        if overlapped is not None:
+            return overlapped
     prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards,
                            force=force, csv=csv, skip_validation=skip_validation)
     plan = prepared.plan
@@ -131,7 +139,6 @@ def score_window(
     if on_progress is not None:
         on_progress(already, total)
     progress = (lambda done, _n: on_progress(already + done, total)) if on_progress else None
-    executor = executor or settings.executor
     bundle: str | dict[str, bytes] = prepared.bundle_dir
     if executor.startswith("dask://"):
         bundle = bundle_files(prepared.bundle_dir)  # workers may not see this machine's disk
@@ -159,79 +166,20 @@ def prepare_run(
     now: datetime | None = None,
 ) -> RunPlan:
     """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan."""
-    from ingestion.store import SensorStore, shard_devices
-
-    timings: dict[str, float] = {}
-    journal: list[str] = []
-    now = now or utcnow()
-    store = SensorStore(settings.database_url)
-    window = parse_duration(settings.ingest.window, "ingest.window")
-    start, end = _resolve_range(store, start, end, window)
-    release_ref = release or settings.scoring.release
-    device_filter = sorted(devices) if devices else None
-    runs = RunLog(settings.database_url)
-    run_id = writer.new_run_id(now)
-    storage = storage_for(settings)
-    storage.ensure_root()
-
-    # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
-    t0 = time.perf_counter()
-    gate = _background(_validate, settings, start, end, window, device_filter) if not skip_validation else None
-    try:
-        resolved = _resolve_release(settings, release_ref)
-        version = int(resolved.version)
-        bundle = load_bundle(str(resolved.bundle_dir))
-        data_hash = window_fingerprint(settings.database_url, start, end, device_filter)
-        timings["resolve"] = time.perf_counter() - t0
-    finally:
-        report = gate.result() if gate is not None else None
-    timings["gate"] = time.perf_counter() - t0
-    if report is not None:
-        if not report.fleet_ok:
-            try:
-                report.raise_if_failed()
-            except FleetscoreError as exc:
-                runs.start(run_id, start, end, release_ref, now, status="failed", error=str(exc))
-                runs.update(run_id, status="failed", error=str(exc), finished_at=utcnow())
-                raise
-        note(journal, "validation %s: fleet ok, %d series excluded", report.id, len(report.excluded))
-    else:
-        note(journal, "validation skipped (--skip-validation)")
-    note(journal, "release %s -> v%d (%d models); data hash %s", release_ref, version, len(bundle.keys), data_hash)
-
-    duplicate = writer.find_duplicate(storage, start, end, version, data_hash, device_filter)
+    setup = _setup(settings, start, end, release, devices, skip_validation, now)
+    report = _gate_verdict(setup)
+    data_hash = _data_hash(setup, report)
+    start, end, version = setup.start, setup.end, setup.version
+    duplicate = writer.find_duplicate(setup.storage, start, end, version, data_hash, setup.device_filter)
     if duplicate and not force:
-        note(journal, "window %s .. %s already scored by run %s (release v%d, same data): skipped",
-             start, end, duplicate["run_id"], version)
-        runs.start(run_id, start, end, release_ref, now, release_version=version, status="skipped",
-                   data_hash=data_hash, error=f"duplicate of run {duplicate['run_id']}")
-        runs.update(run_id, status="skipped", finished_at=utcnow())
+        _record_skipped(setup, data_hash, str(duplicate["run_id"]))
         stub = {"start": start.isoformat(), "end": end.isoformat(), "release_version": version}
-        return RunPlan(run_id, stub, [], str(resolved.bundle_dir), duplicate_of=str(duplicate["run_id"]),
-                       timings=timings, journal=journal)
+        return RunPlan(setup.run_id, stub, [], str(setup.resolved.bundle_dir), duplicate_of=str(duplicate["run_id"]),
+                       timings=setup.timings, journal=setup.journal)
 
     t0 = time.perf_counter()
-    all_devices = sorted(set(store.devices()) | {d for d, _ in bundle.keys})
-    if device_filter:
-        all_devices = [d for d in all_devices if d in set(device_filter)]
-    wanted = shards or settings.scoring.shards or max(settings.workers or default_workers(),
-                                                       math.ceil(len(bundle.keys) / settings.scoring.shard_series))
-    n_shards = max(1, min(wanted, len(all_devices) or 1))
-    context = bundle.context_windows
-    plan = {
-        "run_id": run_id,
-        "start": start.isoformat(), "end": end.isoformat(),
-        "context_start": (start - context * window).isoformat(),
-        "release_ref": release_ref, "release_version": version, "release_tags": dict(resolved.tags),
-        "bundle_dir": str(resolved.bundle_dir),
-        "data_hash": data_hash, "devices": device_filter,
-        "validation_id": report.id if report else "", "skip_validation": skip_validation,
-        "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())} if report else {},
-        "csv": settings.scoring.csv if csv is None else csv,
-        "n_shards": n_shards,
-        "shards": shard_devices(all_devices, n_shards),
-        "created_at": now.isoformat(), "code_version": code_version(),
-    }
+    plan = _plan(settings, setup, report, data_hash, shards, csv)
+    storage, run_id, n_shards = setup.storage, setup.run_id, plan["n_shards"]
     resumed = _find_resumable(storage, start, plan, force)
     todo = list(range(n_shards))
     if resumed is not None:
@@ -239,19 +187,241 @@ def prepare_run(
             storage, f"{writer.run_prefix(start, resumed)}/{writer.PLAN}")["created_at"]}
         done = writer.done_shards(storage, writer.run_prefix(start, run_id))
         todo = [i for i in todo if i not in done]
-        note(journal, "resuming incomplete run %s: %d of %d shards left", run_id, len(todo), n_shards)
+        note(setup.journal, "resuming incomplete run %s: %d of %d shards left", run_id, len(todo), n_shards)
     prefix = writer.run_prefix(start, run_id)
     if resumed is None:
-        writer.write_json(storage, f"{prefix}/{writer.PLAN}", plan)
-        if report is not None and report.path:
-            storage.write_bytes(f"{prefix}/validation.json", Path(report.path).read_bytes())
-    runs.start(run_id, start, end, release_ref, now, release_version=version, data_hash=data_hash,
-               validation_id=plan["validation_id"], shards_total=n_shards, shards_done=n_shards - len(todo),
-               location=storage.display(prefix))
-    timings["plan"] = time.perf_counter() - t0
-    note(journal, "run %s: %d devices in %d shards -> %s", run_id, len(all_devices), n_shards, storage.display(prefix))
-    return RunPlan(run_id, plan, todo, str(resolved.bundle_dir), resumed=resumed is not None, timings=timings,
-                   journal=journal)
+        _write_plan(storage, prefix, plan, report)
+    setup.runs.start(run_id, start, end, setup.release_ref, setup.now, release_version=version, data_hash=data_hash,
+                     validation_id=plan["validation_id"], shards_total=n_shards, shards_done=n_shards - len(todo),
+                     location=storage.display(prefix))
+    setup.timings["plan"] = time.perf_counter() - t0
+    note(setup.journal, "run %s: %d devices in %d shards -> %s", run_id, sum(len(d) for d in plan["shards"]),
+         n_shards, storage.display(prefix))
+    return RunPlan(run_id, plan, todo, str(setup.resolved.bundle_dir), resumed=resumed is not None,
+                   timings=setup.timings, journal=setup.journal)
+
+
+@dataclass
+class _Setup:
+    """A run being prepared: its range, the gate under way in another process, the resolved release."""
+
+    start: datetime
+    end: datetime
+    window: timedelta
+    release_ref: str
+    device_filter: list[str] | None
+    skip_validation: bool
+    now: datetime
+    run_id: str
+    storage: Storage
+    runs: RunLog
+    store: Any
+    gate: Any
+    resolved: Any = None
+    version: int = 0
+    bundle: Any = None
+    t_gate: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    journal: list[str] = field(default_factory=list)
+
+
+def _setup(settings: Settings, start: datetime | None, end: datetime | None, release: str | None,
+           devices: Sequence[str] | None, skip_validation: bool, now: datetime | None) -> _Setup:
+    """Resolve the range, start the gate in another process, then resolve and load the release here."""
+    from ingestion.store import SensorStore
+
+    now = now or utcnow()
+    store = SensorStore(settings.database_url)
+    window = parse_duration(settings.ingest.window, "ingest.window")
+    start, end = _resolve_range(store, start, end, window)
+    device_filter = sorted(devices) if devices else None
+    storage = storage_for(settings)
+    storage.ensure_root()
+    # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
+    t0 = time.perf_counter()
+    gate = _background(_validate, settings, start, end, window, device_filter) if not skip_validation else None
+    setup = _Setup(start, end, window, release or settings.scoring.release, device_filter, skip_validation, now,
+                   writer.new_run_id(now), storage, RunLog(settings.database_url), store, gate, t_gate=t0)
+    try:
+        setup.resolved = _resolve_release(settings, setup.release_ref)
+        setup.version = int(setup.resolved.version)
+        setup.bundle = load_bundle(str(setup.resolved.bundle_dir))
+    except BaseException:
+        if gate is not None:
+            gate.cancel()
+        raise
+    setup.timings["resolve"] = time.perf_counter() - t0
+    return setup
+
+
+def _gate_verdict(setup: _Setup) -> Any:
+    """Wait for the gate; record the run as failed and raise when it failed at fleet level."""
+    report = setup.gate.result() if setup.gate is not None else None
+    setup.timings["gate"] = time.perf_counter() - setup.t_gate
+    if report is not None:
+        if not report.fleet_ok:
+            try:
+                report.raise_if_failed()
+            except FleetscoreError as exc:
+                setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now, status="failed",
+                                 error=str(exc))
+                setup.runs.update(setup.run_id, status="failed", error=str(exc), finished_at=utcnow())
+                raise
+        note(setup.journal, "validation %s: fleet ok, %d series excluded", report.id, len(report.excluded))
+    else:
+        note(setup.journal, "validation skipped (--skip-validation)")
+    return report
+
+
+def _data_hash(setup: _Setup, report: Any) -> str:
+    """The data fingerprint: from the gate's own scan when it ran, else one query."""
+    data_hash = str(getattr(report, "data_hash", "") or "") if report is not None else ""
+    if not data_hash:
+        data_hash = window_fingerprint(setup.store.database_url, setup.start, setup.end, setup.device_filter)
+    note(setup.journal, "release %s -> v%d (%d models); data hash %s", setup.release_ref, setup.version,
+         len(setup.bundle.keys), data_hash)
+    return data_hash
+
+
+def _record_skipped(setup: _Setup, data_hash: str, duplicate_of: str) -> None:
+    note(setup.journal, "window %s .. %s already scored by run %s (release v%d, same data): skipped",
+         setup.start, setup.end, duplicate_of, setup.version)
+    setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
+                     release_version=setup.version, status="skipped", data_hash=data_hash,
+                     error=f"duplicate of run {duplicate_of}")
+    setup.runs.update(setup.run_id, status="skipped", finished_at=utcnow())
+
+
+def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards: int | None,
+          csv: bool | None) -> dict[str, Any]:
+    """The run's plan (``_run.json``): range, release, data, gate verdict and the devices of each shard."""
+    from ingestion.store import shard_devices
+
+    bundle = setup.bundle
+    all_devices = sorted(set(setup.store.devices()) | {d for d, _ in bundle.keys})
+    if setup.device_filter:
+        wanted_devices = set(setup.device_filter)
+        all_devices = [d for d in all_devices if d in wanted_devices]
+    wanted = shards or settings.scoring.shards or max(settings.workers or default_workers(),
+                                                       math.ceil(len(bundle.keys) / settings.scoring.shard_series))
+    n_shards = max(1, min(wanted, len(all_devices) or 1))
+    return {
+        "run_id": setup.run_id,
+        "start": setup.start.isoformat(), "end": setup.end.isoformat(),
+        "context_start": (setup.start - bundle.context_windows * setup.window).isoformat(),
+        "release_ref": setup.release_ref, "release_version": setup.version,
+        "release_tags": dict(setup.resolved.tags), "bundle_dir": str(setup.resolved.bundle_dir),
+        "data_hash": data_hash, "devices": setup.device_filter,
+        "validation_id": report.id if report else "", "skip_validation": setup.skip_validation,
+        "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())} if report else {},
+        "csv": settings.scoring.csv if csv is None else csv,
+        "n_shards": n_shards,
+        "shards": shard_devices(all_devices, n_shards),
+        "created_at": setup.now.isoformat(), "code_version": code_version(),
+    }
+
+
+def _write_plan(storage: Storage, prefix: str, plan: dict[str, Any], report: Any) -> None:
+    if report is not None and report.path:
+        storage.write_bytes(f"{prefix}/validation.json", Path(report.path).read_bytes())
+    writer.write_json(storage, f"{prefix}/{writer.PLAN}", plan)
+
+
+def _score_during_gate(
+    settings: Settings,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    release: str | None,
+    devices: Sequence[str] | None,
+    executor: str,
+    shards: int | None,
+    force: bool,
+    csv: bool | None,
+    on_progress: ProgressCallback | None,
+    part_delay: float,
+    started: float,
+) -> ScoringResult | None:
+    """A new run whose shards read and score WHILE the gate runs, and write only once it passed.
+
+    The shards start as soon as the release is resolved, with the run's folder but no plan: each one
+    reads and scores its devices, then waits for the plan (``_run.json``), which this process writes
+    only when the gate passed and the run is no duplicate, and leaves out the series the gate excluded.
+    If the gate fails or the run is a duplicate, ``_abort.json`` tells the shards to write nothing and
+    the run's folder is removed. So no part holds an excluded series and nothing is published on data
+    that failed the gate. Returns None (the caller takes the sequential way) when an incomplete run of
+    the window may have to be resumed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    storage = storage_for(settings)
+    w_start = start
+    if w_start is not None and any(not complete for _, complete in writer.list_runs(storage, w_start)) \
+            and not force:
+        return None  # maybe resumable: decided on the whole plan, after the gate
+    setup = _setup(settings, start, end, release, devices, False, None)
+    if any(not complete for _, complete in writer.list_runs(storage, setup.start)) and not force:
+        _stop_gate(setup)
+        return None
+    provisional = _plan(settings, setup, None, "", shards, csv)
+    prefix = writer.run_prefix(setup.start, setup.run_id)
+    bundle: str | dict[str, bytes] = str(setup.resolved.bundle_dir)
+    if executor.startswith("dask://"):
+        bundle = bundle_files(str(setup.resolved.bundle_dir))
+    n_shards = provisional["n_shards"]
+    tasks = [(replace(shard_task(settings, provisional, i, bundle, part_delay), wait_for=f"{prefix}/{writer.PLAN}",
+                      parent_pid=os.getpid() if executor == "local" else 0),) for i in range(n_shards)]
+    if on_progress is not None:
+        on_progress(0, n_shards)
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(1)
+    scoring = pool.submit(run_shards, score_shard, tasks, executor=executor, workers=settings.workers,
+                          on_progress=on_progress)
+    pool.shutdown(wait=False)
+    try:
+        report = _gate_verdict(setup)
+        data_hash = _data_hash(setup, report)
+        duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
+                                          setup.device_filter)
+        if duplicate and not force:
+            _abort(storage, prefix, scoring)
+            _record_skipped(setup, data_hash, str(duplicate["run_id"]))
+            return ScoringResult(setup.run_id, "skipped", setup.start, setup.end, setup.version,
+                                 duplicate_of=str(duplicate["run_id"]),
+                                 location=storage.display(writer.run_prefix(setup.start, str(duplicate["run_id"]))))
+    except BaseException:
+        _abort(storage, prefix, scoring)
+        raise
+    plan = {**provisional, "data_hash": data_hash, "validation_id": report.id,
+            "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())}}
+    setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
+                     release_version=setup.version, data_hash=data_hash, validation_id=report.id,
+                     shards_total=n_shards, shards_done=0, location=storage.display(prefix))
+    _write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    note(setup.journal, "run %s: %d devices in %d shards -> %s (scored during the gate)", setup.run_id,
+         sum(len(d) for d in plan["shards"]), n_shards, storage.display(prefix))
+    results = scoring.result()
+    failures = {r.shard: r.error for r in results if isinstance(r, ShardFailure)}
+    setup.timings["score"] = time.perf_counter() - t0
+    return finalize_run(settings, setup.run_id, plan, shard_failures=failures, timings=setup.timings,
+                        started=started, journal=setup.journal)
+
+
+def _abort(storage: Storage, prefix: str, scoring: Any) -> None:
+    """Tell the waiting shards to write nothing, wait for them, and remove the run's folder."""
+    writer.write_json(storage, f"{prefix}/{writer.ABORT}", {"aborted_at": utcnow().isoformat()})
+    try:
+        scoring.result()
+    finally:
+        storage.remove_tree(prefix)
+
+
+def _stop_gate(setup: _Setup) -> None:
+    if setup.gate is not None and not setup.gate.cancel():
+        try:
+            setup.gate.result()
+        except Exception as exc:  # noqa: BLE001 - its outcome is not used; the sequential way reruns it
+            log.debug("gate of an abandoned plan: %s", exc)
 
 
 def shard_task(settings: Settings, plan: dict[str, Any], shard: int, bundle: str | dict[str, bytes] | None = None,

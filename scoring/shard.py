@@ -52,6 +52,11 @@ class ShardTask:
     excluded: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     csv: bool = False
     delay: float = 0.0  # seconds to sleep after writing the part (tests: a window to kill the run in)
+    # when set: the shard reads and scores at once, but writes its part only once this file (the run's
+    # plan, written when the gate passed) exists under the storage root, leaving out the series the
+    # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
+    wait_for: str = ""
+    parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
 
 
 def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -93,7 +98,6 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     timings (load, read, score, write seconds).
     """
     from ingestion.store import SensorStore
-
     from training.kernel import kernel_evaluations, missing_series, score_windows
 
     timings: dict[str, float] = {}
@@ -121,6 +125,19 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         failed.update(more)
     timings["score"] = time.perf_counter() - t0
 
+    storage = task.storage.open()
+    if task.wait_for:
+        t0 = time.perf_counter()
+        plan = _wait_for_plan(storage, task)
+        timings["wait"] = time.perf_counter() - t0
+        if plan is None:
+            return {"shard": task.shard, "aborted": True, "timings": timings}
+        late = frozenset(tuple(key.split("/", 1)) for key in plan.get("excluded", {}))
+        if late:
+            scored = _drop_series(scored, late)  # type: ignore[arg-type]
+            failed = {k: v for k, v in failed.items() if tuple(k.split("/", 1)) not in late}
+            unscored = {k: v for k, v in unscored.items() if tuple(k.split("/", 1)) not in late}
+
     t0 = time.perf_counter()
     predictions = to_predictions(scored, task.model_version)
     per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
@@ -136,11 +153,41 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         "kernel_evaluations": int(evaluations),
         "timings": timings,
     }
-    write_part(task.storage.open(), task.prefix, task.shard, predictions, csv=task.csv, outcome=outcome)
+    write_part(storage, task.prefix, task.shard, predictions, csv=task.csv, outcome=outcome)
     timings["write"] = time.perf_counter() - t0
     if task.delay:
         time.sleep(task.delay)
     return outcome
+
+
+def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
+    """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
+    None when the run was aborted (gate failed, duplicate) or its parent process died."""
+    from scoring.writer import ABORT, read_json
+
+    abort = f"{task.prefix}/{ABORT}"
+    delay = 0.02
+    while True:
+        if storage.exists(task.wait_for):
+            plan: dict[str, Any] = read_json(storage, task.wait_for)
+            return plan
+        if storage.exists(abort):
+            return None
+        if task.parent_pid and not _alive(task.parent_pid):
+            log.warning("shard %d: the run's process %d is gone; nothing written", task.shard, task.parent_pid)
+            return None
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _drop_series(windows: pd.DataFrame, excluded: frozenset[tuple[str, str]]) -> pd.DataFrame:

@@ -148,6 +148,16 @@ class Storage:
         names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         return sorted(n for n in names if n and ".tmp-" not in n)
 
+    def remove_tree(self, rel: str) -> None:
+        """Delete the folder (or blob prefix) ``rel`` and everything under it; nothing if it is absent."""
+        try:
+            if self.fs.exists(self.path(rel)):
+                self.fs.rm(self.path(rel), recursive=True)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: cannot remove: {_one_line(exc)}") from exc
+
     def open_read(self, rel: str) -> Any:
         """A binary file object for ``rel`` (for Parquet readers)."""
         try:

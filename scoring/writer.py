@@ -32,6 +32,7 @@ from scoring.storage import Storage, StorageSpec
 PREDICTIONS = "predictions"
 MANIFEST = "manifest.json"
 PLAN = "_run.json"
+ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
 LATEST = "latest.json"
 PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]

@@ -165,3 +165,50 @@ def test_whole_range_by_default(fleet: dict) -> None:
     assert result.start == START - timedelta(seconds=5 * 200)
     assert result.end == datetime(2018, 8, 28, 23, 10)
     assert result.rows == 6 * 2 * (200 + 120)
+
+
+@pytest.fixture()
+def stuck_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The 6 x 2 fleet with series 6/2 stuck at one value over the scored range (the gate excludes it)."""
+    train = fleet_windows(6, 2, 200, seed=1, start=START - timedelta(seconds=5 * 200))
+    data = fleet_windows(6, 2, 120, seed=2)
+    stuck = (data["device"] == "6") & (data["sensor"] == "2")
+    data.loc[stuck, ["value", "value_min", "value_max"]] = 35.0
+    settings = settings_for(tmp_path)
+    store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
+    fit_release(train).save(tmp_path / "bundle-v3")
+    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    return {"settings": settings, "data": data}
+
+
+def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_fleet: dict) -> None:
+    from ingestion.run_log import window_fingerprint
+
+    settings = stuck_fleet["settings"]
+    result = sp.score_window(settings, START, END, shards=3)
+    manifest = result.manifest
+    assert manifest["excluded"] == {"6/2": "stuck: constant 35 over the whole range (120 windows)"}
+    assert manifest["validation_id"] and manifest["skip_validation"] is False
+    # the gate's scan gives the same fingerprint as the separate query it replaces
+    assert manifest["data_hash"] == window_fingerprint(settings.database_url, START, END)
+    got = writer.read_predictions(settings.storage_url)
+    assert ("6", "2") not in set(zip(got["Device"], got["Sensor"], strict=True))
+    assert len(got) == result.rows == 11 * 120
+    run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
+    assert "scored during the gate" in (run_dir / "run.log").read_text()
+    assert json.loads((run_dir / "validation.json").read_text())["id"] == manifest["validation_id"]
+    # the same window, release and data again: skipped, and the aborted attempt left no folder behind
+    again = sp.score_window(settings, START, END, shards=3)
+    assert again.status == "skipped" and again.duplicate_of == result.run_id
+    assert writer.list_runs(sp.storage_for(settings), START) == [(result.run_id, True)]
+
+
+def test_gate_failure_publishes_nothing(stuck_fleet: dict) -> None:
+    from fleetscore.errors import ValidationFailed
+
+    settings = stuck_fleet["settings"]
+    later = END + timedelta(hours=5)  # no windows there: the fleet-level gate fails (not_empty)
+    with pytest.raises(ValidationFailed, match=r"^validation failed: not_empty"):
+        sp.score_window(settings, later, later + timedelta(minutes=10), shards=3)
+    assert not list(Path(settings.storage_url).rglob("part-*")) and not list(Path(settings.storage_url).rglob("run=*"))
+    assert [r["status"] for r in RunLog(settings.database_url).list()] == ["failed"]
