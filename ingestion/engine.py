@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from fleetscore.errors import ConfigError
+from fleetscore.errors import ConfigError, StoreError
 
 _ENGINES: list[Engine] = []
 _SQLITE_ENGINES: dict[str, list[Engine]] = {}  # SQLite file (real path) -> the engines on it
@@ -185,3 +185,27 @@ def _install_hint(parsed: Any) -> str:
         return ("; install pyodbc (pip install 'fleetscore[azure]') and Microsoft's ODBC Driver 18 for "
                 "SQL Server, which brings unixODBC's libodbc.so.2 (docs/deploy-azure.md)")
     return ""
+
+
+_CREATED: set[tuple[int, str]] = set()
+
+
+def ensure_tables(database_url: str, metadata: MetaData, what: str) -> Engine:
+    """The engine of ``database_url`` with ``metadata``'s tables created, once per process and database.
+
+    Keyed by the resolved database (not the URL text), so the same relative URL in another directory
+    gets its tables too. ``what`` names the tables in the one-line error.
+    """
+    engine = make_engine(database_url)
+    key = (id(metadata), engine.url.render_as_string(hide_password=False))
+    if key not in _CREATED:
+        try:
+            metadata.create_all(engine)
+        except SQLAlchemyError:
+            try:  # another process created the tables between our check and our CREATE
+                metadata.create_all(engine)
+            except SQLAlchemyError as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StoreError(f"{what}: cannot create the tables: {first}") from exc
+        _CREATED.add(key)
+    return engine

@@ -7,7 +7,6 @@ lives here; callers get plain dicts back.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import make_engine
+from ingestion.engine import ensure_tables, make_engine
 from ingestion.schema import UtcDateTime
 from ingestion.schema import windows as windows_table
 
@@ -60,7 +59,7 @@ class RunLog:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.engine = make_engine(database_url)
-        _create(database_url)
+        ensure_tables(database_url, metadata, "scoring_runs")
 
     def start(self, run_id: str, window_start: datetime, window_end: datetime, release_ref: str,
               started_at: datetime, **fields: Any) -> None:
@@ -105,18 +104,6 @@ class RunLog:
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit)).mappings().all()
         return [_decode(row) for row in rows]
-
-
-@functools.lru_cache(maxsize=16)
-def _create(database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        metadata.create_all(engine)
-    except SQLAlchemyError:
-        try:  # another process created the table between our check and our CREATE
-            metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_runs: cannot create the table: {_one_line(exc)}") from exc
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Tables are created on first use. Callers get plain dicts back.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import make_engine
+from ingestion.engine import ensure_tables, make_engine
 from ingestion.schema import UtcDateTime
 
 metadata = MetaData()
@@ -71,7 +70,7 @@ class ScheduleStore:
 
     def __init__(self, database_url: str) -> None:
         self.engine = make_engine(database_url)
-        _create(database_url)
+        ensure_tables(database_url, metadata, "scheduler tables")
 
     # -- schedules -------------------------------------------------------------------------------
 
@@ -173,18 +172,6 @@ class ScheduleStore:
             query = query.where(w.window_start < until)
         with self.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings().all()]
-
-
-@functools.lru_cache(maxsize=16)
-def _create(database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        metadata.create_all(engine)
-    except SQLAlchemyError:
-        try:  # another process created the tables between our check and our CREATE
-            metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"scheduler tables: cannot create them: {_one_line(exc)}") from exc
 
 
 def _one_line(exc: BaseException) -> str:
