@@ -29,15 +29,19 @@ $(AZURITE):
 	mkdir -p $(NODE_PREFIX)
 	npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) azurite@3.35.0
 
-# the tests start a real PostgreSQL server from the machine's packages (initdb runs as user postgres)
-$(VENV)/.postgres:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing PostgreSQL from the Debian packages for the tests"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+# system packages the tests need: a real PostgreSQL server (initdb runs as user postgres) and unixODBC
+# (pyodbc, the Azure SQL driver, loads libodbc.so.2); installed from the Debian packages when missing
+$(VENV)/.system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	ldconfig -p | grep -q 'libodbc.so.2' || missing="$$missing unixodbc"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from the Debian packages for the tests:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 	touch $@
 
-install-test: install $(AZURITE) $(VENV)/.postgres
+install-test: install $(AZURITE) $(VENV)/.system-packages
 
 demo: install
 	$(BIN)/fleetscore demo
