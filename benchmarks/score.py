@@ -38,6 +38,7 @@ import textwrap  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -127,7 +128,10 @@ def fit_release(train: pd.DataFrame, series: int) -> object:
     bundle = ReleaseBundle.concat([r.value.bundle for r in results])  # type: ignore[union-attr]
     if len(bundle.keys) < series:
         reps = -(-series // len(bundle.keys))
-        tiled = ReleaseBundle.concat([bundle] * reps).subset(range(series))
+        devices_fitted = len({d for d, _ in bundle.keys})
+        copies = [replace(bundle, keys=[(str(int(d) + r * devices_fitted), s) for d, s in bundle.keys])
+                  for r in range(reps)]  # distinct keys: a bundle holds each series once
+        tiled = ReleaseBundle.concat(copies).subset(range(series))
         tiled.keys = [(str(i // 5 + 1), str(i % 5 + 1)) for i in range(series)]
         tiled._index = None
         bundle = tiled
