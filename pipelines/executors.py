@@ -57,7 +57,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     server imports the heavy libraries once, so each worker still starts in milliseconds."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["numpy", "pandas", "pyarrow", "sklearn.svm", "pipelines.executors"])
+        context.set_forkserver_preload(["numpy", "pandas", "pyarrow", "pipelines.executors"])
         return context
     return multiprocessing.get_context("spawn")
 
