@@ -43,7 +43,8 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
 
         if window_start is None or window_end is None:
             raise click.UsageError("--executor azureml needs a range (--start/--end or --last)")
-        job = submit_scoring_job(settings, window_start, window_end, release or settings.scoring.release, device_ids)
+        job = submit_scoring_job(settings, window_start, window_end, release or settings.scoring.release, device_ids,
+                                 force=force)
         click.echo(f"submitted Azure ML job {job}")
         return
     from pipelines.scoring_pipeline import score_window

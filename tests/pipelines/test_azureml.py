@@ -249,3 +249,21 @@ def test_workspace_settings_are_checked_before_connecting() -> None:
     config = dataclasses.replace(_settings().azureml, subscription_id="sub", resource_group="rg")
     with pytest.raises(PublishError, match=r"^azureml.workspace is not set \(FLEETSCORE_AZUREML__WORKSPACE\)$"):
         azureml.Workspace.connect(config)
+
+
+def test_score_executor_azureml_submits_the_window_with_its_flags(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def submit(settings: Any, start: datetime, end: datetime, release: str | None, devices: list[str] | None,
+               workspace: Any = None, *, force: bool = False) -> str:
+        calls.append((start, end, release, devices, force))
+        return "job-7"
+
+    monkeypatch.setattr(azureml, "submit_scoring_job", submit)
+    args = ["score", "--executor", "azureml", "--start", "2018-08-29T00:00", "--end", "2018-08-29T01:00",
+            "--release", "7", "--devices", "dev-1,dev-2"]
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.output == "submitted Azure ML job job-7\n"
+    result = CliRunner().invoke(main, args)
+    assert calls == [(datetime(2018, 8, 29), datetime(2018, 8, 29, 1), "7", ["dev-1", "dev-2"], True),
+                     (datetime(2018, 8, 29), datetime(2018, 8, 29, 1), "7", ["dev-1", "dev-2"], False)]
