@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
+from ingestion.labels import label_windows, read_labels
 from ingestion.run_log import RunLog
 from pipelines.settings import load_settings
 from scoring import writer
@@ -33,13 +32,9 @@ def test_recall_and_false_alarms_through_fleetscore_score(home: Path) -> None:
     settings = load_settings({}, environ={})
     got = writer.read_predictions(settings.storage_url)
     assert len(got) == 8 * 5 * 2 * 720 and set(got["ModelVersion"]) == {1}
-    labels = pd.read_csv("labels.csv", dtype={"Device": str, "Sensor": str}, parse_dates=["Start", "End"])
+    labels = read_labels("labels.csv")
     assert set(labels["Kind"]) == {"spike", "level_shift", "stuck"}
-    kind = np.full(len(got), "", dtype=object)
-    for row in labels.itertuples():
-        mask = ((got["Device"] == row.Device) & (got["Sensor"] == row.Sensor)
-                & (got["TS"] >= row.Start) & (got["TS"] < row.End)).to_numpy()
-        kind[mask] = row.Kind
+    kind = label_windows(got, labels, device="Device", sensor="Sensor", ts="TS")
     flagged = got["Prediction"].to_numpy() == 1
     recall = {k: float(flagged[kind == k].mean()) for k in ("spike", "level_shift", "stuck")}
     false_alarms = float(flagged[kind == ""].mean())

@@ -69,13 +69,3 @@ def simulated_windows(spec: object) -> tuple[pd.DataFrame, pd.DataFrame]:
     merged = merged.sort_values(["device", "sensor", "ts"], ignore_index=True)
     windows = merged[["device", "sensor", "ts", "value", "value_min", "value_max", "value_count"]]
     return windows, labels_frame(spec, anomalies)  # type: ignore[arg-type]
-
-
-def label_windows(windows: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
-    """The anomaly kind of each window ('' = normal): a window whose start lies in [Start, End)."""
-    kind = np.full(len(windows), "", dtype=object)
-    for row in labels.itertuples():
-        mask = ((windows["device"] == row.Device) & (windows["sensor"] == row.Sensor)
-                & (windows["ts"] >= row.Start) & (windows["ts"] < row.End)).to_numpy()
-        kind[mask] = row.Kind
-    return kind

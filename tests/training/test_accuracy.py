@@ -7,8 +7,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
+from ingestion.labels import label_windows
 from ingestion.simulate import SimulationSpec
-from tests.training.helpers import label_windows, simulated_windows
+from tests.training.helpers import simulated_windows
 from training.config import TrainingConfig
 from training.fit import fit_shard
 from training.kernel import score_windows
