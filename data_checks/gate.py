@@ -12,6 +12,7 @@ import logging
 import secrets
 import statistics
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,19 +85,30 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
         plan = replace(_range_plan(end, max_age, config, history), unique_enforced_by=_unique_constraint(engine),
                        not_null_enforced_by=_not_null_constraints(engine) if docs_dir is None else "")
 
-        from data_checks.gx_runner import run_fleet_checks  # Great Expectations takes ~3 s to import
+        # The series query (seconds of SQL on a large range) runs in a thread while this one imports
+        # Great Expectations (~3 s) and runs the fleet suites: the database works with the GIL released.
+        with ThreadPoolExecutor(1, thread_name_prefix="series-checks") as pool:
+            series_query = pool.submit(query_series_stats, engine, start, end, device_list, ranges,
+                                       thresholds.max_gap)
+            try:
+                from data_checks.gx_runner import run_fleet_checks
 
-        fleet = run_fleet_checks(engine, windows.name, start, end, device_list, plan, docs_dir)
-        report.checks = list(fleet.checks)
-        report.rows = fleet.rows
-        if fleet.schema_ok and fleet.rows:
-            stats = query_series_stats(engine, start, end, device_list, ranges, thresholds.max_gap)
-            outcome = decide(stats, history.known if history else set(), thresholds, ranges, start, end)
-            report.series = len(stats)
-            report.data_hash = fingerprint(stats)
-        else:
-            outcome = SeriesOutcome([CheckResult(n, "series", None, detail="skipped: no windows to check")
-                                     for n in SERIES_CHECKS])
+                fleet = run_fleet_checks(engine, windows.name, start, end, device_list, plan, docs_dir)
+            except BaseException:
+                series_query.cancel()
+                raise
+            report.checks = list(fleet.checks)
+            report.rows = fleet.rows
+            if fleet.schema_ok and fleet.rows:
+                stats = series_query.result()
+                outcome = decide(stats, history.known if history else set(), thresholds, ranges, start, end)
+                report.series = len(stats)
+                report.data_hash = fingerprint(stats)
+            else:  # the query may well have failed on a broken schema: that is the schema check's to say
+                if series_query.exception() is not None:
+                    log.debug("series query on a failed schema: %s", series_query.exception())
+                outcome = SeriesOutcome([CheckResult(n, "series", None, detail="skipped: no windows to check")
+                                         for n in SERIES_CHECKS])
         report.checks += outcome.checks
         report.excluded = outcome.excluded
         report.warnings = outcome.warnings

@@ -29,6 +29,7 @@ from sqlalchemy import (
     cast,
     distinct,
     func,
+    inspect,
     literal,
     literal_column,
     not_,
@@ -133,38 +134,116 @@ def query_series_stats(engine: Engine, start: datetime | None, end: datetime | N
                        devices: Sequence[str] | None, ranges: Ranges, max_gap: timedelta) -> list[SeriesStats]:
     """The metrics of every series in the range, in one grouped query (rows stay in the database).
 
-    A window function over every row is slow on SQLite (about 2.5 s per million rows), so the grouped
-    query counts the distinct ``max_gap / 2`` buckets of each series instead: when every bucket between
-    its first and last window holds a window, no gap reaches ``max_gap``. Only the series with an empty
-    bucket get their exact longest gap, from a second query with a window function limited to them.
+    The grouped query keeps to plain aggregates, each a fraction of a second per million rows on SQLite.
+    What would cost a conditional or a window function on every row is settled from them instead, and
+    computed exactly only for the few series where they leave it open (from a second query, limited to
+    those series):
+
+    - gaps: the query counts the distinct ``max_gap / 2`` buckets of each series; when every bucket
+      between its first and last window holds a window, no gap reaches ``max_gap``;
+    - non-finite and out-of-range windows: none when the series' minimum and maximum are finite and
+      inside its sensor's range, and every value is non-null.
     """
     w = windows.c
     anchor = start or EPOCH
     half = max_gap.total_seconds() / 2
-    bucket = _bucket(engine, w.ts, anchor, half)
-    value = w.value
-    non_finite = or_(value.is_(None), not_(value.between(-MAX_FLOAT, MAX_FLOAT)))
-    low = _per_sensor(w.sensor, ranges, 0)
-    high = _per_sensor(w.sensor, ranges, 1)
-    out_of_range = and_(not_(non_finite), or_(value < low, value > high))
+    prefix = _text_bucket(engine, half)
+    if prefix is not None:  # SQLite: buckets are prefixes of the time text, counted without parsing it
+        size, length = prefix
+        distinct_buckets: ColumnElement[Any] = func.count(distinct(func.substr(w.ts, 1, length)))
+        spanned: ColumnElement[Any] = literal(0)  # from first and last, below
+
+        def holes(row: Any) -> bool:
+            first, last = _as_time(row[3]), _as_time(row[4])
+            return int(row[8]) < (_epoch_s(last) // size) - (_epoch_s(first) // size) + 1
+    else:
+        distinct_buckets = func.count(distinct(_bucket(engine, w.ts, anchor, half)))
+        # the bucket is monotonic in ts: its max and min are those of max(ts) and min(ts)
+        spanned = _bucket(engine, func.max(w.ts), anchor, half) - _bucket(engine, func.min(w.ts), anchor, half) + 1
+
+        def holes(row: Any) -> bool:
+            return int(row[8]) < int(row[9])
+    # NULL values are counted only where the column allows them (each aggregate costs a pass)
+    non_null = func.count(w.value) if _nullable(engine, "value") else func.count()
     query = (select(w.device, w.sensor, func.count().label("n"), func.min(w.ts), func.max(w.ts),
-                    func.min(value), func.max(value), func.sum(case((non_finite, 1), else_=0)),
-                    func.sum(case((out_of_range, 1), else_=0)),
-                    # the bucket is monotonic in ts: its max and min are those of max(ts) and min(ts)
-                    func.count(distinct(bucket)),
-                    _bucket(engine, func.max(w.ts), anchor, half) - _bucket(engine, func.min(w.ts), anchor, half) + 1,
-                    func.sum(value), func.sum(w.value_count), func.max(w.updated_at))
+                    func.min(w.value), func.max(w.value), non_null, distinct_buckets, spanned,
+                    func.sum(w.value), func.sum(w.value_count), func.max(w.updated_at))
              .group_by(w.device, w.sensor).order_by(w.device, w.sensor))
     with engine.connect() as conn:
         # "+ts" (SQLite): a range condition that cannot use the ts index, so the key index is walked
         ts = literal_column(f"+{windows.name}.ts", DateTime) if _key_order(conn, engine, start, end) else None
-        rows = conn.execute(query.where(and_(*_filters(start, end, devices, ts)))).all()
-        holed = [(str(r[0]), str(r[1])) for r in rows if int(r[9]) < int(r[10])]
+        query = query.where(and_(*_filters(start, end, devices, ts)))
+        if engine.url.get_backend_name() == "sqlite":
+            # materialized: SQLite does the whole aggregation in the first step, with the GIL released;
+            # streamed, each of the 10,000s of groups would wait for the GIL (the gate's GX import holds it)
+            grouped = query.order_by(None).cte("series_stats").prefix_with("MATERIALIZED")
+            query = select(grouped).order_by(*grouped.c[:2])
+        rows = conn.execute(query).all()
+        holed = [(str(r[0]), str(r[1])) for r in rows if holes(r)]
         gaps = _exact_gaps(conn, engine, start, end, devices, holed) if holed else {}
-    return [SeriesStats(str(d), str(s), int(n), first, last, gaps.get((str(d), str(s)), 0.0),
-                        None if lo is None else float(lo), None if hi is None else float(hi),
-                        int(bad or 0), int(out or 0), float(total or 0.0), int(counts or 0), newest)
-            for d, s, n, first, last, lo, hi, bad, out, _, _, total, counts, newest in rows]
+        suspect = [(str(r[0]), str(r[1])) for r in rows if not _values_clean(r[5], r[6], int(r[7]), int(r[2]),
+                                                                             ranges.of(str(r[1])))]
+        bad_values = _value_counts(conn, start, end, devices, ranges, suspect) if suspect else {}
+    stats = []
+    for d, s, n, first, last, lo, hi, _, _, _, total, counts, newest in rows:
+        key = (str(d), str(s))
+        non_finite, out_of_range = bad_values.get(key, (0, 0))
+        stats.append(SeriesStats(key[0], key[1], int(n), first, last, gaps.get(key, 0.0),
+                                 None if lo is None else float(lo), None if hi is None else float(hi),
+                                 non_finite, out_of_range, float(total or 0.0), int(counts or 0), newest))
+    return stats
+
+
+# bucket sizes (seconds) that are a prefix of SQLite's time text "YYYY-MM-DD HH:MM:SS.ffffff"
+_TEXT_BUCKETS = ((86400, 10), (3600, 13), (600, 15), (60, 16), (10, 18), (1, 19))
+
+
+def _text_bucket(engine: Engine, half: float) -> tuple[int, int] | None:
+    """On SQLite, the largest text-prefix bucket ``(seconds, prefix length)`` not over ``half``."""
+    if engine.url.get_backend_name() != "sqlite":
+        return None
+    return next((b for b in _TEXT_BUCKETS if b[0] <= half), None)
+
+
+def _as_time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _epoch_s(ts: datetime) -> int:
+    return int((ts - EPOCH).total_seconds() // 1)
+
+
+def _nullable(engine: Engine, column: str) -> bool:
+    """Whether the table lets ``column`` hold NULL (True when it cannot tell)."""
+    for col in inspect(engine).get_columns(windows.name):
+        if col["name"] == column:
+            return bool(col.get("nullable", True))
+    return True
+
+
+def _values_clean(low: Any, high: Any, non_null: int, count: int, bounds: tuple[float, float]) -> bool:
+    """No NULL, NaN, infinite or out-of-range value, judged from the series' min and max alone."""
+    if low is None or high is None or non_null < count:
+        return False
+    low, high = float(low), float(high)
+    return math.isfinite(low) and math.isfinite(high) and bounds[0] <= low and high <= bounds[1]
+
+
+def _value_counts(conn: Connection, start: datetime | None, end: datetime | None, devices: Sequence[str] | None,
+                  ranges: Ranges, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Non-finite (or NULL) and out-of-range windows of the given series."""
+    w = windows.c
+    value = w.value
+    non_finite = or_(value.is_(None), not_(value.between(-MAX_FLOAT, MAX_FLOAT)))
+    out_of_range = and_(not_(non_finite), or_(value < _per_sensor(w.sensor, ranges, 0),
+                                              value > _per_sensor(w.sensor, ranges, 1)))
+    conds = _filters(start, end, devices)
+    if len(keys) <= _EXACT_GAP_FILTER:
+        conds.append(tuple_(w.device, w.sensor).in_(keys))
+    query = (select(w.device, w.sensor, func.sum(case((non_finite, 1), else_=0)),
+                    func.sum(case((out_of_range, 1), else_=0)))
+             .where(and_(*conds)).group_by(w.device, w.sensor))
+    return {(str(d), str(s)): (int(bad or 0), int(out or 0)) for d, s, bad, out in conn.execute(query)}
 
 
 def _key_order(conn: Connection, engine: Engine, start: datetime | None, end: datetime | None) -> bool:
@@ -176,7 +255,9 @@ def _key_order(conn: Connection, engine: Engine, start: datetime | None, end: da
     """
     if engine.url.get_backend_name() != "sqlite":
         return False
-    first, last = conn.execute(select(func.min(windows.c.ts), func.max(windows.c.ts))).one()
+    # two queries: SQLite answers a lone min() or max() from the index, both at once by a full scan
+    first = conn.execute(select(func.min(windows.c.ts))).scalar()
+    last = conn.execute(select(func.max(windows.c.ts))).scalar()
     if first is None or last is None:
         return False
     lo, hi = max(start or first, first), min(end or last, last)
