@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,15 +51,42 @@ def _timed_call(fn: Callable[..., Any], shard: int, args: tuple[Any, ...]) -> Sh
     return ShardResult(shard, value, time.perf_counter() - start)
 
 
+# What the fork server imports once, so that the processes forked from it (the shards' workers and
+# the data-checks gate) start with them loaded instead of importing them each (a second apiece).
+FORKSERVER_PRELOAD = ["numpy", "pandas", "pyarrow", "sqlalchemy", "pipelines.executors", "scoring.shard",
+                      "ingestion.store", "training.kernel", "data_checks.gate"]
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     """Workers start from a fork server, never by forking this process: SQLite (and GX's and ADBC's
     connections) must not be carried into a child, which corrupts the database or loses writes. The
     server imports the heavy libraries once, so each worker still starts in milliseconds."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["numpy", "pandas", "pyarrow", "pipelines.executors"])
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
+
+
+def start_worker_server() -> None:
+    """Start the fork server now, so that it imports :data:`FORKSERVER_PRELOAD` while the caller goes on
+    with its own start-up (the scoring command calls this first: its gate and workers then fork at once)."""
+    if _pool_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def run_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+    """Start ``fn(*args, **kwargs)`` in a process of its own (from the fork server) and return its future.
+
+    Never a fork of this process, for the reason in :func:`_pool_context`; the fork server has the
+    heavy libraries loaded already.
+    """
+    pool = ProcessPoolExecutor(1, mp_context=_pool_context())
+    future = pool.submit(fn, *args, **kwargs)
+    pool.shutdown(wait=False)
+    return future
 
 
 def default_workers() -> int:

@@ -28,11 +28,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from data_checks import run_validation
 from fleetscore import __version__
 from fleetscore.errors import FleetscoreError, ScoringError
 from ingestion.run_log import RunLog, window_fingerprint
 from ingestion.timeutil import parse_duration, utcnow
-from pipelines.executors import ShardFailure, default_workers, run_shards
+from pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
 from pipelines.settings import Settings
 from scoring import writer
 from scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
@@ -239,7 +240,9 @@ def _setup(settings: Settings, start: datetime | None, end: datetime | None, rel
     storage.ensure_root()
     # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
     t0 = time.perf_counter()
-    gate = _background(_validate, settings, start, end, window, device_filter) if not skip_validation else None
+    gate = None if skip_validation else run_in_background(
+        run_validation, settings.database_url, start, end, settings.data_checks,
+        report_dir=Path(settings.home) / "reports" / "validation", window=window, devices=device_filter)
     setup = _Setup(start, end, window, release or settings.scoring.release, device_filter, skip_validation, now,
                    writer.new_run_id(now), storage, RunLog(settings.database_url), store, gate, t_gate=t0)
     try:
@@ -576,23 +579,6 @@ def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], for
     return None
 
 
-def _background(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` in a fresh (spawned) process and return its future.
-
-    Spawned, not forked: a forked child would inherit this process's open SQLite connections (the gate
-    of an earlier command run in the same process keeps some), which corrupts the database or fails
-    with "disk I/O error" on both sides. The gate imports Great Expectations anyway, so a fresh
-    interpreter costs only its start.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    future = pool.submit(fn, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
 def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
                    window: timedelta) -> tuple[datetime, datetime]:
     if start is not None and end is not None:
@@ -601,14 +587,6 @@ def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
     if first is None or last is None:
         raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
     return start or first, end or (last + window)
-
-
-def _validate(settings: Settings, start: datetime, end: datetime, window: timedelta,
-              devices: list[str] | None) -> Any:
-    from data_checks import run_validation
-
-    return run_validation(settings.database_url, start, end, settings.data_checks,
-                          report_dir=Path(settings.home) / "reports" / "validation", window=window, devices=devices)
 
 
 @dataclass(frozen=True)

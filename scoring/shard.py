@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.storage import StorageSpec
-from scoring.writer import to_predictions, write_part
+from scoring.writer import encode_part, part_name, to_predictions, write_part
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         failed.update(more)
     timings["score"] = time.perf_counter() - t0
 
+    # the part is built and encoded before waiting for the plan: after the gate only the writes remain
+    t0 = time.perf_counter()
+    part = _build_part(scored, task)
+    timings["encode"] = time.perf_counter() - t0
     storage = task.storage.open()
     if task.wait_for:
         t0 = time.perf_counter()
@@ -134,30 +138,51 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
             return {"shard": task.shard, "aborted": True, "timings": timings}
         late = frozenset(tuple(key.split("/", 1)) for key in plan.get("excluded", {}))
         if late:
-            scored = _drop_series(scored, late)  # type: ignore[arg-type]
             failed = {k: v for k, v in failed.items() if tuple(k.split("/", 1)) not in late}
             unscored = {k: v for k, v in unscored.items() if tuple(k.split("/", 1)) not in late}
+            if _has_series(scored, late):
+                scored = _drop_series(scored, late)  # type: ignore[arg-type]
+                part = _build_part(scored, task)
 
     t0 = time.perf_counter()
-    predictions = to_predictions(scored, task.model_version)
-    per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
-    outcome = {
-        "shard": task.shard,
-        "devices": len(task.devices),
-        "rows": len(predictions),
-        "anomalies": int(predictions["Prediction"].sum()),
-        "series": int(predictions[["Device", "Sensor"]].drop_duplicates().shape[0]),
-        "failed": failed,
-        "unscored": unscored,
-        "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
-        "kernel_evaluations": int(evaluations),
-        "timings": timings,
-    }
-    write_part(storage, task.prefix, task.shard, predictions, csv=task.csv, outcome=outcome)
-    timings["write"] = time.perf_counter() - t0
+    outcome = {"shard": task.shard, "devices": len(task.devices), **part.summary, "failed": failed,
+               "unscored": unscored, "kernel_evaluations": int(evaluations), "timings": timings}
+    if "csv" in part.files:
+        storage.write_bytes(f"{task.prefix}/{part_name(task.shard, 'csv')}", part.files["csv"])
+    timings["write"] = time.perf_counter() - t0  # the outcome JSON and the Parquet part follow: milliseconds
+    write_part(storage, task.prefix, task.shard, outcome=outcome, encoded={"parquet": part.files["parquet"]})
     if task.delay:
         time.sleep(task.delay)
     return outcome
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A shard's predictions, encoded, with the counts its outcome reports."""
+
+    files: dict[str, bytes]
+    summary: dict[str, Any]
+
+
+def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
+    predictions = to_predictions(scored, task.model_version)
+    per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
+    device, sensor = predictions["Device"], predictions["Sensor"]
+    # rows are grouped by series (the kernel keeps the read order), so a series starts where either id changes
+    starts = (device != device.shift()) | (sensor != sensor.shift())
+    summary = {
+        "rows": len(predictions),
+        "anomalies": int(predictions["Prediction"].sum()),
+        "series": int(starts.sum()),
+        "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
+    }
+    return _Part(encode_part(predictions, task.csv), summary)
+
+
+def _has_series(frame: pd.DataFrame, keys: frozenset[tuple[str, str]]) -> bool:
+    if frame.empty:
+        return False
+    return bool(pd.MultiIndex.from_frame(frame[["device", "sensor"]]).isin(list(keys)).any())
 
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:

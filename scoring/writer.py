@@ -87,17 +87,33 @@ def reference_csv(predictions: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
-def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFrame, csv: bool = False,
-               outcome: Mapping[str, Any] | None = None) -> None:
-    """Write one shard's predictions under a run prefix: the reference CSV (when ``csv``) and the
-    shard's outcome JSON first, the Parquet part last (its presence is what marks the shard done)."""
+def encode_part(predictions: pd.DataFrame, csv: bool = False) -> dict[str, bytes]:
+    """One shard's files as bytes, by extension: ``parquet`` and (when ``csv``) the reference ``csv``."""
     buffer = io.BytesIO()
     predictions[PREDICTION_COLUMNS].to_parquet(buffer, index=False, engine="pyarrow")
+    files = {"parquet": buffer.getvalue()}
     if csv:
-        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", reference_csv(predictions))
+        files["csv"] = reference_csv(predictions)
+    return files
+
+
+def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFrame | None = None,
+               csv: bool = False, outcome: Mapping[str, Any] | None = None,
+               encoded: Mapping[str, bytes] | None = None) -> None:
+    """Write one shard's predictions under a run prefix: the reference CSV (when ``csv``) and the
+    shard's outcome JSON first, the Parquet part last (its presence is what marks the shard done).
+
+    ``encoded`` (from :func:`encode_part`) is written as it is, instead of encoding ``predictions``.
+    """
+    if encoded is None:
+        if predictions is None:
+            raise ValueError("write_part: give the predictions or their encoded files")
+        encoded = encode_part(predictions, csv)
+    if "csv" in encoded:
+        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", encoded["csv"])
     if outcome is not None:
         write_json(storage, f"{prefix}/{part_name(shard, 'json')}", outcome)
-    storage.write_bytes(f"{prefix}/{part_name(shard)}", buffer.getvalue())
+    storage.write_bytes(f"{prefix}/{part_name(shard)}", encoded["parquet"])
 
 
 def shard_outcomes(storage: Storage, prefix: str) -> dict[int, dict[str, Any]]:

@@ -35,6 +35,10 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
     Without a range, the whole stored range is scored. Predictions go to
     STORAGE_URL/predictions/window_start=.../run=RUN_ID/ with a manifest written last.
     """
+    if executor != "azureml":
+        from pipelines.executors import start_worker_server
+
+        start_worker_server()  # its imports overlap this process's: the gate and the shards start sooner
     settings = state.settings(executor=executor)
     window_start, window_end = time_range(start, end, last)
     device_ids = split_ids(devices)
