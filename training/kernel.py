@@ -112,7 +112,7 @@ def _decision(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -
     if n == 0:
         return scores
     # contiguous runs of one model
-    change = np.flatnonzero(np.diff(row_model)) + 1
+    change = np.flatnonzero(row_model[1:] != row_model[:-1]) + 1  # a bool pass, not an int64 diff
     run_start = np.concatenate([[0], change]).astype(np.int64)
     run_len = np.diff(np.append(run_start, n))
     _score_runs(bundle, np.ascontiguousarray(feats), run_start, run_len, row_model[run_start], run_start, scores)
