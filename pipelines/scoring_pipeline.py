@@ -34,6 +34,7 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from ingestion.run_log import RunLog, window_fingerprint
 from ingestion.timeutil import parse_duration, utcnow
 from pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
+from pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
 from pipelines.settings import Settings
 from scoring import writer
 from scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
@@ -42,24 +43,6 @@ from scoring.storage import Storage, storage_spec
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass
-class ScoringResult:
-    """What a scoring run did: ``status`` is ``done``, ``skipped`` (duplicate) or ``failed``."""
-
-    run_id: str
-    status: str
-    start: datetime
-    end: datetime
-    release_version: int
-    rows: int = 0
-    anomalies: int = 0
-    location: str = ""
-    duplicate_of: str = ""
-    resumed: bool = False
-    failures: dict[str, str] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,18 +57,6 @@ class RunPlan:
     duplicate_of: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     journal: list[str] = field(default_factory=list)
-
-
-def note(journal: list[str], message: str, *args: Any) -> None:
-    """Log ``message % args`` at INFO and add it, timestamped, to the run's journal (its ``run.log``)."""
-    log.info(message, *args)
-    journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
-
-
-def storage_for(settings: Settings) -> Storage:
-    """The predictions storage of these settings (folder or ``az://``)."""
-    return storage_spec(settings.storage_url, settings.scoring.storage_account,
-                        settings.scoring.storage_connection_string).open()
 
 
 def code_version() -> str:
@@ -130,7 +101,7 @@ def score_window(
     prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards,
                            force=force, csv=csv, skip_validation=skip_validation)
     plan = prepared.plan
-    w_start, w_end = _ts(plan["start"]), _ts(plan["end"])
+    w_start, w_end = parse_time(plan["start"]), parse_time(plan["end"])
     if prepared.duplicate_of:
         return ScoringResult(prepared.run_id, "skipped", w_start, w_end, plan["release_version"],
                              duplicate_of=prepared.duplicate_of,
@@ -430,14 +401,14 @@ def _stop_gate(setup: _Setup) -> None:
 def shard_task(settings: Settings, plan: dict[str, Any], shard: int, bundle: str | dict[str, bytes] | None = None,
                part_delay: float = 0.0) -> ShardTask:
     """The :class:`ShardTask` of one shard of a plan."""
-    start = _ts(plan["start"])
+    start = parse_time(plan["start"])
     excluded = frozenset(tuple(key.split("/", 1)) for key in plan["excluded"])
     spec = storage_spec(settings.storage_url, settings.scoring.storage_account,
                         settings.scoring.storage_connection_string)
     return ShardTask(
         shard=shard, devices=tuple(plan["shards"][shard]), database_url=settings.database_url,
         bundle=bundle if bundle is not None else plan["bundle_dir"], model_version=int(plan["release_version"]),
-        start=start, end=_ts(plan["end"]), context_start=_ts(plan["context_start"]), storage=spec,
+        start=start, end=parse_time(plan["end"]), context_start=parse_time(plan["context_start"]), storage=spec,
         prefix=writer.run_prefix(start, plan["run_id"]), excluded=excluded,  # type: ignore[arg-type]
         csv=bool(plan["csv"]), delay=part_delay,
     )
@@ -451,117 +422,6 @@ def score_one_shard(settings: Settings, start: datetime, run_id: str, shard: int
     if not 0 <= shard < plan["n_shards"]:
         raise ScoringError(f"run {run_id}: no shard {shard} (the plan has {plan['n_shards']})")
     return score_shard(shard_task(settings, plan, shard))
-
-
-def finalize_run(
-    settings: Settings,
-    run_id: str,
-    plan: dict[str, Any],
-    *,
-    shard_failures: dict[int, str] | None = None,
-    timings: dict[str, float] | None = None,
-    started: float | None = None,
-    resumed: bool = False,
-    journal: list[str] | None = None,
-) -> ScoringResult:
-    """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
-    storage = storage_for(settings)
-    start, end = _ts(plan["start"]), _ts(plan["end"])
-    prefix = writer.run_prefix(start, run_id)
-    runs = RunLog(settings.database_url)
-    version = int(plan["release_version"])
-    outcomes = writer.shard_outcomes(storage, prefix)
-    failures = dict(shard_failures or {})
-    for shard in range(plan["n_shards"]):
-        if shard not in outcomes and shard not in failures:
-            failures[shard] = "no part written"
-    failed_series: dict[str, str] = {}
-    for outcome in outcomes.values():
-        failed_series.update(outcome["failed"])
-    bundle = load_bundle(plan["bundle_dir"])
-    sensors_of: dict[str, int] = {}
-    for device, _ in bundle.keys:
-        sensors_of[device] = sensors_of.get(device, 0) + 1
-    lost = sum(max(1, sensors_of.get(d, 1)) for shard in failures for d in plan["shards"][shard])
-    scored = sum(o["series"] for o in outcomes.values())
-    total = scored + len(failed_series) + lost
-    fraction = (len(failed_series) + lost) / total if total else 0.0
-    rows = sum(o["rows"] for o in outcomes.values())
-    anomalies = sum(o["anomalies"] for o in outcomes.values())
-    per_sensor: dict[str, list[int]] = {}
-    for outcome in outcomes.values():
-        for sensor, (n, a) in outcome["per_sensor"].items():
-            acc = per_sensor.setdefault(sensor, [0, 0])
-            acc[0] += n
-            acc[1] += a
-    timings = dict(timings or {})
-    all_failures = {**{f"shard {i}": err for i, err in sorted(failures.items())}, **failed_series}
-    journal = list(journal or [])
-    for key, reason in all_failures.items():
-        note(journal, "failed: %s: %s", key, reason)
-    common = {"rows": rows, "anomalies": anomalies, "shards_done": len(outcomes), "series_failed":
-              len(failed_series) + lost, "timings": timings}
-    if fraction > settings.scoring.max_failed_fraction:
-        message = (f"run {run_id}: {len(failed_series) + lost} of {total} series failed "
-                   f"({fraction:.1%} > max_failed_fraction {settings.scoring.max_failed_fraction:.1%}): "
-                   + "; ".join(f"{k}: {v}" for k, v in list(all_failures.items())[:5])
-                   + (f"; and {len(all_failures) - 5} more" if len(all_failures) > 5 else ""))
-        note(journal, "%s", message)
-        storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
-        writer.write_json(storage, f"{prefix}/_failed.json", {"run_id": run_id, "error": message,
-                                                               "failures": all_failures})
-        runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
-        raise ScoringError(message)
-    note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
-         run_id, rows, anomalies, len(failed_series) + lost)
-    storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
-    timings["total"] = time.perf_counter() - started if started is not None else 0.0
-    manifest = {
-        **{k: v for k, v in plan.items() if k not in ("shards",)},
-        "window": {"start": plan["start"], "end": plan["end"]},
-        "status": "complete", "resumed": resumed,
-        "rows": rows, "anomalies": anomalies,
-        "anomaly_rate": anomalies / rows if rows else 0.0,
-        "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
-        "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
-        "series_scored": scored,
-        "parts": [writer.part_name(i) for i in sorted(outcomes)],
-        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
-        "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
-                            "timings": o["timings"]} for i, o in sorted(outcomes.items())},
-        "failures": all_failures,
-        "failed_fraction": fraction,
-        "unscored": {k: v for o in outcomes.values() for k, v in o["unscored"].items()},
-        "kernel_evaluations": sum(o["kernel_evaluations"] for o in outcomes.values()),
-        "timings": timings,
-        "completed_at": utcnow().isoformat(),
-    }
-    writer.publish(storage, start, run_id, manifest)
-    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
-    if settings.scoring.log_to_mlflow:
-        _log_mlflow(settings, runs, run_id, manifest)
-    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, storage.display(prefix),
-                         resumed=resumed, failures=all_failures, manifest=manifest)
-
-
-def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
-    from training.registry import log_run
-
-    metrics: dict[str, float] = {key: manifest[key] for key in (
-        "rows", "anomalies", "anomaly_rate", "failed_fraction", "series_scored")}
-    metrics.update({f"anomaly_rate.sensor_{s}": r for s, r in manifest["anomaly_rate_per_sensor"].items()})
-    metrics.update({f"seconds.{k}": v for k, v in manifest["timings"].items()})
-    params = {"window_start": manifest["start"], "window_end": manifest["end"],
-              "release_version": manifest["release_version"], "n_shards": manifest["n_shards"],
-              "data_hash": manifest["data_hash"]}
-    tags = {"fleetscore.run_id": run_id, "fleetscore.validation_id": manifest["validation_id"],
-            "fleetscore.code_version": manifest["code_version"], "fleetscore.kind": "scoring"}
-    try:
-        mlflow_id = log_run(settings.tracking_uri, settings.scoring.experiment, run_id, params, metrics, tags)
-    except FleetscoreError as exc:
-        log.warning("run %s: not logged to MLflow: %s", run_id, exc)
-        return
-    runs.update(run_id, mlflow_run_id=mlflow_id)
 
 
 def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], force: bool) -> str | None:
@@ -610,7 +470,3 @@ def _resolve_release(settings: Settings, ref: str) -> Any:
     from training.registry import resolve_release
 
     return resolve_release(settings.tracking_uri, settings.training.model_name, ref)
-
-
-def _ts(text: str | datetime) -> datetime:
-    return text if isinstance(text, datetime) else datetime.fromisoformat(text)

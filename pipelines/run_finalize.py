@@ -1,0 +1,169 @@
+"""The end of a scoring run: collect the shards' outcomes, write the manifest, record the run.
+
+Split from :mod:`pipelines.scoring_pipeline` (which re-exports these names): :func:`finalize_run` is
+also the last step of the Azure ML pipeline (``pipelines.azureml_steps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleetscore.errors import FleetscoreError, ScoringError
+from ingestion.run_log import RunLog
+from ingestion.timeutil import utcnow
+from pipelines.settings import Settings
+from scoring import writer
+from scoring.shard import load_bundle
+from scoring.storage import Storage, storage_spec
+
+log = logging.getLogger("pipelines.scoring_pipeline")  # one logger for the whole run's messages
+
+
+@dataclass
+class ScoringResult:
+    """What a scoring run did: ``status`` is ``done``, ``skipped`` (duplicate) or ``failed``."""
+
+    run_id: str
+    status: str
+    start: datetime
+    end: datetime
+    release_version: int
+    rows: int = 0
+    anomalies: int = 0
+    location: str = ""
+    duplicate_of: str = ""
+    resumed: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def note(journal: list[str], message: str, *args: Any) -> None:
+    """Log ``message % args`` at INFO and add it, timestamped, to the run's journal (its ``run.log``)."""
+    log.info(message, *args)
+    journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
+
+
+def storage_for(settings: Settings) -> Storage:
+    """The predictions storage of these settings (folder or ``az://``)."""
+    return storage_spec(settings.storage_url, settings.scoring.storage_account,
+                        settings.scoring.storage_connection_string).open()
+
+
+def finalize_run(
+    settings: Settings,
+    run_id: str,
+    plan: dict[str, Any],
+    *,
+    shard_failures: dict[int, str] | None = None,
+    timings: dict[str, float] | None = None,
+    started: float | None = None,
+    resumed: bool = False,
+    journal: list[str] | None = None,
+) -> ScoringResult:
+    """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
+    storage = storage_for(settings)
+    start, end = parse_time(plan["start"]), parse_time(plan["end"])
+    prefix = writer.run_prefix(start, run_id)
+    runs = RunLog(settings.database_url)
+    version = int(plan["release_version"])
+    outcomes = writer.shard_outcomes(storage, prefix)
+    failures = dict(shard_failures or {})
+    for shard in range(plan["n_shards"]):
+        if shard not in outcomes and shard not in failures:
+            failures[shard] = "no part written"
+    failed_series: dict[str, str] = {}
+    for outcome in outcomes.values():
+        failed_series.update(outcome["failed"])
+    bundle = load_bundle(plan["bundle_dir"])
+    sensors_of: dict[str, int] = {}
+    for device, _ in bundle.keys:
+        sensors_of[device] = sensors_of.get(device, 0) + 1
+    lost = sum(max(1, sensors_of.get(d, 1)) for shard in failures for d in plan["shards"][shard])
+    scored = sum(o["series"] for o in outcomes.values())
+    total = scored + len(failed_series) + lost
+    fraction = (len(failed_series) + lost) / total if total else 0.0
+    rows = sum(o["rows"] for o in outcomes.values())
+    anomalies = sum(o["anomalies"] for o in outcomes.values())
+    per_sensor: dict[str, list[int]] = {}
+    for outcome in outcomes.values():
+        for sensor, (n, a) in outcome["per_sensor"].items():
+            acc = per_sensor.setdefault(sensor, [0, 0])
+            acc[0] += n
+            acc[1] += a
+    timings = dict(timings or {})
+    all_failures = {**{f"shard {i}": err for i, err in sorted(failures.items())}, **failed_series}
+    journal = list(journal or [])
+    for key, reason in all_failures.items():
+        note(journal, "failed: %s: %s", key, reason)
+    common = {"rows": rows, "anomalies": anomalies, "shards_done": len(outcomes), "series_failed":
+              len(failed_series) + lost, "timings": timings}
+    if fraction > settings.scoring.max_failed_fraction:
+        message = (f"run {run_id}: {len(failed_series) + lost} of {total} series failed "
+                   f"({fraction:.1%} > max_failed_fraction {settings.scoring.max_failed_fraction:.1%}): "
+                   + "; ".join(f"{k}: {v}" for k, v in list(all_failures.items())[:5])
+                   + (f"; and {len(all_failures) - 5} more" if len(all_failures) > 5 else ""))
+        note(journal, "%s", message)
+        storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
+        writer.write_json(storage, f"{prefix}/_failed.json", {"run_id": run_id, "error": message,
+                                                               "failures": all_failures})
+        runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
+        raise ScoringError(message)
+    note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
+         run_id, rows, anomalies, len(failed_series) + lost)
+    storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
+    timings["total"] = time.perf_counter() - started if started is not None else 0.0
+    manifest = {
+        **{k: v for k, v in plan.items() if k not in ("shards",)},
+        "window": {"start": plan["start"], "end": plan["end"]},
+        "status": "complete", "resumed": resumed,
+        "rows": rows, "anomalies": anomalies,
+        "anomaly_rate": anomalies / rows if rows else 0.0,
+        "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
+        "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
+        "series_scored": scored,
+        "parts": [writer.part_name(i) for i in sorted(outcomes)],
+        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
+        "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
+                            "timings": o["timings"]} for i, o in sorted(outcomes.items())},
+        "failures": all_failures,
+        "failed_fraction": fraction,
+        "unscored": {k: v for o in outcomes.values() for k, v in o["unscored"].items()},
+        "kernel_evaluations": sum(o["kernel_evaluations"] for o in outcomes.values()),
+        "timings": timings,
+        "completed_at": utcnow().isoformat(),
+    }
+    writer.publish(storage, start, run_id, manifest)
+    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
+    if settings.scoring.log_to_mlflow:
+        _log_mlflow(settings, runs, run_id, manifest)
+    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, storage.display(prefix),
+                         resumed=resumed, failures=all_failures, manifest=manifest)
+
+
+def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
+    from training.registry import log_run
+
+    metrics: dict[str, float] = {key: manifest[key] for key in (
+        "rows", "anomalies", "anomaly_rate", "failed_fraction", "series_scored")}
+    metrics.update({f"anomaly_rate.sensor_{s}": r for s, r in manifest["anomaly_rate_per_sensor"].items()})
+    metrics.update({f"seconds.{k}": v for k, v in manifest["timings"].items()})
+    params = {"window_start": manifest["start"], "window_end": manifest["end"],
+              "release_version": manifest["release_version"], "n_shards": manifest["n_shards"],
+              "data_hash": manifest["data_hash"]}
+    tags = {"fleetscore.run_id": run_id, "fleetscore.validation_id": manifest["validation_id"],
+            "fleetscore.code_version": manifest["code_version"], "fleetscore.kind": "scoring"}
+    try:
+        mlflow_id = log_run(settings.tracking_uri, settings.scoring.experiment, run_id, params, metrics, tags)
+    except FleetscoreError as exc:
+        log.warning("run %s: not logged to MLflow: %s", run_id, exc)
+        return
+    runs.update(run_id, mlflow_run_id=mlflow_id)
+
+
+def parse_time(text: str | datetime) -> datetime:
+    """A plan's ISO time (or a datetime, as it is)."""
+    return text if isinstance(text, datetime) else datetime.fromisoformat(text)
