@@ -147,7 +147,9 @@ def done_shards(storage: Storage, prefix: str) -> set[int]:
 def publish(storage: Storage, start: datetime, run_id: str, manifest: Mapping[str, Any]) -> None:
     """Complete a run: write its manifest (last of its files), then move the window's ``latest`` pointer.
 
-    The pointer only moves forward: it keeps naming the newest complete run by creation time.
+    The pointer only moves forward: it keeps naming the newest complete run by creation time. Storage
+    has no compare-and-swap, so after writing it the complete runs are listed again: a newer run that
+    published between this one's check and its write is named instead (whichever writer comes last).
     """
     prefix = run_prefix(start, run_id)
     write_json(storage, f"{prefix}/{MANIFEST}", manifest)
@@ -156,7 +158,14 @@ def publish(storage: Storage, start: datetime, run_id: str, manifest: Mapping[st
         current = read_json(storage, latest_rel).get("run_id", "")
         if current > run_id and storage.exists(f"{run_prefix(start, current)}/{MANIFEST}"):
             return
-    write_json(storage, latest_rel, {"run_id": run_id, "manifest": f"run={run_id}/{MANIFEST}"})
+    write_json(storage, latest_rel, _pointer(run_id))
+    newest = max((rid for rid, complete in list_runs(storage, start) if complete), default=run_id)
+    if newest > run_id:
+        write_json(storage, latest_rel, _pointer(newest))
+
+
+def _pointer(run_id: str) -> dict[str, str]:
+    return {"run_id": run_id, "manifest": f"run={run_id}/{MANIFEST}"}
 
 
 def list_windows(storage: Storage) -> list[str]:

@@ -62,6 +62,29 @@ def test_latest_pointer_moves_forward_only(tmp_path: Path) -> None:
     assert writer.read_predictions(str(tmp_path), run_id="20180829T010000-bbbbbb")["Device"].unique().tolist() == ["2"]
 
 
+class _MissesThePointerOnce(Storage):
+    """Storage whose first look for the latest pointer finds none: the check a run makes before another
+    run publishes, as when two runs of a window finish at the same moment."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.missed = False
+
+    def exists(self, rel: str) -> bool:
+        if rel.endswith(writer.LATEST) and not self.missed:
+            self.missed = True
+            return False
+        return super().exists(rel)
+
+
+def test_latest_pointer_names_the_newest_run_when_two_publish_at_once(tmp_path: Path) -> None:
+    _complete_run(Storage(str(tmp_path)), "20180829T020000-cccccc", ["1"])  # the newer run, done first
+    _complete_run(_MissesThePointerOnce(str(tmp_path)), "20180829T010000-bbbbbb", ["2"])  # checked before it
+    latest = json.loads((tmp_path / writer.window_prefix(START) / "latest.json").read_text())
+    assert latest["run_id"] == "20180829T020000-cccccc"
+    assert writer.read_predictions(str(tmp_path), START)["Device"].unique().tolist() == ["1"]
+
+
 def test_reference_csv_format(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     _complete_run(storage, "20180829T000000-aaaaaa", ["1"])
