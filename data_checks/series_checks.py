@@ -173,7 +173,7 @@ def query_series_stats(engine: Engine, start: datetime | None, end: datetime | N
         # "+ts" (SQLite): a range condition that cannot use the ts index, so the key index is walked
         ts = literal_column(f"+{windows.name}.ts", DateTime) if _key_order(conn, engine, start, end) else None
         query = query.where(and_(*_filters(start, end, devices, ts)))
-        if engine.url.get_backend_name() == "sqlite":
+        if engine.url.get_backend_name() == "sqlite" and _sqlite_version(engine) >= (3, 35):
             # materialized: SQLite does the whole aggregation in the first step, with the GIL released;
             # streamed, each of the 10,000s of groups would wait for the GIL (the gate's GX import holds it)
             grouped = query.order_by(None).cte("series_stats").prefix_with("MATERIALIZED")
@@ -211,6 +211,11 @@ def _as_time(value: Any) -> datetime:
 
 def _epoch_s(ts: datetime) -> int:
     return int((ts - EPOCH).total_seconds() // 1)
+
+
+def _sqlite_version(engine: Engine) -> tuple[int, ...]:
+    """The SQLite library's version (``MATERIALIZED`` needs 3.35)."""
+    return tuple(getattr(engine.dialect.dbapi, "sqlite_version_info", (0,)))
 
 
 def _nullable(engine: Engine, column: str) -> bool:
