@@ -45,6 +45,10 @@ WINDOW_COLUMNS = ["device", "sensor", "ts", "value", "value_min", "value_max", "
 # How SQLAlchemy stores DATETIME on SQLite; the store writes and compares times in the same text form.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _IN_CHUNK = 500  # devices per IN (...) list
+# the devices of the windows table, one seek each along the primary key (a recursive CTE named d)
+_LOOSE_DEVICES = ("SELECT (SELECT min(device) FROM windows) AS device UNION ALL "
+                  "SELECT (SELECT min(w.device) FROM windows w WHERE w.device > d.device) FROM d "
+                  "WHERE d.device IS NOT NULL")
 SQLITE_CACHE_KIB = 32768  # page cache of a writer or reader: index pages of big stores stay in memory
 
 
@@ -245,6 +249,9 @@ class SensorStore:
         """
         if devices is not None and len(devices) == 0:
             return _windows_frame(_empty_windows())
+        seek = self.dialect == "sqlite" and not self.generic and (start is not None or end is not None)
+        if seek and devices is None:
+            devices = self.devices()  # named devices and sensors: see below
         device_groups: list[list[str] | None]
         if devices is None:
             device_groups = [None]
@@ -253,7 +260,14 @@ class SensorStore:
             device_groups = [unique[i : i + _IN_CHUNK] for i in range(0, len(unique), _IN_CHUNK)]
         tables = []
         for group in device_groups:
-            clause, params = self._windows_where(start, end, group, sensors)
+            group_sensors = sensors
+            if group_sensors is None and seek:
+                # the primary key is (device, sensor, ts): with the sensors named, SQLite seeks each
+                # series' time range; with the devices alone it walks each device's whole history
+                group_sensors = self.sensors_of(group)
+                if not group_sensors:
+                    continue
+            clause, params = self._windows_where(start, end, group, group_sensors)
             if self.generic:
                 sql = f"SELECT {', '.join(WINDOW_COLUMNS)} FROM windows{clause}"
                 tables.append(_sort_by_key(self._query(sql, params), ["device", "sensor", "ts"]))
@@ -265,6 +279,35 @@ class SensorStore:
                 tables.append(self._query(sql, params))
         table = pa.concat_tables([_normalise_windows(t) for t in tables]) if tables else _empty_windows()
         return _windows_frame(table)
+
+    def sensors_of(self, devices: Sequence[str] | None = None) -> list[str]:
+        """The sensors that have windows of ``devices`` (of any device when ``None``), sorted.
+
+        On SQLite a loose index scan: one seek along the primary key per (device, sensor), not a scan
+        of the windows, so it costs the same for a day of history as for a year.
+        """
+        if self.generic or self.dialect != "sqlite":
+            table = self._query("SELECT DISTINCT sensor FROM windows" + (
+                f" WHERE device IN ({', '.join(self.placeholder(i + 1) for i in range(len(devices)))})"
+                if devices is not None else ""), list(devices or []))
+            return sorted(str(v) for v in table.column("sensor").to_pylist())
+        if devices is None:
+            first = _LOOSE_DEVICES
+            params: list[Any] = []
+        else:
+            first = " UNION ALL ".join("SELECT ? AS device" for _ in devices)
+            params = [str(d) for d in devices]
+        sql = (
+            f"WITH RECURSIVE d(device) AS ({first}), "
+            "s(device, sensor) AS ("
+            "SELECT d.device, (SELECT min(w.sensor) FROM windows w WHERE w.device = d.device) FROM d "
+            "WHERE d.device IS NOT NULL "
+            "UNION ALL SELECT s.device, (SELECT min(w.sensor) FROM windows w WHERE w.device = s.device "
+            "AND w.sensor > s.sensor) FROM s WHERE s.sensor IS NOT NULL) "
+            "SELECT DISTINCT sensor FROM s WHERE sensor IS NOT NULL"
+        )
+        table = self._query(sql, params)
+        return sorted(str(v) for v in table.column("sensor").to_pylist())
 
     def _read_sqlite_windows(self, clause: str, params: list[Any]) -> pa.Table:
         """On SQLite: the rows without their device and sensor, which come once per series from a second
@@ -348,8 +391,13 @@ class SensorStore:
         return first.iloc[0].to_pydatetime(), last.iloc[0].to_pydatetime()
 
     def devices(self) -> list[str]:
-        """Every device with at least one window, sorted."""
-        table = self._query("SELECT DISTINCT device FROM windows")
+        """Every device with at least one window, sorted (on SQLite by a loose index scan: one seek per
+        device along the primary key)."""
+        if self.dialect == "sqlite" and not self.generic:
+            table = self._query(f"WITH RECURSIVE d(device) AS ({_LOOSE_DEVICES}) "
+                                "SELECT device FROM d WHERE device IS NOT NULL")
+        else:
+            table = self._query("SELECT DISTINCT device FROM windows")
         return sorted(str(d) for d in table.column("device").to_pylist())
 
     def count_windows(self) -> int:

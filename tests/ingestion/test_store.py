@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -168,3 +169,40 @@ def test_postgres_store(postgres_url: str) -> None:
     assert store.devices() == ["B", "a", "b"]
     assert store.time_range() == (datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 2))
     assert list(store.list_series().rows) == [3, 3, 3]
+
+
+def test_range_reads_seek_each_series_instead_of_walking_its_history(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring an hour of a store that holds months must not read the months: with the devices and
+    sensors named (found by seeks along the primary key), SQLite seeks each series' time range."""
+    store = SensorStore(f"sqlite:///{tmp_path / 'mixed.db'}")
+    rows = [(device, sensor, f"2024-01-01 00:0{minute}:00", float(minute), float(minute), float(minute), 1)
+            for device, sensors in (("d1", ("1", "2")), ("d2", ("3",)), ("d3", ("1", "9"))) for sensor in sensors
+            for minute in range(6)]
+    with open_writer(store) as writer:
+        writer.merge_windows(_chunk(rows))
+    assert store.devices() == ["d1", "d2", "d3"]
+    assert store.sensors_of(["d2"]) == ["3"] and store.sensors_of(["d1", "d3", "nope"]) == ["1", "2", "9"]
+    assert store.sensors_of() == ["1", "2", "3", "9"] and store.sensors_of(["nope"]) == []
+    start, end = datetime(2024, 1, 1, 0, 2), datetime(2024, 1, 1, 0, 4)
+    frame = store.read_windows(start, end)
+    # every series of every device, none twice, though the sensors are probed for each device
+    assert list(zip(frame.device, frame.sensor, frame.ts.dt.minute, strict=True)) == [
+        (d, s, m) for d, s in (("d1", "1"), ("d1", "2"), ("d2", "3"), ("d3", "1"), ("d3", "9")) for m in (2, 3)]
+    others = frame[frame.device != "d1"].reset_index(drop=True)
+    assert store.read_windows(start, end, devices=["d2", "d3"]).equals(others)
+
+    statements: list[tuple[str, tuple[object, ...]]] = []
+    real = SensorStore._queries
+
+    def recording(self: SensorStore, batch: list[tuple[str, list[object]]]) -> list[pa.Table]:
+        statements.extend((sql, tuple(params)) for sql, params in batch)
+        return real(self, batch)
+
+    monkeypatch.setattr(SensorStore, "_queries", recording)
+    assert store.read_windows(start, end, devices=["d1"]).equals(frame[frame.device == "d1"].reset_index(drop=True))
+    reads = [(sql, params) for sql, params in statements if "ORDER BY device, sensor, ts" in sql]
+    assert reads, statements
+    with sqlite3.connect(tmp_path / "mixed.db") as conn:
+        plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {reads[-1][0]}", reads[-1][1]))
+    assert "device=? AND sensor=? AND ts>? AND ts<?" in plan, plan
