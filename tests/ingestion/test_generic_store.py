@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -25,6 +24,7 @@ from ingestion.ingest import ingest_files
 from ingestion.schema import windows
 from ingestion.store import SensorStore
 from ingestion.writer import open_writer
+from tests.ingestion.resample_check import assert_windows_match_resample, write_raw_readings
 
 AZURE_URL = ("mssql+pyodbc://fleet:secret@myserver.database.windows.net:1433/fleetscore"
              "?driver=ODBC+Driver+18+for+SQL+Server&Encrypt=yes")
@@ -75,25 +75,13 @@ def test_the_generic_path_is_what_ingest_uses(urls: tuple[str, str]) -> None:
 
 def test_chunk_boundaries_exact_aggregates(urls: tuple[str, str], tmp_path: Path) -> None:
     generic, native = urls
-    rng = np.random.default_rng(11)
-    n = 4000
-    ts = pd.Timestamp("2024-03-01 12:00:00") + pd.to_timedelta(np.sort(rng.uniform(0, 1800, n)), unit="s")
-    frame = pd.DataFrame({"TS": ts.strftime("%Y-%m-%d %H:%M:%S.%f"), "Device": rng.choice(["1", "2", "x"], n),
-                          "Sensor": rng.choice(["1", "2"], n), "Value": rng.normal(50, 10, n).round(3)})
     path = tmp_path / "raw.csv"
-    frame.to_csv(path, index=False)
+    frame = write_raw_readings(path, seed=11, n=4000, seconds=1800)
     for url in (generic, native):  # 700-row blocks: windows split across chunk boundaries
         report = ingest_files(url, [str(path)], window=timedelta(seconds=10), batch_rows=700)
     got = _generic(generic).read_windows()
     assert report.inputs[0].windows_written == len(got)
-    frame["TS"] = pd.to_datetime(frame.TS)
-    expected = (frame.set_index("TS").groupby(["Device", "Sensor"]).Value.resample("10s")
-                .agg(["mean", "min", "max", "count"]).reset_index())
-    expected = expected[expected["count"] > 0].reset_index(drop=True)
-    assert list(got.device) == list(expected.Device) and list(got.ts) == list(expected.TS)
-    np.testing.assert_allclose(got.value, expected["mean"], rtol=1e-12)
-    assert np.array_equal(got.value_min, expected["min"]) and np.array_equal(got.value_max, expected["max"])
-    assert np.array_equal(got.value_count, expected["count"])
+    assert_windows_match_resample(got, frame, "10s")
     # the same arithmetic as the native upsert: identical to the last bit
     pd.testing.assert_frame_equal(got, SensorStore(native).read_windows())
 

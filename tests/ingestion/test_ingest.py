@@ -17,6 +17,7 @@ from fleetscore.errors import SourceReadError
 from ingestion import writer as writer_module
 from ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
 from ingestion.store import SensorStore
+from tests.ingestion.resample_check import assert_windows_match_resample, write_raw_readings
 
 
 def _url(tmp_path: Path, name: str = "fleet.db") -> str:
@@ -45,25 +46,11 @@ def test_reference_data_aggregated(tmp_path: Path, reference_data: Path, name: s
 
 
 def test_raw_readings_match_pandas_resample(tmp_path: Path) -> None:
-    rng = np.random.default_rng(7)
-    n = 5000
-    ts = pd.Timestamp("2024-03-01 12:00:00") + pd.to_timedelta(np.sort(rng.uniform(0, 3600, n)), unit="s")
-    frame = pd.DataFrame({"TS": ts.strftime("%Y-%m-%d %H:%M:%S.%f"), "Device": rng.choice(["1", "2", "x"], n),
-                          "Sensor": rng.choice(["1", "2"], n), "Value": rng.normal(50, 10, n).round(3)})
     path = tmp_path / "raw.csv"
-    frame.to_csv(path, index=False)
+    frame = write_raw_readings(path, seed=7, n=5000, seconds=3600)
     url = _url(tmp_path)
     ingest_files(url, [str(path)], window=timedelta(seconds=10), batch_rows=700)  # many chunk boundaries
-    got = SensorStore(url).read_windows()
-    frame["TS"] = pd.to_datetime(frame.TS)
-    expected = (frame.set_index("TS").groupby(["Device", "Sensor"]).Value.resample("10s")
-                .agg(["mean", "min", "max", "count"]).reset_index())
-    expected = expected[expected["count"] > 0].reset_index(drop=True)
-    assert len(got) == len(expected)
-    assert list(got.device) == list(expected.Device) and list(got.ts) == list(expected.TS)
-    np.testing.assert_allclose(got.value, expected["mean"], rtol=1e-12)
-    assert np.array_equal(got.value_min, expected["min"]) and np.array_equal(got.value_max, expected["max"])
-    assert np.array_equal(got.value_count, expected["count"])
+    assert_windows_match_resample(SensorStore(url).read_windows(), frame, "10s")
 
 
 def test_reingest_adds_nothing(tmp_path: Path, reference_data: Path) -> None:
