@@ -294,7 +294,7 @@ def main() -> None:
     timings = manifest["timings"]
     print("  phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     shard_t = {k: sum(s["timings"].get(k, 0.0) for s in manifest["shards"].values())
-               for k in ("load", "read", "score", "encode", "write")}
+               for k in ("load", "read", "score", "encode")}
     print(f"  shards ({manifest['n_shards']}, summed over workers): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in shard_t.items()))
     print(f"  peak memory (process tree RSS): {ours['peak_rss'] / 2**20:,.0f} MiB")

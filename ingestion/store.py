@@ -286,6 +286,8 @@ class SensorStore:
         On SQLite a loose index scan: one seek along the primary key per (device, sensor), not a scan
         of the windows, so it costs the same for a day of history as for a year.
         """
+        if devices is not None and len(devices) == 0:
+            return []
         if self.generic or self.dialect != "sqlite":
             table = self._query("SELECT DISTINCT sensor FROM windows" + (
                 f" WHERE device IN ({', '.join(self.placeholder(i + 1) for i in range(len(devices)))})"

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.storage import StorageSpec
-from scoring.writer import encode_part, part_name, to_predictions, write_part
+from scoring.writer import encode_part, to_predictions, write_part
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
 
     Keys: shard, rows, anomalies, series, failed ({"device/sensor": reason}), unscored (series with
     no model in the release), per_sensor ({sensor: [rows, anomalies]}), kernel_evaluations and
-    timings (load, read, score, write seconds).
+    timings (load, read, score, encode and, when it waited for the plan, wait seconds; the writes
+    come after the outcome is saved, so they are not in it).
     """
     from ingestion.store import SensorStore
     from training.kernel import kernel_evaluations, missing_series, score_windows
@@ -140,17 +141,14 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         if late:
             failed = {k: v for k, v in failed.items() if tuple(k.split("/", 1)) not in late}
             unscored = {k: v for k, v in unscored.items() if tuple(k.split("/", 1)) not in late}
-            if _has_series(scored, late):
-                scored = _drop_series(scored, late)  # type: ignore[arg-type]
+            kept = _drop_series(scored, late)  # the same frame when none of its series is excluded
+            if kept is not scored:
+                scored = kept
                 part = _build_part(scored, task)
 
-    t0 = time.perf_counter()
     outcome = {"shard": task.shard, "devices": len(task.devices), **part.summary, "failed": failed,
                "unscored": unscored, "kernel_evaluations": int(evaluations), "timings": timings}
-    if "csv" in part.files:
-        storage.write_bytes(f"{task.prefix}/{part_name(task.shard, 'csv')}", part.files["csv"])
-    timings["write"] = time.perf_counter() - t0  # the outcome JSON and the Parquet part follow: milliseconds
-    write_part(storage, task.prefix, task.shard, outcome=outcome, encoded={"parquet": part.files["parquet"]})
+    write_part(storage, task.prefix, task.shard, outcome=outcome, encoded=part.files)
     if task.delay:
         time.sleep(task.delay)
     return outcome
@@ -177,12 +175,6 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
         "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
     }
     return _Part(encode_part(predictions, task.csv), summary)
-
-
-def _has_series(frame: pd.DataFrame, keys: frozenset[tuple[str, str]]) -> bool:
-    if frame.empty:
-        return False
-    return bool(pd.MultiIndex.from_frame(frame[["device", "sensor"]]).isin(list(keys)).any())
 
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
