@@ -78,7 +78,7 @@ def compute_features(
     # position of each row inside its series
     lengths = np.diff(starts)
     pos = np.arange(n, dtype=np.int64) - np.repeat(starts[:-1], lengths)
-    out = np.empty((n, len(features)), dtype=np.float64)
+    out = np.empty((n, len(features)), dtype=np.float64, order="F")  # each feature contiguous
     for j, name in enumerate(features):
         if name == "value":
             out[:, j] = value

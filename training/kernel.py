@@ -6,15 +6,17 @@ intercept ``b`` and ``gamma = g``, the decision function of a window with featur
     f(x) = sum_j a_j exp(-g ||z - v_j||^2) + b,   z = (x - mu) / s
 
 with the exponent expanded as ``W . Z``: ``W = [2 g v / s, -g |v|^2, -g]`` per support vector and
-``Z = [x - mu, 1, |z|^2]`` per row. Models are grouped into cache-sized blocks (sorted by support-vector
-count, so little padding); per block ONE batched matrix product gives every exponent, ONE ``np.exp`` in
-place every kernel value, and ONE product with the dual coefficients (zero for padded support vectors)
-the sums. The Python loop runs once per block, never per row or per model; temporaries stay
-block-sized (fresh large arrays cost page faults).
+``Z = [x - mu, 1, |z|^2]`` per row. Models are grouped into blocks (sorted by support-vector count, so
+little padding). A block gathers its rows into ``Z``; then, a few models at a time (so that the
+exponents stay in the core's cache through their three passes), ONE batched matrix product gives the
+exponents, ONE ``np.exp`` in place the kernel values and ONE product with the dual coefficients (zero
+for padded support vectors) the sums. The Python loops run per block and per chunk of models, never
+per row or per model; scratch arrays are reused (fresh large arrays cost page faults).
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import numpy as np
@@ -23,9 +25,12 @@ import pandas as pd
 from training.bundle import ReleaseBundle
 from training.features import compute_features, series_starts
 
-# padded kernel values per block (rows x support vectors x models): 2 MB of float64, the L2 cache
-BLOCK_ELEMENTS = 262_144
-MAX_BLOCK_MODELS = 512
+# padded kernel values (rows x support vectors x models) per block, whose rows are gathered at once, and
+# per chunk of it, whose exponents go through their three passes at once: 512 KB of float64 stays in
+# the core's L2 cache. The sizes were chosen by benchmarks/score.py on a 2-core Xeon (2 MB L2 per core).
+BLOCK_ELEMENTS = 1_048_576
+INNER_ELEMENTS = 65_536
+MAX_BLOCK_MODELS = 2048
 _FLOOR = -700.0  # exponents are clipped here: exp(-700) ~ 1e-304, far below the 1e-9 tolerance
 
 OUTPUT_COLUMNS = ("device", "sensor", "ts", "value", "score", "prediction")
@@ -115,7 +120,7 @@ def _decision(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -
     change = np.flatnonzero(row_model[1:] != row_model[:-1]) + 1  # a bool pass, not an int64 diff
     run_start = np.concatenate([[0], change]).astype(np.int64)
     run_len = np.diff(np.append(run_start, n))
-    _score_runs(bundle, np.ascontiguousarray(feats), run_start, run_len, row_model[run_start], run_start, scores)
+    _score_runs(bundle, feats, run_start, run_len, row_model[run_start], run_start, scores)
     return scores
 
 
@@ -129,76 +134,146 @@ def _score_runs(
     scores: np.ndarray,
 ) -> None:
     """Score run ``k`` (rows ``run_start[k]:+run_len[k]`` of ``feats``, model ``run_model[k]``) into
-    ``scores[out_start[k]:+run_len[k]]``, a cache-sized block of models at a time.
+    ``scores[out_start[k]:+run_len[k]]``, a block of models at a time.
 
-    The kernel value of row ``z`` (scaled features) and support vector ``v`` is ``exp(W . Z)`` with
-    ``Z = [z, 1, |z|^2]`` and ``W = [2 g v, -g |v|^2, -g]``, so ``W . Z = -g ||z - v||^2``. ``W`` of every
-    support vector is computed once; a block gathers its rows and vectors, then does one matrix product,
-    one ``exp`` in place and one product with the dual coefficients (zero for padded support vectors,
-    which masks them exactly). Temporaries stay block-sized: fresh large arrays cost page faults.
+    The kernel value of a row and a support vector ``v`` is ``exp(W . Z)`` with ``Z = [u, 1, |z|^2]``
+    (``u = x - mean``, ``z = u / s``) and ``W = [2 g v / s, -g |v|^2, -g]``, so that
+    ``W . Z = -g ||z - v||^2``. ``W`` of every support vector is computed once. Runs are ordered by
+    support-vector count and their per-model terms gathered once, so a block slices them. A block
+    gathers its rows into ``Z``; then, a few models at a time (so that the exponents stay in the core's
+    cache through their three passes), one batched matrix product gives the exponents, one ``exp`` in
+    place the kernel values and one product with the dual coefficients (zero for padded support
+    vectors, which masks them exactly) the sums. Scratch arrays are reused (:class:`_Workspace`).
     """
     n_feat = feats.shape[1]
     w_all, coef_all, reach_sv = _support_terms(bundle)
-    inv_var = 1.0 / (bundle.scale * bundle.scale)
-    flat = np.ascontiguousarray(feats).reshape(-1)
-    n_support = bundle.n_support
-    n_sv = n_support[run_model]
-    order = np.argsort(n_sv, kind="stable")
-    i = 0
-    while i < len(order):
-        # the largest block from i whose padded size (models x rows x support vectors) fits BLOCK_ELEMENTS;
-        # n_sv grows along `order`, so the padded size grows with the block
-        cand = order[i:i + MAX_BLOCK_MODELS]
-        max_rows_acc = np.maximum.accumulate(run_len[cand])
-        size = np.arange(1, len(cand) + 1) * max_rows_acc * np.maximum(n_sv[cand], 1)
-        take = max(1, int(np.searchsorted(size, BLOCK_ELEMENTS, side="right")))
-        runs = order[i:i + take]
-        i += take
-        max_rows, max_sv = int(max_rows_acc[take - 1]), int(n_sv[cand[take - 1]])
-        models, lengths = run_model[runs], run_len[runs]
-        r = np.arange(max_rows)
-        padded = bool((lengths != max_rows).any())
-        offset = (np.minimum(r[None, :], lengths[:, None] - 1) if padded else r[None, :])  # pad: the last row
+    # one contiguous array per feature (free when the features are column-major, as computed)
+    columns = feats.T if feats.flags.f_contiguous else np.ascontiguousarray(feats.T)
+    order = np.argsort(bundle.n_support[run_model], kind="stable")
+    # per-run terms in block order: a block slices them
+    model = run_model[order]
+    length = run_len[order]
+    n_sv = bundle.n_support[model]
+    first_row = run_start[order]
+    first_out = out_start[order]
+    mean = bundle.mean[model]
+    inv_var = 1.0 / (bundle.scale[model] * bundle.scale[model])
+    intercept = bundle.intercept[model]
+    gamma, reach = bundle.gamma[model], reach_sv[model]
+    sv_first = bundle.sv_offsets[model]
+    r_all, s_all = np.arange(int(length.max())), np.arange(int(n_sv.max()) + 1)
+    work = _Workspace()
+    # the usual fleet: runs of one length at one spacing, written in order; a block then copies whole
+    # rows of strided views instead of gathering (and scattering) element by element
+    uniform = _uniform_layout(run_start, run_len, out_start)
+    if uniform:
+        rows_per_run, spacing = uniform
+        itemsize = columns.itemsize
+        views = [np.lib.stride_tricks.as_strided(columns[f][run_start[0]:], shape=(len(run_len), rows_per_run),
+                                                 strides=(spacing * itemsize, itemsize), writeable=False)
+                 for f in range(n_feat)]
+        scores_by_run = scores[: len(run_len) * rows_per_run].reshape(len(run_len), rows_per_run)
+    for a, b in _blocks(length, n_sv):
+        n_runs, max_rows, max_sv = b - a, int(length[a:b].max()), int(n_sv[b - 1])
+        r = r_all[:max_rows]
+        padded = int(length[a:b].min()) != max_rows
+        if padded:  # a short run repeats its last row; its extra scores are not written
+            offset = np.minimum(r[None, :], length[a:b, None] - 1)
         if max_sv == 0:
-            block = np.broadcast_to(bundle.intercept[models][:, None], (len(runs), max_rows))
+            block = np.broadcast_to(intercept[a:b, None], (n_runs, max_rows))
         else:
             # Z = [u, 1, |z|^2] of the block's rows (u = x - mean, z = u / scale), feature-major
             # (F + 2, B, R): every pass runs over one contiguous array
-            flat_rows = (run_start[runs][:, None] + offset) * n_feat
-            zt = np.empty((n_feat + 2, len(runs), max_rows), dtype=np.float64)
-            norm = zt[n_feat + 1]
-            for f in range(n_feat):  # u = x - mean; the 1 / scale of z = u / scale is folded into W
+            if not uniform:
+                rows = work.array("rows", (n_runs, max_rows), np.int64)
+                np.add(first_row[a:b, None], offset if padded else r, out=rows)
+            zt = work.array("z", (n_feat + 2, n_runs, max_rows), np.float64)
+            norm, square = zt[n_feat + 1], work.array("square", (n_runs, max_rows), np.float64)
+            for f in range(n_feat):  # the 1 / scale of z = u / scale is folded into W
                 uf = zt[f]
-                if f:
-                    flat_rows += 1
-                np.take(flat, flat_rows, out=uf)
-                uf -= bundle.mean[models, f][:, None]
-                if f == 0:
-                    np.multiply(uf, uf, out=norm)
-                    norm *= inv_var[models, f][:, None]
+                # valid indices: mode "raise" would buffer `out`
+                if uniform:
+                    np.take(views[f], order[a:b], axis=0, out=uf, mode="clip")
                 else:
-                    norm += uf * uf * inv_var[models, f][:, None]
+                    np.take(columns[f], rows, out=uf, mode="clip")
+                uf -= mean[a:b, f, None]
+                np.multiply(uf, uf, out=square if f else norm)
+                (square if f else norm).__imul__(inv_var[a:b, f, None])
+                if f:
+                    norm += square
             zt[n_feat] = 1.0
-            s = np.arange(max_sv)
-            sv_mask = s[None, :] < n_sv[runs][:, None]
-            sv_idx = np.where(sv_mask, bundle.sv_offsets[models][:, None] + s[None, :], 0)
-            expo = np.matmul(w_all[sv_idx], zt.transpose(1, 0, 2))  # (B, S, R): -g ||z - v||^2 <= 0
+            sv_mask = s_all[None, :max_sv] < n_sv[a:b, None]
+            sv_idx = np.where(sv_mask, sv_first[a:b, None] + s_all[None, :max_sv], 0)
+            w_block, z_block = w_all[sv_idx], zt.transpose(1, 0, 2)  # (B, S, F + 2), (B, F + 2, R)
+            coef = np.where(sv_mask, coef_all[sv_idx], 0.0)[:, None, :]  # (B, 1, S)
             # exp() of a result below ~1e-308 (exponent < -708) takes a slow path (100x slower); such terms
             # are far below the tolerance: clip the exponents, only in blocks where a row can be that far
-            gamma = bundle.gamma[models]
-            reach = np.sqrt(norm.max(axis=1)) + reach_sv[models]
-            if float((gamma * reach * reach).max()) > -_FLOOR:
-                np.maximum(expo, _FLOOR, out=expo)
-            np.exp(expo, out=expo)
-            coef = np.where(sv_mask, coef_all[sv_idx], 0.0)[:, None, :]  # (B, 1, S)
-            block = np.matmul(coef, expo)[:, 0, :]  # dual-coefficient-weighted sum over support vectors
-            block += bundle.intercept[models][:, None]
-        idx = out_start[runs][:, None] + r[None, :]
+            far = np.sqrt(norm.max(axis=1)) + reach[a:b]
+            clip = float((gamma[a:b] * far * far).max()) > -_FLOOR
+            sums = work.array("sums", (n_runs, 1, max_rows), np.float64)
+            step = max(1, INNER_ELEMENTS // (max_sv * max_rows))
+            exponents = work.array("exponents", (min(step, n_runs), max_sv, max_rows), np.float64)
+            for c in range(0, n_runs, step):
+                d = min(c + step, n_runs)
+                expo = exponents[: d - c]
+                np.matmul(w_block[c:d], z_block[c:d], out=expo)  # (b, S, R): -g ||z - v||^2 <= 0
+                if clip:
+                    np.maximum(expo, _FLOOR, out=expo)
+                np.exp(expo, out=expo)
+                np.matmul(coef[c:d], expo, out=sums[c:d])  # the dual-coefficient-weighted sum
+            block = sums[:, 0, :]
+            block += intercept[a:b, None]
         if padded:
-            mask = r[None, :] < lengths[:, None]
-            scores[idx[mask]] = block[mask]
+            keep = r[None, :] < length[a:b, None]
+            scores[(first_out[a:b, None] + r[None, :])[keep]] = block[keep]
+        elif uniform:
+            scores_by_run[order[a:b]] = block
         else:
-            scores[idx] = block
+            scores[first_out[a:b, None] + r[None, :]] = block
+
+
+def _uniform_layout(run_start: np.ndarray, run_len: np.ndarray, out_start: np.ndarray) -> tuple[int, int] | None:
+    """``(rows per run, spacing)`` when every run has the same length, the runs start at a fixed spacing
+    (at least that length) and are written back to back in order; else None."""
+    if len(run_len) < 2:
+        return None
+    rows, spacing = int(run_len[0]), int(run_start[1] - run_start[0])
+    if spacing < rows or not (run_len == rows).all() or not (np.diff(run_start) == spacing).all():
+        return None
+    if not (out_start == np.arange(len(run_len)) * rows).all():
+        return None
+    return rows, spacing
+
+
+def _blocks(length: np.ndarray, n_sv: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive runs ``[a, b)`` per block: from each ``a`` the most runs whose padded size (runs x
+    longest run x most support vectors) fits :data:`BLOCK_ELEMENTS` (at least one run). ``n_sv`` is
+    ascending, so the padded size grows with the block."""
+    blocks = []
+    a, n = 0, len(length)
+    while a < n:
+        cand = slice(a, min(a + MAX_BLOCK_MODELS, n))
+        size = np.arange(1, cand.stop - a + 1) * np.maximum.accumulate(length[cand]) * np.maximum(n_sv[cand], 1)
+        b = a + max(1, int(np.searchsorted(size, BLOCK_ELEMENTS, side="right")))
+        blocks.append((a, b))
+        a = b
+    return blocks
+
+
+class _Workspace:
+    """Scratch arrays reused from block to block: a fresh array of a block's size (hundreds of KB) is
+    mapped anew by the allocator each time, and its first writes page-fault (half the kernel's time)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A C-contiguous array of ``shape``, its contents undefined, valid until the next call for ``name``."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = self._buffers[name] = np.empty(max(size, 1), dtype=dtype)
+        return buffer[:size].reshape(shape)
 
 
 def _support_terms(bundle: ReleaseBundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -209,10 +284,13 @@ def _support_terms(bundle: ReleaseBundle) -> tuple[np.ndarray, np.ndarray, np.nd
     n_feat = sv.shape[1]
     n_support = bundle.n_support
     gamma = np.repeat(bundle.gamma, n_support)
-    sv_norm = np.einsum("sf,sf->s", sv, sv)
+    scale = np.repeat(bundle.scale, n_support, axis=0)
     w = np.empty((len(sv), n_feat + 2), dtype=np.float64)
-    np.multiply(sv, (2.0 * gamma)[:, None], out=w[:, :n_feat])
-    w[:, :n_feat] /= np.repeat(bundle.scale, n_support, axis=0)
+    sv_norm = np.zeros(len(sv), dtype=np.float64)
+    for f in range(n_feat):  # column by column: broadcasting over a short inner axis is slow
+        v = sv[:, f]
+        sv_norm += v * v
+        w[:, f] = 2.0 * gamma * v / scale[:, f]
     w[:, n_feat] = -gamma * sv_norm
     w[:, n_feat + 1] = -gamma
     reach = np.zeros(len(bundle.keys), dtype=np.float64)

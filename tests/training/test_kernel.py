@@ -8,7 +8,7 @@ import pytest
 
 from tests.training.helpers import random_fleet, random_series
 from training.features import compute_features
-from training.kernel import kernel_evaluations, missing_series, score_windows
+from training.kernel import decision_function, kernel_evaluations, missing_series, score_windows
 
 FEATURES = ("value", "spread", "rolling_std", "delta")
 
@@ -55,6 +55,31 @@ def test_start_with_context_windows_scores_like_the_full_series(fleet) -> None: 
     assert scored["ts"].min() == start
     expected = scored_full[scored_full["ts"] >= start].reset_index(drop=True)
     pd.testing.assert_frame_equal(scored, expected, check_exact=False, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("start", [None, pd.Timestamp("2024-01-01 00:00:50")])
+def test_a_fleet_of_equal_length_series_matches_sklearn(fleet, start) -> None:  # type: ignore[no-untyped-def]
+    """The usual scheduled window: every series has the same windows (the kernel copies whole runs)."""
+    bundle, pipelines, frames = fleet
+    models = range(0, 600, 2)
+    equal = [frames[i].iloc[:20].reset_index(drop=True) for i in models]
+    windows = pd.concat(equal, ignore_index=True)
+    out = score_windows(bundle, windows, start=None if start is None else start.to_pydatetime())
+    kept = 20 if start is None else 10  # rows 10-19 of every series are at or after the start
+    assert len(out) == kept * len(equal)
+    for k, i in enumerate(models):
+        expected = pipelines[i].decision_function(compute_features(equal[k], FEATURES, 4))[20 - kept:]
+        tol = 1e-9 * max(1.0, abs(float(pipelines[i].steps[-1][1].intercept_[0])))
+        np.testing.assert_allclose(out["score"].to_numpy()[k * kept:(k + 1) * kept], expected, rtol=0, atol=tol)
+
+
+def test_decision_function_takes_row_or_column_major_features(fleet) -> None:  # type: ignore[no-untyped-def]
+    bundle, pipelines, frames = fleet
+    x = compute_features(frames[3], FEATURES, 4)
+    owner = np.full(len(x), 3)
+    expected = pipelines[3].decision_function(x)
+    for layout in (np.asfortranarray(x), np.ascontiguousarray(x)):
+        np.testing.assert_allclose(decision_function(bundle, layout, owner), expected, rtol=0, atol=1e-9)
 
 
 def test_series_without_a_model_are_reported_not_scored(fleet) -> None:  # type: ignore[no-untyped-def]
