@@ -16,16 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import great_expectations as gx
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
-from great_expectations.exceptions import GreatExpectationsError
 from sqlalchemy import DateTime, Select, column, event, literal_column, select, table
 from sqlalchemy.engine import Engine
 
+from data_checks.gx_imports import (
+    DataContextConfig,
+    GreatExpectationsError,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+    gx,
+)
 from data_checks.plan import RANGE_CHECKS, RangePlan
 from data_checks.report import FLEET, CheckResult
 from data_checks.suite import range_suite, schema_suite, summarize_range, summarize_schema

@@ -17,9 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
-
+from data_checks.gx_imports import gx, gxe
 from data_checks.plan import RANGE_CHECKS, RangePlan
 from data_checks.report import FLEET, CheckResult, format_duration
 
