@@ -13,7 +13,7 @@ import secrets
 import statistics
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,15 @@ from data_checks.report import FLEET, CheckResult, ValidationReport
 from data_checks.series_checks import (
     SERIES_CHECKS,
     History,
+    Ranges,
     SeriesOutcome,
+    SeriesStats,
     SeriesThresholds,
     decide,
     fingerprint,
     query_history,
     query_series_stats,
+    stats_from_metrics,
 )
 from fleetscore.errors import ConfigError, StoreError
 from ingestion.engine import make_engine
@@ -53,6 +56,70 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
     as one grouped query. Raises :class:`StoreError` when the database cannot be reached; a failing
     check never raises here (call ``raise_if_failed`` on the report).
     """
+    return _validate(database_url, start, end, config, report_dir, docs_dir, window, devices, series_in_sql=True)
+
+
+def run_fleet_validation(database_url: str, start: datetime | None, end: datetime | None, config: CheckConfig, *,
+                         report_dir: str | Path, window: timedelta = timedelta(seconds=5),
+                         devices: Sequence[str] | None = None) -> PendingValidation:
+    """:func:`run_validation` without its per-series query: the fleet checks run, and the series checks
+    wait for metrics computed from rows read elsewhere (the scoring shards read every row anyway).
+
+    ``pending.report.fleet_ok`` is the fleet verdict already. Finish with :func:`complete_validation`,
+    which writes the report.
+    """
+    return _validate(database_url, start, end, config, report_dir, None, window, devices, series_in_sql=False)
+
+
+@dataclass
+class PendingValidation:
+    """A validation whose fleet checks ran and whose series checks wait for their stats."""
+
+    report: ValidationReport
+    database_url: str
+    report_dir: str
+    docs_index: str | None
+    thresholds: SeriesThresholds
+    ranges: Ranges | None  # None: no series checks to run (schema broken or no windows)
+    known: set[tuple[str, str]] = field(default_factory=set)  # series seen in the previous ranges
+
+
+def complete_validation(pending: PendingValidation, stats: list[SeriesStats] | None = None, *, metrics: Any = None,
+                        sql_devices: Sequence[str] = (), skipped: str = "") -> ValidationReport:
+    """Run the series checks of ``pending`` and write the report.
+
+    The stats are ``stats``, or those of ``metrics`` (a frame of ``ingestion.series_metrics``, with exact
+    follow-up counts where needed) plus the SQL query's for the devices in ``sql_devices``. ``skipped``
+    skips the series checks with that reason.
+    """
+    report = pending.report
+    try:
+        if pending.ranges is None or skipped:
+            why = skipped or "no windows to check"
+            outcome = SeriesOutcome([CheckResult(n, "series", None, detail=f"skipped: {why}") for n in SERIES_CHECKS])
+        else:
+            if stats is None:
+                engine = make_engine(pending.database_url)
+                stats = [] if metrics is None else stats_from_metrics(
+                    engine, metrics, report.start, report.end, report.devices, pending.ranges)
+                if sql_devices:
+                    stats += query_series_stats(engine, report.start, report.end, list(sql_devices), pending.ranges,
+                                                pending.thresholds.max_gap)
+                stats.sort(key=lambda s: (s.device, s.sensor))
+            outcome = decide(stats, pending.known, pending.thresholds, pending.ranges, report.start, report.end)
+            report.series = len(stats)
+            report.data_hash = fingerprint(stats)
+    except SQLAlchemyError as exc:
+        raise _store_error(exc, report.database) from exc
+    report.checks += outcome.checks
+    report.excluded = outcome.excluded
+    report.warnings = outcome.warnings
+    return _finish(report, pending.docs_index, pending.report_dir)
+
+
+def _validate(database_url: str, start: datetime | None, end: datetime | None, config: CheckConfig,
+              report_dir: str | Path, docs_dir: str | Path | None, window: timedelta,
+              devices: Sequence[str] | None, series_in_sql: bool) -> Any:
     thresholds = _thresholds(config, window)
     max_age = parse_duration(config.max_age, "data_checks.max_age")
     if start is not None and end is not None and start >= end:
@@ -66,12 +133,13 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
         database=shown, fleet_ok=False, checks=[], devices=device_list,
         config={**asdict(config), "window": window.total_seconds()},
     )
+    pending = PendingValidation(report, database_url, str(report_dir), None, thresholds, None)
     try:
         if not inspect(engine).has_table(windows.name):
             report.checks = [CheckResult("schema", FLEET, False, None, windows.name,
                                          f"table {windows.name} not found in {shown}")]
             report.checks += [CheckResult(n, FLEET, None, detail="skipped: schema check failed") for n in RANGE_CHECKS]
-            return _finish(report, None, report_dir)
+            return _finish(report, None, report_dir) if series_in_sql else pending
         from data_checks.ranges import load_learned_ranges, resolve_ranges
 
         ranges = resolve_ranges(config, load_learned_ranges(engine))
@@ -89,33 +157,38 @@ def run_validation(database_url: str, start: datetime | None, end: datetime | No
         # Great Expectations (~3 s) and runs the fleet suites: the database works with the GIL released.
         with ThreadPoolExecutor(1, thread_name_prefix="series-checks") as pool:
             series_query = pool.submit(query_series_stats, engine, start, end, device_list, ranges,
-                                       thresholds.max_gap)
+                                       thresholds.max_gap) if series_in_sql else None
             try:
                 from data_checks.gx_runner import run_fleet_checks
 
                 fleet = run_fleet_checks(engine, windows.name, start, end, device_list, plan, docs_dir)
             except BaseException:
-                series_query.cancel()
+                if series_query is not None:
+                    series_query.cancel()
                 raise
             report.checks = list(fleet.checks)
             report.rows = fleet.rows
+            report.fleet_ok = not report.failed_checks
+            pending.docs_index = fleet.docs_index
             if fleet.schema_ok and fleet.rows:
+                pending.ranges = ranges
+                pending.known = history.known if history else set()
+            if not series_in_sql:
+                return pending
+            stats = None
+            if pending.ranges is not None and series_query is not None:
                 stats = series_query.result()
-                outcome = decide(stats, history.known if history else set(), thresholds, ranges, start, end)
-                report.series = len(stats)
-                report.data_hash = fingerprint(stats)
-            else:  # the query may well have failed on a broken schema: that is the schema check's to say
-                if series_query.exception() is not None:
-                    log.debug("series query on a failed schema: %s", series_query.exception())
-                outcome = SeriesOutcome([CheckResult(n, "series", None, detail="skipped: no windows to check")
-                                         for n in SERIES_CHECKS])
-        report.checks += outcome.checks
-        report.excluded = outcome.excluded
-        report.warnings = outcome.warnings
-        return _finish(report, fleet.docs_index, report_dir)
+            elif series_query is not None and series_query.exception() is not None:
+                # the query may well have failed on a broken schema: that is the schema check's to say
+                log.debug("series query on a failed schema: %s", series_query.exception())
+        return complete_validation(pending, stats)
     except SQLAlchemyError as exc:
-        text = str(getattr(exc, "orig", None) or exc).strip()
-        raise StoreError(f"database {shown}: validation query failed: {text.splitlines()[0] if text else exc}") from exc
+        raise _store_error(exc, shown) from exc
+
+
+def _store_error(exc: SQLAlchemyError, shown: str) -> StoreError:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return StoreError(f"database {shown}: validation query failed: {text.splitlines()[0] if text else exc}")
 
 
 def _finish(report: ValidationReport, docs_index: str | None, report_dir: str | Path) -> ValidationReport:

@@ -194,6 +194,43 @@ def query_series_stats(engine: Engine, start: datetime | None, end: datetime | N
     return stats
 
 
+def stats_from_metrics(engine: Engine, metrics: Any, start: datetime | None, end: datetime | None,
+                       devices: Sequence[str] | None, ranges: Ranges) -> list[SeriesStats]:
+    """The stats of :func:`query_series_stats` from metrics computed outside the database
+    (``ingestion.series_metrics``: the scoring shards compute them from the rows they read).
+
+    As in the SQL way, a series whose min and max are finite and in range, with no NULL value, has no
+    bad value; the others get exact counts from one query limited to them. ``max_gap_s`` is exact for
+    every series (the SQL way gives 0 where no gap can reach ``max_gap``: the same decisions).
+    """
+    rows = list(metrics[["device", "sensor", "count", "first", "last", "max_gap_s", "min_value", "max_value",
+                         "non_null", "value_sum", "count_sum", "newest_update"]].itertuples(index=False))
+    rows.sort(key=lambda r: (str(r[0]), str(r[1])))
+
+    def value(v: Any) -> float | None:
+        return None if v is None or v != v else float(v)  # NaN: no non-NULL value
+
+    suspect = [(str(r[0]), str(r[1])) for r in rows
+               if not _values_clean(value(r[6]), value(r[7]), int(r[8]), int(r[2]), ranges.of(str(r[1])))]
+    bad_values: dict[tuple[str, str], tuple[int, int]] = {}
+    if suspect:
+        with engine.connect() as conn:
+            bad_values = _value_counts(conn, start, end, devices, ranges, suspect)
+    stats = []
+    for d, s, n, first, last, gap, lo, hi, _, total, counts, newest in rows:
+        key = (str(d), str(s))
+        non_finite, out_of_range = bad_values.get(key, (0, 0))
+        stats.append(SeriesStats(key[0], key[1], int(n), _as_datetime(first), _as_datetime(last), float(gap),
+                                 value(lo), value(hi), non_finite, out_of_range, float(total), int(counts),
+                                 None if newest is None or newest != newest else _as_datetime(newest)))
+    return stats
+
+
+def _as_datetime(value: Any) -> datetime:
+    """A naive ``datetime`` (what SQLAlchemy gives for the same column) from a pandas or numpy time."""
+    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else _as_time(value)
+
+
 # bucket sizes (seconds) that are a prefix of SQLite's time text "YYYY-MM-DD HH:MM:SS.ffffff"
 _TEXT_BUCKETS = ((86400, 10), (3600, 13), (600, 15), (60, 16), (10, 18), (1, 19))
 

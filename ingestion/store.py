@@ -240,15 +240,17 @@ class SensorStore:
         end: datetime | None = None,
         devices: Sequence[str] | None = None,
         sensors: Sequence[str] | None = None,
+        with_updated_at: bool = False,
     ) -> pd.DataFrame:
         """Windows in ``[start, end)`` (all when ``None``), for the given devices and sensors (all when
         ``None``), sorted by device, sensor, ts.
 
         Columns: device, sensor (str), ts (datetime64[ns]), value, value_min, value_max (float64),
-        value_count (int64).
+        value_count (int64), and updated_at (datetime64[ns]) when ``with_updated_at``.
         """
+        columns = [*WINDOW_COLUMNS, "updated_at"] if with_updated_at else WINDOW_COLUMNS
         if devices is not None and len(devices) == 0:
-            return _windows_frame(_empty_windows())
+            return _windows_frame(_empty_windows(with_updated_at))
         seek = self.dialect == "sqlite" and not self.generic and (start is not None or end is not None)
         if seek and devices is None:
             devices = self.devices()  # named devices and sensors: see below
@@ -269,15 +271,16 @@ class SensorStore:
                     continue
             clause, params = self._windows_where(start, end, group, group_sensors)
             if self.generic:
-                sql = f"SELECT {', '.join(WINDOW_COLUMNS)} FROM windows{clause}"
+                sql = f"SELECT {', '.join(columns)} FROM windows{clause}"
                 tables.append(_sort_by_key(self._query(sql, params), ["device", "sensor", "ts"]))
             elif self.dialect == "sqlite":
-                tables.append(self._read_sqlite_windows(clause, params))
+                tables.append(self._read_sqlite_windows(clause, params, columns))
             else:
                 order = ", ".join(self._order(c) for c in ("device", "sensor")) + ", ts"
-                sql = f"SELECT {', '.join(WINDOW_COLUMNS)} FROM windows{clause} ORDER BY {order}"
+                sql = f"SELECT {', '.join(columns)} FROM windows{clause} ORDER BY {order}"
                 tables.append(self._query(sql, params))
-        table = pa.concat_tables([_normalise_windows(t) for t in tables]) if tables else _empty_windows()
+        table = (pa.concat_tables([_normalise_windows(t) for t in tables]) if tables
+                 else _empty_windows(with_updated_at))
         return _windows_frame(table)
 
     def sensors_of(self, devices: Sequence[str] | None = None) -> list[str]:
@@ -311,14 +314,14 @@ class SensorStore:
         table = self._query(sql, params)
         return sorted(str(v) for v in table.column("sensor").to_pylist())
 
-    def _read_sqlite_windows(self, clause: str, params: list[Any]) -> pa.Table:
+    def _read_sqlite_windows(self, clause: str, params: list[Any], columns: Sequence[str]) -> pa.Table:
         """On SQLite: the rows without their device and sensor, which come once per series from a second
         query in the same snapshot (a fifth fewer values to fetch); both walk the primary key in order."""
         pk = "windows INDEXED BY sqlite_autoindex_windows_1"
         series, rows = self._queries([
             (f"SELECT device, sensor, count(*) AS n FROM {pk}{clause} GROUP BY device, sensor "
              "ORDER BY device, sensor", params),
-            (f"SELECT {', '.join(WINDOW_COLUMNS[2:])} FROM {pk}{clause} ORDER BY device, sensor, ts", params),
+            (f"SELECT {', '.join(columns[2:])} FROM {pk}{clause} ORDER BY device, sensor, ts", params),
         ])
         counts = series.column("n").to_numpy(zero_copy_only=False).astype(np.int64)
         if int(counts.sum()) != rows.num_rows:
@@ -327,7 +330,7 @@ class SensorStore:
         return pa.table({
             "device": series.column("device").cast(pa.string()).take(take),
             "sensor": series.column("sensor").cast(pa.string()).take(take),
-            **{name: rows.column(name) for name in WINDOW_COLUMNS[2:]},
+            **{name: rows.column(name) for name in columns[2:]},
         })
 
     def _windows_where(
@@ -452,8 +455,8 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _empty_windows() -> pa.Table:
-    return pa.table({
+def _empty_windows(with_updated_at: bool = False) -> pa.Table:
+    table = pa.table({
         "device": pa.array([], pa.string()),
         "sensor": pa.array([], pa.string()),
         "ts": pa.array([], pa.timestamp("ns")),
@@ -462,6 +465,7 @@ def _empty_windows() -> pa.Table:
         "value_max": pa.array([], pa.float64()),
         "value_count": pa.array([], pa.int64()),
     })
+    return table.append_column("updated_at", pa.array([], pa.timestamp("ns"))) if with_updated_at else table
 
 
 def _to_timestamp(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -487,6 +491,7 @@ def _normalise_windows(table: pa.Table) -> pa.Table:
         "value_min": table.column("value_min").cast(pa.float64()),
         "value_max": table.column("value_max").cast(pa.float64()),
         "value_count": table.column("value_count").cast(pa.int64()),
+        **({"updated_at": _to_timestamp(table.column("updated_at"))} if "updated_at" in table.column_names else {}),
     })
 
 
@@ -495,5 +500,7 @@ def _windows_frame(table: pa.Table) -> pd.DataFrame:
     for column in ("device", "sensor"):
         if str(frame[column].dtype) != "str":
             frame[column] = frame[column].astype("str")
-    frame["ts"] = frame["ts"].astype("datetime64[ns]")
+    for column in ("ts", "updated_at"):
+        if column in frame:
+            frame[column] = frame[column].astype("datetime64[ns]")
     return frame

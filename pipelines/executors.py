@@ -103,12 +103,13 @@ def run_shards(
     executor: str = "local",
     workers: int = 0,
     on_progress: ProgressCallback | None = None,
+    on_result: Callable[[ShardResult | ShardFailure], None] | None = None,
 ) -> list[ShardResult | ShardFailure]:
     """Call ``fn(*shard_args[i])`` for every shard on ``executor`` and return the results in order.
 
     ``executor`` is ``local`` (processes on this machine; ``workers`` of them, 0 = one per core) or
     ``dask://HOST:PORT`` (an existing Dask scheduler). A single shard, or one worker, runs in this
-    process: no pool start-up to pay for.
+    process: no pool start-up to pay for. ``on_result`` is called with each shard's result as it comes.
     """
     total = len(shard_args)
     results: list[ShardResult | ShardFailure | None] = [None] * total
@@ -120,6 +121,8 @@ def run_shards(
         done += 1
         if isinstance(item, ShardFailure):
             log.warning("shard %d failed: %s", item.shard, item.error)
+        if on_result is not None:
+            on_result(item)
         if on_progress is not None:
             on_progress(done, total)
 

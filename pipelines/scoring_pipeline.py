@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from data_checks import run_validation
+from data_checks import PendingValidation, run_fleet_validation, run_validation
 from fleetscore import __version__
 from fleetscore.errors import FleetscoreError, ScoringError
 from ingestion.run_log import RunLog, window_fingerprint
@@ -36,6 +36,7 @@ from ingestion.timeutil import parse_duration, utcnow
 from pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
 from pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
 from pipelines.settings import Settings
+from pipelines.shard_metrics import complete_from_shards, metrics_path
 from scoring import writer
 from scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
 from scoring.storage import Storage, storage_spec
@@ -198,8 +199,11 @@ class _Setup:
 
 
 def _setup(settings: Settings, start: datetime | None, end: datetime | None, release: str | None,
-           devices: Sequence[str] | None, skip_validation: bool, now: datetime | None) -> _Setup:
-    """Resolve the range, start the gate in another process, then resolve and load the release here."""
+           devices: Sequence[str] | None, skip_validation: bool, now: datetime | None,
+           fleet_checks_only: bool = False) -> _Setup:
+    """Resolve the range, start the gate in another process, then resolve and load the release here.
+
+    With ``fleet_checks_only`` the gate's series checks are left pending, for metrics from the shards."""
     from ingestion.store import SensorStore
 
     now = now or utcnow()
@@ -212,7 +216,8 @@ def _setup(settings: Settings, start: datetime | None, end: datetime | None, rel
     # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
     t0 = time.perf_counter()
     gate = None if skip_validation else run_in_background(
-        run_validation, settings.database_url, start, end, settings.data_checks,
+        run_fleet_validation if fleet_checks_only else run_validation, settings.database_url, start, end,
+        settings.data_checks,
         report_dir=Path(settings.home) / "reports" / "validation", window=window, devices=device_filter)
     setup = _Setup(start, end, window, release or settings.scoring.release, device_filter, skip_validation, now,
                    writer.new_run_id(now), storage, RunLog(settings.database_url), store, gate, t_gate=t0)
@@ -228,9 +233,14 @@ def _setup(settings: Settings, start: datetime | None, end: datetime | None, rel
     return setup
 
 
-def _gate_verdict(setup: _Setup) -> Any:
-    """Wait for the gate; record the run as failed and raise when it failed at fleet level."""
+def _gate_verdict(setup: _Setup, complete: Callable[[PendingValidation], Any] | None = None) -> Any:
+    """Wait for the gate; record the run as failed and raise when it failed at fleet level. A gate whose
+    series checks were left pending is completed by ``complete`` first."""
     report = setup.gate.result() if setup.gate is not None else None
+    if isinstance(report, PendingValidation):
+        if complete is None:
+            raise TypeError("a gate with pending series checks needs `complete`")
+        report = complete(report)
     setup.timings["gate"] = time.perf_counter() - setup.t_gate
     if report is not None:
         if not report.fleet_ok:
@@ -333,7 +343,7 @@ def _score_during_gate(
     if w_start is not None and any(not complete for _, complete in writer.list_runs(storage, w_start)) \
             and not force:
         return None  # maybe resumable: decided on the whole plan, after the gate
-    setup = _setup(settings, start, end, release, devices, False, None)
+    setup = _setup(settings, start, end, release, devices, False, None, fleet_checks_only=True)
     if any(not complete for _, complete in writer.list_runs(storage, setup.start)) and not force:
         _stop_gate(setup)
         return None
@@ -343,17 +353,23 @@ def _score_during_gate(
     if executor.startswith("dask://"):
         bundle = bundle_files(str(setup.resolved.bundle_dir))
     n_shards = provisional["n_shards"]
+    # the shards that start at once compute the gate's series metrics from their rows (a shard queued
+    # behind them could not: its turn comes only after the plan); the others' series are checked in SQL
+    at_once = min(n_shards, settings.workers or default_workers()) if executor == "local" else 0
     tasks = [(replace(shard_task(settings, provisional, i, bundle, part_delay), wait_for=f"{prefix}/{writer.PLAN}",
-                      parent_pid=os.getpid() if executor == "local" else 0),) for i in range(n_shards)]
+                      parent_pid=os.getpid() if executor == "local" else 0,
+                      metrics_to=metrics_path(prefix, i) if i < at_once else ""),) for i in range(n_shards)]
     if on_progress is not None:
         on_progress(0, n_shards)
     t0 = time.perf_counter()
+    finished: dict[int, Any] = {}
     pool = ThreadPoolExecutor(1)
     scoring = pool.submit(run_shards, score_shard, tasks, executor=executor, workers=settings.workers,
-                          on_progress=on_progress)
+                          on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r))
     pool.shutdown(wait=False)
     try:
-        report = _gate_verdict(setup)
+        report = _gate_verdict(setup, lambda pending: complete_from_shards(
+            pending, storage, prefix, provisional["shards"], range(at_once), finished, scoring))
         data_hash = _data_hash(setup, report)
         duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)

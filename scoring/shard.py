@@ -57,6 +57,9 @@ class ShardTask:
     # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
     wait_for: str = ""
     parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
+    # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
+    # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
+    metrics_to: str = ""
 
 
 def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -95,8 +98,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
 
     Keys: shard, rows, anomalies, series, failed ({"device/sensor": reason}), unscored (series with
     no model in the release), per_sensor ({sensor: [rows, anomalies]}), kernel_evaluations and
-    timings (load, read, score, encode and, when it waited for the plan, wait seconds; the writes
-    come after the outcome is saved, so they are not in it).
+    timings (load, read, metrics when asked for, score, encode and, when it waited for the plan, wait
+    seconds; the writes come after the outcome is saved, so they are not in it).
     """
     from ingestion.store import SensorStore
     from training.kernel import kernel_evaluations, missing_series, score_windows
@@ -107,8 +110,14 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    windows = SensorStore(task.database_url).read_windows(task.context_start, task.end, devices=list(task.devices))
+    windows = SensorStore(task.database_url).read_windows(task.context_start, task.end, devices=list(task.devices),
+                                                          with_updated_at=bool(task.metrics_to))
     timings["read"] = time.perf_counter() - t0
+    if task.metrics_to:
+        t0 = time.perf_counter()
+        _write_metrics(task, windows)
+        windows = windows.drop(columns="updated_at")
+        timings["metrics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     failed: dict[str, str] = {}
@@ -175,6 +184,17 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
         "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
     }
     return _Part(encode_part(predictions, task.csv), summary)
+
+
+def _write_metrics(task: ShardTask, windows: pd.DataFrame) -> None:
+    """Write the series metrics of the shard's rows in ``[start, end)`` to ``task.metrics_to``."""
+    import io
+
+    from ingestion.series_metrics import series_metrics
+
+    buffer = io.BytesIO()
+    series_metrics(windows, task.start, task.end).to_parquet(buffer, index=False, engine="pyarrow")
+    task.storage.open().write_bytes(task.metrics_to, buffer.getvalue())
 
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:

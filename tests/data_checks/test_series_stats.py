@@ -8,13 +8,23 @@ series right at those edges, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine
 
-from data_checks.series_checks import Ranges, query_series_stats
+from data_checks.series_checks import (
+    Ranges,
+    SeriesThresholds,
+    decide,
+    fingerprint,
+    query_series_stats,
+    stats_from_metrics,
+)
 from ingestion.schema import metadata, windows
+from ingestion.series_metrics import series_metrics
+from ingestion.store import SensorStore
 
 T0 = datetime(2024, 1, 1, 0, 0, 7)  # off the minute: buckets never line up with the windows
 RANGES = Ranges(by_sensor={"temp": (0.0, 50.0)}, source={"temp": "config"}, default=(-1e9, 1e9))
@@ -31,7 +41,7 @@ def _every(step_s: float, n: int, start: datetime = T0) -> list[datetime]:
 
 
 @pytest.fixture
-def stats(db_url: str) -> dict[str, object]:
+def filled_db(db_url: str) -> str:
     regular = _every(60, 120)
     rows = [
         *_series("regular", regular),
@@ -49,6 +59,15 @@ def stats(db_url: str) -> dict[str, object]:
         metadata.create_all(engine, tables=[windows])
         with engine.begin() as conn:
             conn.execute(windows.insert(), rows)
+    finally:
+        engine.dispose()
+    return db_url
+
+
+@pytest.fixture
+def stats(filled_db: str) -> dict[str, object]:
+    engine = create_engine(filled_db)
+    try:
         got = query_series_stats(engine, None, None, None, RANGES, timedelta(minutes=10))
     finally:
         engine.dispose()
@@ -67,3 +86,27 @@ def test_bad_values_are_counted_exactly(stats: dict[str, object]) -> None:
     assert counts == {"regular": (0, 0), "under": (0, 0), "at": (0, 0), "irregular": (0, 0),
                       "inf": (1, 0), "high": (0, 20)}
     assert stats["high"].count == 120 and stats["high"].max_value == 60.0  # type: ignore[attr-defined]
+
+
+def test_metrics_of_the_rows_read_give_the_stats_and_verdicts_of_the_query(filled_db: str) -> None:
+    """The scoring shards compute the metrics from the rows they read: the same stats (exact gaps where the
+    query only screens them), so the same exclusions and the same data fingerprint."""
+    start, end = T0, T0 + timedelta(hours=3)
+    engine = create_engine(filled_db)
+    try:
+        in_sql = query_series_stats(engine, start, end, None, RANGES, timedelta(minutes=10))
+        rows = SensorStore(filled_db).read_windows(start, end, with_updated_at=True)
+        from_rows = stats_from_metrics(engine, series_metrics(rows, start, end), start, end, None, RANGES)
+    finally:
+        engine.dispose()
+    assert [s.device for s in from_rows] == [s.device for s in in_sql]
+    assert {s.device: s.max_gap_s for s in from_rows} == pytest.approx(
+        {"regular": 60.0, "under": 599.0, "at": 600.0, "irregular": 37.0, "inf": 60.0, "high": 60.0})
+    for mine, theirs in zip(from_rows, in_sql, strict=True):
+        assert mine == replace(theirs, max_gap_s=mine.max_gap_s, value_sum=mine.value_sum)
+        assert mine.value_sum == pytest.approx(theirs.value_sum, rel=1e-12)
+    assert fingerprint(from_rows) == fingerprint(in_sql)
+    thresholds = SeriesThresholds(0.5, "fleet", timedelta(minutes=10), 0.1, timedelta(minutes=1))
+    verdict = [decide(stats, set(), thresholds, RANGES, start, end) for stats in (from_rows, in_sql)]
+    assert verdict[0].excluded == verdict[1].excluded
+    assert set(verdict[0].excluded) == {("under", "temp"), ("at", "temp"), ("inf", "temp"), ("high", "temp")}

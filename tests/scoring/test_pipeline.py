@@ -203,6 +203,46 @@ def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_
     assert writer.list_runs(sp.storage_for(settings), START) == [(result.run_id, True)]
 
 
+def test_the_shards_metrics_give_the_gate_the_same_report_as_its_own_query(stuck_fleet: dict) -> None:
+    """The shards that start at once compute the series metrics from their rows; the queued shard's series
+    are checked in SQL. The report is the standalone gate's, and the metrics files are gone after."""
+    from data_checks import run_validation
+
+    settings = stuck_fleet["settings"]
+    result = sp.score_window(settings, START, END, shards=3)  # 2 workers: shards 0 and 1 start at once
+    shards = result.manifest["shards"]
+    assert ["metrics" in shards[str(i)]["timings"] for i in range(3)] == [True, True, False]
+    run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
+    assert not (run_dir / "_series").exists()
+    scored = json.loads((run_dir / "validation.json").read_text())
+    alone = run_validation(settings.database_url, START, END, settings.data_checks,
+                           report_dir=Path(settings.home) / "alone")
+    assert scored["series"] == alone.series == 12
+    assert scored["data_hash"] == alone.data_hash
+    assert {(e["device"], e["sensor"]): e["reason"] for e in scored["excluded"]} == alone.excluded
+    assert [(c["name"], c["passed"]) for c in scored["checks"]] == [(c.name, c.passed) for c in alone.checks]
+
+
+def _fail_shard_zero_before_its_metrics(task: sp.ShardTask) -> dict:
+    if task.shard == 0:
+        assert task.metrics_to  # the shard the gate waits for
+        raise RuntimeError("disk on fire")
+    return score_shard(task)
+
+
+def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(Path(stuck_fleet["settings"].home), workers=1, **{"scoring.max_failed_fraction": 0.6})
+    monkeypatch.setattr(sp, "score_shard", _fail_shard_zero_before_its_metrics)
+    result = sp.score_window(settings, START, END, shards=2)  # one worker: shard 1 waits behind shard 0
+    assert result.failures == {"shard 0": "RuntimeError: disk on fire"}
+    assert result.manifest["excluded"] == {"6/2": "stuck: constant 35 over the whole range (120 windows)"}
+    from ingestion.run_log import window_fingerprint
+
+    assert result.manifest["data_hash"] == window_fingerprint(settings.database_url, START, END)
+    assert result.rows == 3 * 2 * 120 - 120  # devices 4-6 in shard 1, series 6/2 excluded
+
+
 def test_gate_failure_publishes_nothing(stuck_fleet: dict) -> None:
     from fleetscore.errors import ValidationFailed
 
