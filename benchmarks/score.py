@@ -150,6 +150,16 @@ def register(home: Path, bundle_dir: Path) -> str:
     return "champion"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of this machine so far (Linux ``/proc/stat``; zeros elsewhere). Steal is the
+    time a virtual machine's CPUs were ready to run but the host ran something else."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
 def run_fleetscore(home: Path, release: str, start: datetime, end: datetime) -> dict[str, float]:
     """``fleetscore score`` as a subprocess: seconds to manifest, to exit, and peak tree RSS."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -157,6 +167,7 @@ def run_fleetscore(home: Path, release: str, start: datetime, end: datetime) -> 
     args = [FLEETSCORE, "--home", str(home), "score", "--start", start.isoformat(), "--end", end.isoformat(),
             "--release", release]
     peak = [0]
+    ticks0 = cpu_ticks()
     t0 = time.time()
     proc = subprocess.Popen(args, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
@@ -175,13 +186,16 @@ def run_fleetscore(home: Path, release: str, start: datetime, end: datetime) -> 
     watcher.start()
     out, err = proc.communicate()
     t_exit = time.time() - t0
+    ticks1 = cpu_ticks()
     done.set()
     watcher.join()
     if proc.returncode != 0:
         raise SystemExit(f"fleetscore score failed:\n{out}\n{err}")
     manifest_path = next((home / "blob").rglob("manifest.json"))
     manifest = json.loads(manifest_path.read_text())
-    return {"to_manifest": manifest_path.stat().st_mtime - t0, "to_exit": t_exit, "peak_rss": peak[0],
+    spent = ticks1[0] - ticks0[0]
+    steal = (ticks1[1] - ticks0[1]) / spent if spent > 0 else 0.0
+    return {"to_manifest": manifest_path.stat().st_mtime - t0, "to_exit": t_exit, "peak_rss": peak[0], "steal": steal,
             "manifest": manifest, "stdout": out.strip()}  # type: ignore[dict-item]
 
 
@@ -298,6 +312,7 @@ def main() -> None:
     print(f"  shards ({manifest['n_shards']}, summed over workers): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in shard_t.items()))
     print(f"  peak memory (process tree RSS): {ours['peak_rss'] / 2**20:,.0f} MiB")
+    print(f"  CPU time stolen by the VM's host during the run: {ours['steal']:.1%} (0% on a machine of its own)")
 
     k = kernel_vs_bound(settings.database_url, bundle_dir, START, end)
     print(f"\nkernel alone (decision_function on the features), one core: {k['kernel']:.3f} s for "
