@@ -26,6 +26,7 @@ from data_checks.config import CheckConfig
 from data_checks.plan import RANGE_CHECKS, RangePlan
 from data_checks.report import FLEET, CheckResult, ValidationReport
 from data_checks.series_checks import (
+    KEYED_QUERY_MAX,
     SERIES_CHECKS,
     History,
     Ranges,
@@ -103,8 +104,11 @@ def complete_validation(pending: PendingValidation, stats: list[SeriesStats] | N
                 stats = [] if metrics is None else stats_from_metrics(
                     engine, metrics, report.start, report.end, report.devices, pending.ranges)
                 if sql_devices:
-                    stats += query_series_stats(engine, report.start, report.end, list(sql_devices), pending.ranges,
-                                                pending.thresholds.max_gap)
+                    # named in the query up to KEYED_QUERY_MAX devices; past that, the whole range, kept to them
+                    wanted = set(sql_devices)
+                    named = sorted(wanted) if len(wanted) <= KEYED_QUERY_MAX else report.devices
+                    stats += [s for s in query_series_stats(engine, report.start, report.end, named, pending.ranges,
+                                                            pending.thresholds.max_gap) if s.device in wanted]
                 stats.sort(key=lambda s: (s.device, s.sensor))
             outcome = decide(stats, pending.known, pending.thresholds, pending.ranges, report.start, report.end)
             report.series = len(stats)

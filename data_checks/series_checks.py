@@ -45,7 +45,7 @@ from ingestion.schema import windows
 MAX_FLOAT = 1.7976931348623157e308
 SERIES_CHECKS = ("completeness", "gaps", "stuck", "finite", "range")
 _SHOWN = 5  # series named in a check's detail
-_KEYED_QUERY_MAX = 500  # a follow-up query names at most this many series; past it, it computes all
+KEYED_QUERY_MAX = 500  # a follow-up query names at most this many series; past it, it computes all
 EPOCH = datetime(1970, 1, 1)
 
 
@@ -280,7 +280,7 @@ def _value_counts(conn: Connection, start: datetime | None, end: datetime | None
     out_of_range = and_(not_(non_finite), or_(value < _per_sensor(w.sensor, ranges, 0),
                                               value > _per_sensor(w.sensor, ranges, 1)))
     conds = _filters(start, end, devices)
-    if len(keys) <= _KEYED_QUERY_MAX:
+    if len(keys) <= KEYED_QUERY_MAX:
         conds.append(tuple_(w.device, w.sensor).in_(keys))
     query = (select(w.device, w.sensor, func.sum(case((non_finite, 1), else_=0)),
                     func.sum(case((out_of_range, 1), else_=0)))
@@ -326,7 +326,7 @@ def _exact_gaps(conn: Connection, engine: Engine, start: datetime | None, end: d
     w = windows.c
     prev = func.lag(w.ts).over(partition_by=(w.device, w.sensor), order_by=w.ts)
     conds = _filters(start, end, devices)
-    if len(keys) <= _KEYED_QUERY_MAX:
+    if len(keys) <= KEYED_QUERY_MAX:
         conds.append(tuple_(w.device, w.sensor).in_(keys))
     inner = select(w.device, w.sensor, w.ts, prev.label("prev")).where(and_(*conds)).subquery("g")
     gap = _seconds_since(engine, inner.c.ts, EPOCH) - _seconds_since(engine, inner.c.prev, EPOCH)

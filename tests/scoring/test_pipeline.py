@@ -230,10 +230,14 @@ def _fail_shard_zero_before_its_metrics(task: sp.ShardTask) -> dict:
     return score_shard(task)
 
 
-def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: dict,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("named_max", [500, 2])  # 2: too many devices to name, the SQL query takes the range
+def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: dict, monkeypatch: pytest.MonkeyPatch,
+                                                                   named_max: int) -> None:
+    import data_checks.gate
+
     settings = settings_for(Path(stuck_fleet["settings"].home), workers=1, **{"scoring.max_failed_fraction": 0.6})
     monkeypatch.setattr(sp, "score_shard", _fail_shard_zero_before_its_metrics)
+    monkeypatch.setattr(data_checks.gate, "KEYED_QUERY_MAX", named_max)
     result = sp.score_window(settings, START, END, shards=2)  # one worker: shard 1 waits behind shard 0
     assert result.failures == {"shard 0": "RuntimeError: disk on fire"}
     assert result.manifest["excluded"] == {"6/2": "stuck: constant 35 over the whole range (120 windows)"}
