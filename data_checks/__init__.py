@@ -16,9 +16,15 @@ Great Expectations is imported only when a validation runs (it takes about 3 s t
 """
 
 from data_checks.config import CheckConfig
-from data_checks.gate import PendingValidation, complete_validation, run_fleet_validation, run_validation
+from data_checks.gate import (
+    PendingValidation,
+    complete_validation,
+    run_fleet_validation,
+    run_validation,
+    series_stats_in_sql,
+)
 from data_checks.ranges import learn_ranges
 from data_checks.report import CheckResult, ValidationReport, load_report
 
 __all__ = ["CheckConfig", "CheckResult", "PendingValidation", "ValidationReport", "complete_validation", "learn_ranges",
-           "load_report", "run_fleet_validation", "run_validation"]
+           "load_report", "run_fleet_validation", "run_validation", "series_stats_in_sql"]

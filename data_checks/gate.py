@@ -89,9 +89,9 @@ def complete_validation(pending: PendingValidation, stats: list[SeriesStats] | N
                         sql_devices: Sequence[str] = (), skipped: str = "") -> ValidationReport:
     """Run the series checks of ``pending`` and write the report.
 
-    The stats are ``stats``, or those of ``metrics`` (a frame of ``ingestion.series_metrics``, with exact
-    follow-up counts where needed) plus the SQL query's for the devices in ``sql_devices``. ``skipped``
-    skips the series checks with that reason.
+    The series stats are ``stats``, plus those of ``metrics`` (a frame of ``ingestion.series_metrics``,
+    with exact follow-up counts where needed), plus the SQL query's for the devices in ``sql_devices``.
+    ``skipped`` skips the series checks with that reason.
     """
     report = pending.report
     try:
@@ -99,26 +99,49 @@ def complete_validation(pending: PendingValidation, stats: list[SeriesStats] | N
             why = skipped or "no windows to check"
             outcome = SeriesOutcome([CheckResult(n, "series", None, detail=f"skipped: {why}") for n in SERIES_CHECKS])
         else:
-            if stats is None:
+            combined = list(stats or [])
+            if metrics is not None or sql_devices:
                 engine = make_engine(pending.database_url)
-                stats = [] if metrics is None else stats_from_metrics(
-                    engine, metrics, report.start, report.end, report.devices, pending.ranges)
+                if metrics is not None:
+                    combined += stats_from_metrics(engine, metrics, report.start, report.end, report.devices,
+                                                   pending.ranges)
                 if sql_devices:
-                    # named in the query up to KEYED_QUERY_MAX devices; past that, the whole range, kept to them
-                    wanted = set(sql_devices)
-                    named = sorted(wanted) if len(wanted) <= KEYED_QUERY_MAX else report.devices
-                    stats += [s for s in query_series_stats(engine, report.start, report.end, named, pending.ranges,
-                                                            pending.thresholds.max_gap) if s.device in wanted]
-                stats.sort(key=lambda s: (s.device, s.sensor))
-            outcome = decide(stats, pending.known, pending.thresholds, pending.ranges, report.start, report.end)
-            report.series = len(stats)
-            report.data_hash = fingerprint(stats)
+                    combined += _stats_of(engine, report.start, report.end, report.devices, pending.ranges,
+                                          pending.thresholds.max_gap, sql_devices)
+                combined.sort(key=lambda s: (s.device, s.sensor))
+            outcome = decide(combined, pending.known, pending.thresholds, pending.ranges, report.start, report.end)
+            report.series = len(combined)
+            report.data_hash = fingerprint(combined)
     except SQLAlchemyError as exc:
         raise _store_error(exc, report.database) from exc
     report.checks += outcome.checks
     report.excluded = outcome.excluded
     report.warnings = outcome.warnings
     return _finish(report, pending.docs_index, pending.report_dir)
+
+
+def series_stats_in_sql(database_url: str, start: datetime | None, end: datetime | None, config: CheckConfig, *,
+                        keep: Sequence[str], window: timedelta = timedelta(seconds=5),
+                        devices: Sequence[str] | None = None) -> list[SeriesStats]:
+    """The gate's per-series stats of the devices ``keep``, from its SQL query (for the series that no
+    shard computes metrics for); pass them to :func:`complete_validation` as ``stats``."""
+    engine = make_engine(database_url)
+    try:
+        from data_checks.ranges import load_learned_ranges, resolve_ranges
+
+        ranges = resolve_ranges(config, load_learned_ranges(engine))
+        return _stats_of(engine, start, end, devices, ranges, _thresholds(config, window).max_gap, keep)
+    except SQLAlchemyError as exc:
+        raise _store_error(exc, engine.url.render_as_string(hide_password=True)) from exc
+
+
+def _stats_of(engine: Engine, start: datetime | None, end: datetime | None, devices: Sequence[str] | None,
+              ranges: Ranges, max_gap: timedelta, keep: Sequence[str]) -> list[SeriesStats]:
+    """The SQL query's stats of the devices ``keep``: named in the query up to KEYED_QUERY_MAX devices;
+    past that, the whole range (of ``devices``), kept to them."""
+    wanted = set(keep)
+    named = sorted(wanted) if len(wanted) <= KEYED_QUERY_MAX else devices
+    return [s for s in query_series_stats(engine, start, end, named, ranges, max_gap) if s.device in wanted]
 
 
 def _validate(database_url: str, start: datetime | None, end: datetime | None, config: CheckConfig,

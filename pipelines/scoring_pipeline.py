@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from data_checks import PendingValidation, run_fleet_validation, run_validation
+from data_checks import PendingValidation, run_fleet_validation, run_validation, series_stats_in_sql
 from fleetscore import __version__
 from fleetscore.errors import FleetscoreError, ScoringError
 from ingestion.run_log import RunLog, window_fingerprint
@@ -363,13 +363,17 @@ def _score_during_gate(
         on_progress(0, n_shards)
     t0 = time.perf_counter()
     finished: dict[int, Any] = {}
-    pool = ThreadPoolExecutor(1)
+    queued = [device for devices in provisional["shards"][at_once:] for device in devices]
+    pool = ThreadPoolExecutor(2)
     scoring = pool.submit(run_shards, score_shard, tasks, executor=executor, workers=settings.workers,
                           on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r))
+    # the queued shards' series: the gate's SQL query, beside the first shards and the fleet checks
+    others = pool.submit(series_stats_in_sql, settings.database_url, setup.start, setup.end, settings.data_checks,
+                         keep=queued, window=setup.window, devices=setup.device_filter) if queued else None
     pool.shutdown(wait=False)
     try:
         report = _gate_verdict(setup, lambda pending: complete_from_shards(
-            pending, storage, prefix, provisional["shards"], range(at_once), finished, scoring))
+            pending, storage, prefix, provisional["shards"], range(at_once), finished, scoring, others))
         data_hash = _data_hash(setup, report)
         duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)

@@ -3,8 +3,9 @@
 In a run scored during the gate, the gate runs its fleet checks (``data_checks.run_fleet_validation``)
 and the shards that start at once each write the per-series metrics of their rows
 (``ingestion.series_metrics``) before they wait for the plan: the gate's own per-series query would
-scan the same rows again. This module waits for those metrics, queries SQL for the series of the other
-shards (queued behind the first ones, or failed before writing), and completes the validation report.
+scan the same rows again. The series of the shards queued behind them are checked by the SQL query,
+started at once beside them (``data_checks.series_stats_in_sql``). This module waits for the metrics,
+checks in SQL the series of a shard that ended without writing them, and completes the report.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ def metrics_path(prefix: str, shard: int) -> str:
 
 def complete_from_shards(pending: PendingValidation, storage: Storage, prefix: str,
                          devices_by_shard: Sequence[Sequence[str]], expected: Sequence[int],
-                         finished: Mapping[int, Any], scoring: Future[Any]) -> ValidationReport:
+                         finished: Mapping[int, Any], scoring: Future[Any],
+                         others: Future[Any] | None = None) -> ValidationReport:
     """Complete ``pending`` once each shard in ``expected`` has written its metrics or ended without them.
 
     ``finished`` fills with the results of the shards that ended (a shard that wrote metrics only ends
     after the plan, so an early end is a failure); when ``scoring`` itself ends, no more metrics come.
-    The series of every other shard get the gate's SQL query. The metrics files are removed after.
+    ``others`` gives the SQL stats of the shards not in ``expected``. The metrics files are removed after.
     """
     if not pending.report.fleet_ok:
         return complete_validation(pending, skipped="the fleet checks failed")
@@ -58,8 +60,9 @@ def complete_from_shards(pending: PendingValidation, storage: Storage, prefix: s
         if waiting:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)
-    in_sql = [device for shard, devices in enumerate(devices_by_shard) if shard not in got for device in devices]
+    failed = [device for shard in expected if shard not in got for device in devices_by_shard[shard]]
     metrics = pd.concat(frames, ignore_index=True) if frames else None
-    report = complete_validation(pending, metrics=metrics, sql_devices=in_sql)
+    stats = others.result() if others is not None else None
+    report = complete_validation(pending, stats, metrics=metrics, sql_devices=failed)
     storage.remove_tree(f"{prefix}/{METRICS_FOLDER}")
     return report
