@@ -340,11 +340,10 @@ def _score_during_gate(
 
     storage = storage_for(settings)
     w_start = start
-    if w_start is not None and any(not complete for _, complete in writer.list_runs(storage, w_start)) \
-            and not force:
+    if w_start is not None and _planned_incomplete(storage, w_start) and not force:
         return None  # maybe resumable: decided on the whole plan, after the gate
     setup = _setup(settings, start, end, release, devices, False, None, fleet_checks_only=True)
-    if any(not complete for _, complete in writer.list_runs(storage, setup.start)) and not force:
+    if _planned_incomplete(storage, setup.start) and not force:
         _stop_gate(setup)
         return None
     provisional = _plan(settings, setup, None, "", shards, csv)
@@ -442,6 +441,13 @@ def score_one_shard(settings: Settings, start: datetime, run_id: str, shard: int
     if not 0 <= shard < plan["n_shards"]:
         raise ScoringError(f"run {run_id}: no shard {shard} (the plan has {plan['n_shards']})")
     return score_shard(shard_task(settings, plan, shard))
+
+
+def _planned_incomplete(storage: Storage, start: datetime) -> bool:
+    """Whether the window has an incomplete run with a plan (one that may have to be resumed). A run
+    killed before its plan left at most its shards' series metrics: nothing to resume."""
+    return any(not complete and storage.exists(f"{writer.run_prefix(start, run_id)}/{writer.PLAN}")
+               for run_id, complete in writer.list_runs(storage, start))
 
 
 def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], force: bool) -> str | None:

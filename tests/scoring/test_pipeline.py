@@ -223,6 +223,20 @@ def test_the_shards_metrics_give_the_gate_the_same_report_as_its_own_query(stuck
     assert [(c["name"], c["passed"]) for c in scored["checks"]] == [(c.name, c.passed) for c in alone.checks]
 
 
+def test_a_run_killed_before_its_plan_leaves_nothing_to_resume(stuck_fleet: dict) -> None:
+    """Killed during the gate, a run leaves at most its shards' series metrics (no plan): the next run of
+    the window is scored during the gate as usual, and readers never see the leftover."""
+    settings = stuck_fleet["settings"]
+    storage = sp.storage_for(settings)
+    dead = writer.run_prefix(START, "20240101T000000000-dead00")
+    storage.write_bytes(f"{dead}/_series/shard-00000.parquet", b"PAR1")
+    result = sp.score_window(settings, START, END, shards=3)
+    run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
+    assert "scored during the gate" in (run_dir / "run.log").read_text()
+    assert writer.latest_run(storage, START) == result.run_id
+    assert len(writer.read_predictions(settings.storage_url)) == 11 * 120
+
+
 def _fail_shard_zero_before_its_metrics(task: sp.ShardTask) -> dict:
     if task.shard == 0:
         assert task.metrics_to  # the shard the gate waits for
