@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from data_checks.report import SERIES, WARNING, CheckResult, format_duration
 from ingestion.schema import windows
+from ingestion.series_metrics import METRIC_COLUMNS
 
 MAX_FLOAT = 1.7976931348623157e308
 SERIES_CHECKS = ("completeness", "gaps", "stuck", "finite", "range")
@@ -203,8 +204,7 @@ def stats_from_metrics(engine: Engine, metrics: Any, start: datetime | None, end
     bad value; the others get exact counts from one query limited to them. ``max_gap_s`` is exact for
     every series (the SQL way gives 0 where no gap can reach ``max_gap``: the same decisions).
     """
-    rows = list(metrics[["device", "sensor", "count", "first", "last", "max_gap_s", "min_value", "max_value",
-                         "non_null", "value_sum", "count_sum", "newest_update"]].itertuples(index=False))
+    rows = list(metrics[list(METRIC_COLUMNS)].itertuples(index=False))
     rows.sort(key=lambda r: (str(r[0]), str(r[1])))
 
     def value(v: Any) -> float | None:

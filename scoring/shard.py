@@ -113,9 +113,10 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     windows = SensorStore(task.database_url).read_windows(task.context_start, task.end, devices=list(task.devices),
                                                           with_updated_at=bool(task.metrics_to))
     timings["read"] = time.perf_counter() - t0
+    storage = task.storage.open()
     if task.metrics_to:
         t0 = time.perf_counter()
-        _write_metrics(task, windows)
+        _write_metrics(storage, task, windows)
         windows = windows.drop(columns="updated_at")
         timings["metrics"] = time.perf_counter() - t0
 
@@ -139,7 +140,6 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     part = _build_part(scored, task)
     timings["encode"] = time.perf_counter() - t0
-    storage = task.storage.open()
     if task.wait_for:
         t0 = time.perf_counter()
         plan = _wait_for_plan(storage, task)
@@ -186,7 +186,7 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
     return _Part(encode_part(predictions, task.csv), summary)
 
 
-def _write_metrics(task: ShardTask, windows: pd.DataFrame) -> None:
+def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None:
     """Write the series metrics of the shard's rows in ``[start, end)`` to ``task.metrics_to``."""
     import io
 
@@ -194,7 +194,7 @@ def _write_metrics(task: ShardTask, windows: pd.DataFrame) -> None:
 
     buffer = io.BytesIO()
     series_metrics(windows, task.start, task.end).to_parquet(buffer, index=False, engine="pyarrow")
-    task.storage.open().write_bytes(task.metrics_to, buffer.getvalue())
+    storage.write_bytes(task.metrics_to, buffer.getvalue())
 
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:

@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.errors import ConfigError
+from ingestion.series_metrics import series_starts
+
+__all__ = ["FEATURES", "WINDOW_COLUMNS", "check_features", "compute_features", "context_windows", "series_starts"]
 
 FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta")
 WINDOW_COLUMNS: tuple[str, ...] = ("device", "sensor", "ts", "value", "value_min", "value_max", "value_count")
@@ -46,18 +49,6 @@ def context_windows(features: Sequence[str], rolling_window: int) -> int:
     if "delta" in features:
         need = max(need, 1)
     return need
-
-
-def series_starts(windows: pd.DataFrame) -> np.ndarray:
-    """Row positions where a new (device, sensor) series starts, plus ``len(windows)`` at the end."""
-    n = len(windows)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    device = windows["device"]
-    sensor = windows["sensor"]
-    new = (device != device.shift()).to_numpy(dtype=bool) | (sensor != sensor.shift()).to_numpy(dtype=bool)
-    new[0] = True
-    return np.append(np.flatnonzero(new), n).astype(np.int64)
 
 
 def compute_features(
