@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import ingestion.ingest as ingest_module
-from ingestion.ingest import ingest_files
-from ingestion.store import SensorStore
+import fleetscore.ingestion.ingest as ingest_module
+from fleetscore.ingestion.ingest import ingest_files
+from fleetscore.ingestion.store import SensorStore
 
 
 def main() -> None:

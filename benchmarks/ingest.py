@@ -32,7 +32,7 @@ SERIES = (100, 5)  # devices x sensors
 
 
 def _simulate(readings: int, path: Path) -> None:
-    from ingestion.simulate import SimulationSpec, plan_anomalies, write_readings
+    from fleetscore.ingestion.simulate import SimulationSpec, plan_anomalies, write_readings
 
     steps = max(1, readings // (SERIES[0] * SERIES[1]))
     spec = SimulationSpec(devices=SERIES[0], sensors=SERIES[1], duration=timedelta(seconds=steps),
@@ -41,7 +41,7 @@ def _simulate(readings: int, path: Path) -> None:
 
 
 def _child_ingest(url: str, path: str) -> None:
-    from ingestion.ingest import ingest_files
+    from fleetscore.ingestion.ingest import ingest_files
 
     start, cpu = time.perf_counter(), time.process_time()
     report = ingest_files(url, [path])

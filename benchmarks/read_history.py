@@ -32,7 +32,7 @@ T0 = datetime(2024, 1, 1)
 
 def build(path: Path, devices: int, hours: int) -> None:
     """The store's schema, then D x 5 series of H hours of windows, in key order."""
-    from ingestion.store import SensorStore, format_time
+    from fleetscore.ingestion.store import SensorStore, format_time
 
     store = SensorStore(f"sqlite:///{path}")
     store.create_schema()
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=72)
     parser.add_argument("--db", type=Path, default=None, help="reuse (or build once) this store")
     args = parser.parse_args()
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.store import SensorStore
 
     path = args.db or Path(tempfile.mkdtemp(prefix="fleetscore-bench-history-")) / "store.db"
     if not path.exists():

@@ -58,7 +58,7 @@ def main() -> None:
     import pyarrow.compute as pc
 
     from benchmarks.score import make_windows, store
-    from ingestion.store import (
+    from fleetscore.ingestion.store import (
         WINDOW_COLUMNS,
         SensorStore,
         _adbc_sqlite_read,

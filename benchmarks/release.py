@@ -29,11 +29,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.executors import ShardFailure, ShardResult, default_workers, run_shards
-from training.bundle import ReleaseBundle
-from training.config import TrainingConfig
-from training.features import compute_features, series_starts
-from training.fit import fit_shard
+from fleetscore.pipelines.executors import ShardFailure, ShardResult, default_workers, run_shards
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.features import compute_features, series_starts
+from fleetscore.training.fit import fit_shard
 
 RANGES = ((10, 15), (30, 40), (60, 65), (80, 85), (100, 110))
 SENSORS = 5
@@ -128,7 +128,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="fleetscore-bench-"))
     try:
-        from training import registry
+        from fleetscore.training import registry
 
         uri = f"sqlite:///{root / 'mlflow.db'}"
         t = time.perf_counter()

@@ -90,7 +90,7 @@ def make_windows(series: int, windows: int, start: datetime, seed: int) -> pd.Da
 def store(database_url: str, frame: pd.DataFrame) -> None:
     """Bulk-load windows into the store's SQLite table through sqlite3 (never ADBC's own SQLite copy for
     writing: see ingestion/engine.py), in key order with a large page cache."""
-    from ingestion.store import SensorStore, format_time
+    from fleetscore.ingestion.store import SensorStore, format_time
 
     sensor_store = SensorStore(database_url)
     sensor_store.create_schema()
@@ -115,10 +115,10 @@ def store(database_url: str, frame: pd.DataFrame) -> None:
 
 def fit_release(train: pd.DataFrame, series: int) -> object:
     """Fit the training defaults on ``train`` (2 processes); tile the models up to ``series`` keys."""
-    from pipelines.executors import run_shards
-    from training.bundle import ReleaseBundle
-    from training.config import TrainingConfig
-    from training.fit import fit_shard
+    from fleetscore.pipelines.executors import run_shards
+    from fleetscore.training.bundle import ReleaseBundle
+    from fleetscore.training.config import TrainingConfig
+    from fleetscore.training.fit import fit_shard
 
     config = TrainingConfig()
     devices = sorted(train["device"].unique(), key=int)
@@ -140,8 +140,8 @@ def fit_release(train: pd.DataFrame, series: int) -> object:
 
 def register(home: Path, bundle_dir: Path) -> str:
     """Register the bundle as the champion of a local MLflow store; returns the --release to use."""
-    from pipelines.settings import load_settings
-    from training.registry import move_alias, register_release
+    from fleetscore.pipelines.settings import load_settings
+    from fleetscore.training.registry import move_alias, register_release
 
     settings = load_settings({"home": str(home)}, environ={})
     version, _ = register_release(settings.tracking_uri, settings.training.model_name, bundle_dir, "bench",
@@ -228,10 +228,10 @@ def run_baseline(work: Path, frame: pd.DataFrame, bundle: object, models: int) -
 
 def kernel_vs_bound(database_url: str, bundle_dir: Path, start: datetime, end: datetime) -> dict[str, float]:
     """The kernel on all series in this process (one core) and the compute bound measured here."""
-    from ingestion.store import SensorStore
-    from training.bundle import ReleaseBundle
-    from training.features import compute_features, series_starts
-    from training.kernel import decision_function, kernel_evaluations, score_windows
+    from fleetscore.ingestion.store import SensorStore
+    from fleetscore.training.bundle import ReleaseBundle
+    from fleetscore.training.features import compute_features, series_starts
+    from fleetscore.training.kernel import decision_function, kernel_evaluations, score_windows
 
     bundle = ReleaseBundle.load(bundle_dir)
     windows = SensorStore(database_url).read_windows(start, end)
@@ -273,7 +273,7 @@ def main() -> None:
         raise SystemExit("--series must be a multiple of 5 (devices x 5 sensors)")
     work = Path(tempfile.mkdtemp(prefix="fleetscore-bench-score-"))
     home = work / ".fleetscore"
-    from pipelines.settings import load_settings
+    from fleetscore.pipelines.settings import load_settings
 
     settings = load_settings({"home": str(home)}, environ={})
     end = START + timedelta(seconds=5 * args.windows)

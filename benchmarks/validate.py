@@ -41,7 +41,7 @@ CHILD = """
 import json, resource, sys, time
 from datetime import datetime
 t0 = time.perf_counter()
-from data_checks import CheckConfig, run_validation
+from fleetscore.data_checks import CheckConfig, run_validation
 imported = time.perf_counter() - t0
 url, report_dir = sys.argv[1], sys.argv[2]
 t1 = time.perf_counter()
@@ -77,7 +77,7 @@ def fill_sqlite(path: Path, devices: int, per_series: int) -> None:
     """Create the schema with ingestion.schema, then bulk-insert with sqlite3 executemany."""
     from sqlalchemy import create_engine
 
-    from ingestion.schema import metadata
+    from fleetscore.ingestion.schema import metadata
 
     path.unlink(missing_ok=True)
     engine = create_engine(f"sqlite:///{path}")
@@ -99,7 +99,7 @@ def fill_postgres(url: str, devices: int, per_series: int) -> None:
     import psycopg
     from sqlalchemy import create_engine
 
-    from ingestion.schema import metadata
+    from fleetscore.ingestion.schema import metadata
 
     engine = create_engine(url)
     metadata.drop_all(engine)

@@ -15,16 +15,16 @@ Public API (the release and scoring pipelines call exactly this)::
 Great Expectations is imported only when a validation runs (it takes about 3 s to import).
 """
 
-from data_checks.config import CheckConfig
-from data_checks.gate import (
+from fleetscore.data_checks.config import CheckConfig
+from fleetscore.data_checks.gate import (
     PendingValidation,
     complete_validation,
     run_fleet_validation,
     run_validation,
     series_stats_in_sql,
 )
-from data_checks.ranges import learn_ranges
-from data_checks.report import CheckResult, ValidationReport, load_report
+from fleetscore.data_checks.ranges import learn_ranges
+from fleetscore.data_checks.report import CheckResult, ValidationReport, load_report
 
 __all__ = ["CheckConfig", "CheckResult", "PendingValidation", "ValidationReport", "complete_validation", "learn_ranges",
            "load_report", "run_fleet_validation", "run_validation", "series_stats_in_sql"]

@@ -22,10 +22,10 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from data_checks.config import CheckConfig
-from data_checks.plan import RANGE_CHECKS, RangePlan
-from data_checks.report import FLEET, CheckResult, ValidationReport
-from data_checks.series_checks import (
+from fleetscore.data_checks.config import CheckConfig
+from fleetscore.data_checks.plan import RANGE_CHECKS, RangePlan
+from fleetscore.data_checks.report import FLEET, CheckResult, ValidationReport
+from fleetscore.data_checks.series_checks import (
     KEYED_QUERY_MAX,
     SERIES_CHECKS,
     History,
@@ -40,9 +40,9 @@ from data_checks.series_checks import (
     stats_from_metrics,
 )
 from fleetscore.errors import ConfigError, StoreError
-from ingestion.engine import make_engine
-from ingestion.schema import windows
-from ingestion.timeutil import parse_duration, utcnow
+from fleetscore.ingestion.engine import make_engine
+from fleetscore.ingestion.schema import windows
+from fleetscore.ingestion.timeutil import parse_duration, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def series_stats_in_sql(database_url: str, start: datetime | None, end: datetime
     shard computes metrics for); pass them to :func:`complete_validation` as ``stats``."""
     engine = make_engine(database_url)
     try:
-        from data_checks.ranges import load_learned_ranges, resolve_ranges
+        from fleetscore.data_checks.ranges import load_learned_ranges, resolve_ranges
 
         ranges = resolve_ranges(config, load_learned_ranges(engine))
         return _stats_of(engine, start, end, devices, ranges, _thresholds(config, window).max_gap, keep)
@@ -167,7 +167,7 @@ def _validate(database_url: str, start: datetime | None, end: datetime | None, c
                                          f"table {windows.name} not found in {shown}")]
             report.checks += [CheckResult(n, FLEET, None, detail="skipped: schema check failed") for n in RANGE_CHECKS]
             return _finish(report, None, report_dir) if series_in_sql else pending
-        from data_checks.ranges import load_learned_ranges, resolve_ranges
+        from fleetscore.data_checks.ranges import load_learned_ranges, resolve_ranges
 
         ranges = resolve_ranges(config, load_learned_ranges(engine))
         report.ranges = {s: {"low": lo, "high": hi, "source": ranges.source[s]}
@@ -186,7 +186,7 @@ def _validate(database_url: str, start: datetime | None, end: datetime | None, c
             series_query = pool.submit(query_series_stats, engine, start, end, device_list, ranges,
                                        thresholds.max_gap) if series_in_sql else None
             try:
-                from data_checks.gx_runner import run_fleet_checks
+                from fleetscore.data_checks.gx_runner import run_fleet_checks
 
                 fleet = run_fleet_checks(engine, windows.name, start, end, device_list, plan, docs_dir)
             except BaseException:

@@ -19,16 +19,16 @@ from typing import Any
 from sqlalchemy import DateTime, Select, column, event, literal_column, select, table
 from sqlalchemy.engine import Engine
 
-from data_checks.gx_imports import (
+from fleetscore.data_checks.gx_imports import (
     DataContextConfig,
     GreatExpectationsError,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
     gx,
 )
-from data_checks.plan import RANGE_CHECKS, RangePlan
-from data_checks.report import FLEET, CheckResult
-from data_checks.suite import range_suite, schema_suite, summarize_range, summarize_schema
+from fleetscore.data_checks.plan import RANGE_CHECKS, RangePlan
+from fleetscore.data_checks.report import FLEET, CheckResult
+from fleetscore.data_checks.suite import range_suite, schema_suite, summarize_range, summarize_schema
 from fleetscore.errors import StoreError
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from data_checks.config import CheckConfig
-from data_checks.series_checks import MAX_FLOAT, Ranges
+from fleetscore.data_checks.config import CheckConfig
+from fleetscore.data_checks.series_checks import MAX_FLOAT, Ranges
 from fleetscore.errors import ConfigError, StoreError
-from ingestion.engine import make_engine
-from ingestion.schema import windows
-from ingestion.timeutil import utcnow
+from fleetscore.ingestion.engine import make_engine
+from fleetscore.ingestion.schema import windows
+from fleetscore.ingestion.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

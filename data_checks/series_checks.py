@@ -39,9 +39,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from data_checks.report import SERIES, WARNING, CheckResult, format_duration
-from ingestion.schema import windows
-from ingestion.series_metrics import METRIC_COLUMNS
+from fleetscore.data_checks.report import SERIES, WARNING, CheckResult, format_duration
+from fleetscore.ingestion.schema import windows
+from fleetscore.ingestion.series_metrics import METRIC_COLUMNS
 
 MAX_FLOAT = 1.7976931348623157e308
 SERIES_CHECKS = ("completeness", "gaps", "stuck", "finite", "range")

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from data_checks.gx_imports import gx, gxe
-from data_checks.plan import RANGE_CHECKS, RangePlan
-from data_checks.report import FLEET, CheckResult, format_duration
+from fleetscore.data_checks.gx_imports import gx, gxe
+from fleetscore.data_checks.plan import RANGE_CHECKS, RangePlan
+from fleetscore.data_checks.report import FLEET, CheckResult, format_duration
 
 SCHEMA_SUITE = "fleetscore_schema"
 RANGE_SUITE = "fleetscore_range"

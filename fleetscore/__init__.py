@@ -1,8 +1,10 @@
 """fleetscore: anomaly detection for fleets of IoT devices.
 
-This package holds only what every layer shares: the version and the exception hierarchy.
-The architecture lives in the top-level packages ``ingestion``, ``data_checks``, ``training``,
-``scoring`` and ``pipelines`` (see docs/architecture.md).
+The one installed package. Its layers are the subpackages ``fleetscore.ingestion``,
+``fleetscore.data_checks``, ``fleetscore.training``, ``fleetscore.scoring`` and ``fleetscore.pipelines``,
+kept in the repository's top-level folders of the same names (setuptools ``package_dir``; see
+docs/architecture.md). This module itself holds only the version; ``fleetscore.errors`` the exception
+hierarchy every layer shares.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import make_engine
+from fleetscore.ingestion.engine import make_engine
 
 metadata = MetaData()
 

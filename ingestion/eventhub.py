@@ -23,11 +23,11 @@ import pyarrow as pa
 from azure.eventhub import CheckpointStore, EventData, EventHubConsumerClient
 
 from fleetscore.errors import ConfigError
-from ingestion.ingest import InputIngest, InputReport
-from ingestion.sources import FIELDS, RawChunk
-from ingestion.store import SensorStore
-from ingestion.windowing import validate
-from ingestion.writer import open_writer
+from fleetscore.ingestion.ingest import InputIngest, InputReport
+from fleetscore.ingestion.sources import FIELDS, RawChunk
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.windowing import validate
+from fleetscore.ingestion.writer import open_writer
 
 log = logging.getLogger(__name__)
 

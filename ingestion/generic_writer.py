@@ -41,9 +41,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.schema import eventhub_checkpoints, quarantine, sources, windows
-from ingestion.store import SensorStore
-from ingestion.writer import StoreWriter
+from fleetscore.ingestion.schema import eventhub_checkpoints, quarantine, sources, windows
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import BinaryIO
 import numpy as np
 
 from fleetscore.errors import IngestError, SourceReadError, TooManyBadRowsError
-from ingestion.sources import RawChunk, iter_chunks, open_source
-from ingestion.store import SensorStore
-from ingestion.windowing import Lateness, Readings, Rejects, aggregate, validate, window_starts
-from ingestion.writer import StoreWriter, open_writer
+from fleetscore.ingestion.sources import RawChunk, iter_chunks, open_source
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.windowing import Lateness, Readings, Rejects, aggregate, validate, window_starts
+from fleetscore.ingestion.writer import StoreWriter, open_writer
 
 log = logging.getLogger(__name__)
 

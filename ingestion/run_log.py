@@ -17,9 +17,9 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import ensure_tables, make_engine
-from ingestion.schema import UtcDateTime
-from ingestion.schema import windows as windows_table
+from fleetscore.ingestion.engine import ensure_tables, make_engine
+from fleetscore.ingestion.schema import UtcDateTime
+from fleetscore.ingestion.schema import windows as windows_table
 
 metadata = MetaData()
 

@@ -32,8 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from ingestion.engine import ensure_tables, make_engine
-from ingestion.schema import UtcDateTime
+from fleetscore.ingestion.engine import ensure_tables, make_engine
+from fleetscore.ingestion.schema import UtcDateTime
 
 metadata = MetaData()
 

@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from fleetscore.errors import ConfigError, IngestError
-from ingestion.windowing import Readings
+from fleetscore.ingestion.windowing import Readings
 
 if TYPE_CHECKING:
-    from ingestion.ingest import InputReport
+    from fleetscore.ingestion.ingest import InputReport
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +375,8 @@ def simulate_fleet(
 ) -> SimulationResult:
     """Simulate ``spec``: write the readings to ``out`` and/or ingest them into ``database_url``, and
     write the labels to ``labels``. Ingesting the same spec twice adds nothing (its hash is recorded)."""
-    from ingestion.ingest import ingest_readings
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.ingest import ingest_readings
+    from fleetscore.ingestion.store import SensorStore
 
     anomalies = plan_anomalies(spec)
     if out is not None:

@@ -32,10 +32,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from fleetscore.errors import ConfigError, StoreError
-from ingestion.engine import make_engine, single_sqlite_copy
-from ingestion.schema import SCHEMA_VERSION, metadata, schema_info
-from ingestion.sharding import shard_devices
-from ingestion.timeutil import utcnow
+from fleetscore.ingestion.engine import make_engine, single_sqlite_copy
+from fleetscore.ingestion.schema import SCHEMA_VERSION, metadata, schema_info
+from fleetscore.ingestion.sharding import shard_devices
+from fleetscore.ingestion.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

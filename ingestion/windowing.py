@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingestion.sources import RawChunk
+from fleetscore.ingestion.sources import RawChunk
 
 MAX_ID_LENGTH = 64
 _SEP = "\x1f"

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.errors import StoreError
-from ingestion.store import SQLITE_CACHE_KIB, SensorStore
-from ingestion.timeutil import utcnow
+from fleetscore.ingestion.store import SQLITE_CACHE_KIB, SensorStore
+from fleetscore.ingestion.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class PostgresWriter(StoreWriter):
 def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
     """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error."""
     if store.generic:
-        from ingestion.generic_writer import generic_transaction
+        from fleetscore.ingestion.generic_writer import generic_transaction
 
         with generic_transaction(store) as generic_writer:
             yield generic_writer

@@ -51,7 +51,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from fleetscore import __version__
 from fleetscore.errors import PublishError
-from pipelines.azureml_plan import ScheduleSpec, TriggerSpec, job_environment, trigger_for
+from fleetscore.pipelines.azureml_plan import ScheduleSpec, TriggerSpec, job_environment, trigger_for
 
 log = logging.getLogger(__name__)
 # The SDK warns about its own experimental classes on every load; that says nothing to a fleetscore user.

@@ -124,7 +124,7 @@ def job_environment(settings: Any) -> dict[str, str]:
     Refuses what cannot work from a compute cluster (a local SQLite file or folder) and anything that
     would write a secret into the workspace's job definitions (a password in a URL).
     """
-    from pipelines.settings import SECRET_WORDS, mask_url
+    from fleetscore.pipelines.settings import SECRET_WORDS, mask_url
 
     db, tracking = settings.database_url, settings.tracking_uri
     if db.startswith("sqlite"):
@@ -161,7 +161,7 @@ def _env_text(value: Any) -> str:
 
 
 def _whole_minutes(text: str, name: str, allow_zero: bool = False) -> int:
-    from ingestion.timeutil import parse_duration
+    from fleetscore.ingestion.timeutil import parse_duration
 
     if allow_zero and str(text).strip() in ("0", "0s", "0m"):
         return 0
@@ -184,7 +184,7 @@ def _cron_list(values: list[int]) -> str:
 
 def published_schedule(database_url: str) -> ScheduleSpec | None:
     """The schedule in force in the store (``fleetscore schedule set``), or ``None`` if none was set."""
-    from ingestion.schedule_store import ScheduleStore
+    from fleetscore.ingestion.schedule_store import ScheduleStore
 
     current = ScheduleStore(database_url).current()
     if current is None:

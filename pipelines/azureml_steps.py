@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetscore.errors import ScoringError
-from ingestion.timeutil import utcnow
-from pipelines.azureml_plan import ScheduleSpec, scheduled_window
+from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.pipelines.azureml_plan import ScheduleSpec, scheduled_window
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def plan_step(
     parallel step still has one mini-batch and ``finalize`` knows what happened. ``force`` scores a window
     again even when the same release already scored the same data (a new run beside the old one).
     """
-    from pipelines.scoring_pipeline import prepare_run
+    from fleetscore.pipelines.scoring_pipeline import prepare_run
 
     if start is None or end is None:
         start, end = scheduled_window(schedule, now or utcnow())
@@ -79,8 +79,8 @@ def read_task(path: Path) -> dict[str, Any]:
 
 def shard_step(settings: Any, task: dict[str, Any]) -> dict[str, Any]:
     """Score the task's shard and write its part; a no-op task returns ``{"shard": None}``."""
-    from pipelines.scoring_pipeline import shard_task
-    from scoring.shard import score_shard
+    from fleetscore.pipelines.scoring_pipeline import shard_task
+    from fleetscore.scoring.shard import score_shard
 
     if task["shard"] is None:
         return {"shard": None, "run_id": task["run_id"], "rows": 0}
@@ -91,7 +91,7 @@ def shard_step(settings: Any, task: dict[str, Any]) -> dict[str, Any]:
 
 def finalize_step(settings: Any, tasks_dir: Path) -> Any:
     """Write the run's manifest (or report the duplicate it was); returns a ``ScoringResult``."""
-    from pipelines.scoring_pipeline import ScoringResult, finalize_run
+    from fleetscore.pipelines.scoring_pipeline import ScoringResult, finalize_run
 
     files = sorted(Path(tasks_dir).glob("*.json"))
     if not files:
@@ -106,13 +106,13 @@ def finalize_step(settings: Any, tasks_dir: Path) -> Any:
 
 def _local_plan(settings: Any, task: dict[str, Any]) -> dict[str, Any]:
     """The run's plan from storage, its ``bundle_dir`` pointing at a copy of the release on this node."""
-    from pipelines.scoring_pipeline import storage_for
-    from scoring import writer
+    from fleetscore.pipelines.scoring_pipeline import storage_for
+    from fleetscore.scoring import writer
 
     storage = storage_for(settings)
     plan = writer.read_json(storage, f"{writer.run_prefix(_ts(task['start']), task['run_id'])}/{writer.PLAN}")
     if not Path(plan["bundle_dir"]).is_dir():
-        from training.registry import resolve_release
+        from fleetscore.training.registry import resolve_release
 
         resolved = resolve_release(settings.tracking_uri, settings.training.model_name, str(plan["release_version"]))
         plan = {**plan, "bundle_dir": str(resolved.bundle_dir)}

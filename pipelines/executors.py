@@ -53,8 +53,9 @@ def _timed_call(fn: Callable[..., Any], shard: int, args: tuple[Any, ...]) -> Sh
 
 # What the fork server imports once, so that the processes forked from it (the shards' workers and
 # the data-checks gate) start with them loaded instead of importing them each (a second apiece).
-FORKSERVER_PRELOAD = ["numpy", "pandas", "pyarrow", "sqlalchemy", "pipelines.executors", "scoring.shard",
-                      "ingestion.store", "training.kernel", "data_checks.gate"]
+FORKSERVER_PRELOAD = ["numpy", "pandas", "pyarrow", "sqlalchemy", "fleetscore.pipelines.executors",
+                      "fleetscore.scoring.shard", "fleetscore.ingestion.store", "fleetscore.training.kernel",
+                      "fleetscore.data_checks.gate"]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:

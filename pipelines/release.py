@@ -23,12 +23,12 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import ReleaseNotFound, TrainingError
-from ingestion.timeutil import parse_duration, utcnow
-from pipelines.executors import ShardFailure, default_workers, run_shards
-from pipelines.settings import Settings
-from training.bundle import ReleaseBundle
-from training.config import TrainingConfig
-from training.fit import ShardFit, fit_shard
+from fleetscore.ingestion.timeutil import parse_duration, utcnow
+from fleetscore.pipelines.executors import ShardFailure, default_workers, run_shards
+from fleetscore.pipelines.settings import Settings
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.fit import ShardFit, fit_shard
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,14 @@ MIN_DEVICES_PER_SHARD = 50  # about 0.3 s of fitting at 5 sensors a device: wort
 def _fit_devices(database_url: str, start: datetime, end: datetime, devices: list[str], config: TrainingConfig,
                  exclude: frozenset[tuple[str, str]]) -> ShardFit:
     """One shard of training (top level: runs in a worker process or on a Dask worker)."""
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.store import SensorStore
 
     windows = SensorStore(database_url).read_windows(start, end, devices)
     return fit_shard(windows, config, exclude)
 
 
 def _resolve_range(settings: Settings, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.store import SensorStore
 
     if start is not None and end is not None:
         return start, end
@@ -99,7 +99,7 @@ def _window(settings: Settings) -> timedelta:
 
 
 def _validate(settings: Settings, start: datetime, end: datetime, devices: Sequence[str] | None) -> Any:
-    from data_checks import run_validation
+    from fleetscore.data_checks import run_validation
 
     report = run_validation(settings.database_url, start, end, settings.data_checks,
                             report_dir=Path(settings.home) / "reports" / "validation", window=_window(settings),
@@ -122,8 +122,8 @@ def train_candidate(
     Series excluded by validation or with fewer than ``training.min_rows`` windows are skipped with the
     reason in the manifest; a shard that fails marks its series failed, the other shards go on.
     """
-    from ingestion.sharding import shard_devices
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.sharding import shard_devices
+    from fleetscore.ingestion.store import SensorStore
 
     config = settings.training
     start, end = _resolve_range(settings, start, end)
@@ -199,7 +199,7 @@ def git_commit() -> str:
 
 
 def _champion(settings: Settings) -> tuple[ReleaseBundle | None, int | None]:
-    from training.registry import resolve_release
+    from fleetscore.training.registry import resolve_release
 
     try:
         resolved = resolve_release(settings.tracking_uri, settings.training.model_name, "champion")
@@ -223,7 +223,7 @@ def _per_series_table(bundle: ReleaseBundle, folder: Path) -> Path:
 
 def _register(settings: Settings, bundle: ReleaseBundle, run_name: str, params: dict[str, Any],
               metrics: dict[str, float], tags: dict[str, Any]) -> tuple[int, str]:
-    from training.registry import register_release
+    from fleetscore.training.registry import register_release
 
     with tempfile.TemporaryDirectory(prefix="fleetscore-release-") as tmp:
         folder = Path(tmp)
@@ -235,8 +235,8 @@ def _register(settings: Settings, bundle: ReleaseBundle, run_name: str, params: 
 
 
 def _move(settings: Settings, alias: str, version: int, reason: str) -> None:
-    from ingestion.alias_log import AliasLog
-    from training.registry import move_alias
+    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.training.registry import move_alias
 
     move = move_alias(settings.tracking_uri, settings.training.model_name, alias, version, reason)
     AliasLog(settings.database_url).record(datetime.fromisoformat(move.time), move.user,
@@ -258,7 +258,7 @@ def run_release(
     The outcome is always explicit: every series is promoted, kept from the champion or new; a series
     that could not be trained keeps its champion model (or is counted failed when it has none).
     """
-    from training.evaluation import run_gate
+    from fleetscore.training.evaluation import run_gate
 
     candidate = train_candidate(settings, start, end, devices, skip_validation, on_progress)
     champion, champion_version = _champion(settings)
@@ -285,7 +285,7 @@ def run_release(
             "fleetscore.kind": "release", "fleetscore.models": str(len(bundle))}
     version, run_id = _register(settings, bundle, f"release-{utcnow():%Y%m%dT%H%M%S}", params, metrics, tags)
     summary = pending.replace("released v0:", f"released v{version}:", 1)
-    from training.registry import set_version_tags
+    from fleetscore.training.registry import set_version_tags
 
     set_version_tags(settings.tracking_uri, settings.training.model_name, version,
                      {"fleetscore.gate_summary": summary, **{f"fleetscore.gate.{k}": v for k, v in gate.counts.items()},
@@ -297,7 +297,7 @@ def run_release(
 
 
 def _holdout(settings: Settings, candidate: Candidate, devices: Sequence[str] | None) -> pd.DataFrame:
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.store import SensorStore
 
     windows = SensorStore(settings.database_url).read_windows(candidate.split, candidate.end, devices)
     if candidate.skipped or candidate.failed:
@@ -329,7 +329,7 @@ def rollback(
     """Move ``champion`` back (default: to the previous champion), or, with ``device``, make a new
     release that takes that device's series (or one ``sensor`` of it) from ``to_version`` and every
     other series from the champion. Returns a one-line summary."""
-    from training.registry import alias_history, resolve_release, resolve_version
+    from fleetscore.training.registry import alias_history, resolve_release, resolve_version
 
     name = settings.training.model_name
     current = resolve_version(settings.tracking_uri, name, "champion")
@@ -381,7 +381,7 @@ def rollback(
                            {"models": float(len(bundle)), "rolled_back_series": float(len(taken))}, tags)
     summary = (f"released v{version}: {what} ({len(taken)} series) from v{old.version}, "
                f"{len(rest_idx):,} kept from v{champ.version}")
-    from training.registry import set_version_tags
+    from fleetscore.training.registry import set_version_tags
 
     set_version_tags(settings.tracking_uri, name, version, {"fleetscore.gate_summary": summary})
     _move(settings, "champion", version, reason or f"rollback of {what} to v{old.version}")
@@ -393,15 +393,15 @@ def rollback(
 
 def list_releases(settings: Settings) -> list[dict[str, Any]]:
     """Every release of the fleet's model, newest first (version, created, aliases, summary, tags)."""
-    from training.registry import list_versions
+    from fleetscore.training.registry import list_versions
 
     return list_versions(settings.tracking_uri, settings.training.model_name)
 
 
 def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
     """One release: version, aliases, tags, the alias history, and per-series provenance."""
-    from ingestion.alias_log import AliasLog
-    from training.registry import alias_history, list_versions, resolve_release
+    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.training.registry import alias_history, list_versions, resolve_release
 
     name = settings.training.model_name
     resolved = resolve_release(settings.tracking_uri, name, ref)

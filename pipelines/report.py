@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import ScoringError
-from ingestion.run_log import RunLog
-from pipelines.scoring_pipeline import storage_for
-from pipelines.settings import Settings
-from scoring import writer
+from fleetscore.ingestion.run_log import RunLog
+from fleetscore.pipelines.scoring_pipeline import storage_for
+from fleetscore.pipelines.settings import Settings
+from fleetscore.scoring import writer
 
 TOP_DEVICES = 15
 

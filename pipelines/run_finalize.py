@@ -13,14 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from fleetscore.errors import FleetscoreError, ScoringError
-from ingestion.run_log import RunLog
-from ingestion.timeutil import utcnow
-from pipelines.settings import Settings
-from scoring import writer
-from scoring.shard import load_bundle
-from scoring.storage import Storage, storage_spec
+from fleetscore.ingestion.run_log import RunLog
+from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.pipelines.settings import Settings
+from fleetscore.scoring import writer
+from fleetscore.scoring.shard import load_bundle
+from fleetscore.scoring.storage import Storage, storage_spec
 
-log = logging.getLogger("pipelines.scoring_pipeline")  # one logger for the whole run's messages
+log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
 
 
 @dataclass
@@ -145,7 +145,7 @@ def finalize_run(
 
 
 def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
-    from training.registry import log_run
+    from fleetscore.training.registry import log_run
 
     metrics: dict[str, float] = {key: manifest[key] for key in (
         "rows", "anomalies", "anomaly_rate", "failed_fraction", "series_scored")}

@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import ConfigError, FleetscoreError, ScheduleError
-from ingestion.schedule_store import ScheduleStore
-from ingestion.timeutil import parse_duration, utcnow
-from pipelines.settings import Settings
+from fleetscore.ingestion.schedule_store import ScheduleStore
+from fleetscore.ingestion.timeutil import parse_duration, utcnow
+from fleetscore.pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,18 +28,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from data_checks import PendingValidation, run_fleet_validation, run_validation, series_stats_in_sql
 from fleetscore import __version__
+from fleetscore.data_checks import PendingValidation, run_fleet_validation, run_validation, series_stats_in_sql
 from fleetscore.errors import FleetscoreError, ScoringError
-from ingestion.run_log import RunLog, window_fingerprint
-from ingestion.timeutil import parse_duration, utcnow
-from pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
-from pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
-from pipelines.settings import Settings
-from pipelines.shard_metrics import complete_from_shards, metrics_path
-from scoring import writer
-from scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
-from scoring.storage import Storage, storage_spec
+from fleetscore.ingestion.run_log import RunLog, window_fingerprint
+from fleetscore.ingestion.timeutil import parse_duration, utcnow
+from fleetscore.pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
+from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
+from fleetscore.pipelines.settings import Settings
+from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_path
+from fleetscore.scoring import writer
+from fleetscore.scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
+from fleetscore.scoring.storage import Storage, storage_spec
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _setup(settings: Settings, start: datetime | None, end: datetime | None, rel
     """Resolve the range, start the gate in another process, then resolve and load the release here.
 
     With ``fleet_checks_only`` the gate's series checks are left pending, for metrics from the shards."""
-    from ingestion.store import SensorStore
+    from fleetscore.ingestion.store import SensorStore
 
     now = now or utcnow()
     store = SensorStore(settings.database_url)
@@ -279,7 +279,7 @@ def _record_skipped(setup: _Setup, data_hash: str, duplicate_of: str) -> None:
 def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards: int | None,
           csv: bool | None) -> dict[str, Any]:
     """The run's plan (``_run.json``): range, release, data, gate verdict and the devices of each shard."""
-    from ingestion.store import shard_devices
+    from fleetscore.ingestion.store import shard_devices
 
     bundle = setup.bundle
     all_devices = sorted(set(setup.store.devices()) | {d for d, _ in bundle.keys})
@@ -493,6 +493,6 @@ def _resolve_release(settings: Settings, ref: str) -> Any:
         manifest = json.loads((folder / "manifest.json").read_text())
         version = manifest.get("version")
         return LocalRelease(version if isinstance(version, int) else 0, folder, {"source": str(folder)})
-    from training.registry import resolve_release
+    from fleetscore.training.registry import resolve_release
 
     return resolve_release(settings.tracking_uri, settings.training.model_name, ref)

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from data_checks.config import CheckConfig
+from fleetscore.data_checks.config import CheckConfig
 from fleetscore.errors import ConfigError
-from ingestion.config import IngestConfig
-from pipelines.azureml_config import AzureMLConfig
-from scoring.config import ScoringConfig
-from training.config import TrainingConfig
+from fleetscore.ingestion.config import IngestConfig
+from fleetscore.pipelines.azureml_config import AzureMLConfig
+from fleetscore.scoring.config import ScoringConfig
+from fleetscore.training.config import TrainingConfig
 
 ENV_PREFIX = "FLEETSCORE_"
 CONFIG_FILE = "fleetscore.toml"

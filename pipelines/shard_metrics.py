@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks import PendingValidation, ValidationReport, complete_validation
-from scoring.storage import Storage
+from fleetscore.data_checks import PendingValidation, ValidationReport, complete_validation
+from fleetscore.scoring.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scoring.storage import StorageSpec
-from scoring.writer import encode_part, to_predictions, write_part
+from fleetscore.scoring.storage import StorageSpec
+from fleetscore.scoring.writer import encode_part, to_predictions, write_part
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
 
 def load_bundle(source: str | Mapping[str, bytes]) -> Any:
     """Load a release bundle once per process (from a folder, or from its files' bytes)."""
-    from training.bundle import ReleaseBundle
+    from fleetscore.training.bundle import ReleaseBundle
 
     if isinstance(source, str):
         key = source
@@ -101,8 +101,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     timings (load, read, metrics when asked for, score, encode and, when it waited for the plan, wait
     seconds; the writes come after the outcome is saved, so they are not in it).
     """
-    from ingestion.store import SensorStore
-    from training.kernel import kernel_evaluations, missing_series, score_windows
+    from fleetscore.ingestion.store import SensorStore
+    from fleetscore.training.kernel import kernel_evaluations, missing_series, score_windows
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None
     """Write the series metrics of the shard's rows in ``[start, end)`` to ``task.metrics_to``."""
     import io
 
-    from ingestion.series_metrics import series_metrics
+    from fleetscore.ingestion.series_metrics import series_metrics
 
     buffer = io.BytesIO()
     series_metrics(windows, task.start, task.end).to_parquet(buffer, index=False, engine="pyarrow")
@@ -200,7 +200,7 @@ def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
     """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
     None when the run was aborted (gate failed, duplicate) or its parent process died."""
-    from scoring.writer import ABORT, read_json
+    from fleetscore.scoring.writer import ABORT, read_json
 
     abort = f"{task.prefix}/{ABORT}"
     delay = 0.02

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import StorageError
-from scoring.storage import Storage, StorageSpec
+from fleetscore.scoring.storage import Storage, StorageSpec
 
 PREDICTIONS = "predictions"
 MANIFEST = "manifest.json"

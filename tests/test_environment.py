@@ -37,7 +37,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 def _packages() -> list[str]:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    return [p for p in cfg["options.packages.find"]["include"].split() if not p.endswith(".*")]
+    mapping = [line.split("=") for line in cfg["options"]["package_dir"].strip().splitlines()]
+    return sorted({folder.strip().split("/")[0] for _, folder in mapping})  # the repository folders
 
 
 def test_hadolint_passes() -> None:
@@ -108,3 +109,18 @@ def test_the_lock_installs_into_a_fresh_environment(tmp_path: Path) -> None:
     drift = {name: (version, lock[name]) for name, version in installed.items()
              if name in lock and version != lock[name]}
     assert not drift, f"installed versions differ from requirements.lock: {drift}"
+
+
+@pytest.mark.slow
+def test_install_puts_only_the_fleetscore_package_in_site_packages(tmp_path: Path) -> None:
+    """`pip install .` adds one importable package, fleetscore (the layers are its subpackages)."""
+    target = tmp_path / "site-packages"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    top = sorted(p.name for p in target.iterdir() if p.name != "bin")
+    assert [name for name in top if not name.startswith("fleetscore-")] == ["fleetscore"]
+    layers = sorted(p.name for p in (target / "fleetscore").iterdir() if (p / "__init__.py").is_file())
+    assert layers == ["data_checks", "ingestion", "pipelines", "scoring", "training"]
+    assert (target / "fleetscore" / "pipelines" / "cli" / "__init__.py").is_file()
+    assert not any(p.is_symlink() for p in (target / "fleetscore").rglob("*"))

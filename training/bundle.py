@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fleetscore.errors import RegistryError
-from training.features import context_windows as _context_windows
+from fleetscore.training.features import context_windows as _context_windows
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline

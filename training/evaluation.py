@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.bundle import ReleaseBundle
-from training.config import TrainingConfig
-from training.features import series_starts
-from training.kernel import score_windows
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.features import series_starts
+from fleetscore.training.kernel import score_windows
 
 KINDS = ("spike", "level_shift", "stuck")
 SEGMENT = 12  # windows of an injected level shift or stuck run

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.errors import ConfigError
-from ingestion.series_metrics import series_starts
+from fleetscore.ingestion.series_metrics import series_starts
 
 __all__ = ["FEATURES", "WINDOW_COLUMNS", "check_features", "compute_features", "context_windows", "series_starts"]
 

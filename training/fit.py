@@ -28,9 +28,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.svm import _libsvm
 
 from fleetscore.errors import ConfigError
-from training.bundle import ReleaseBundle
-from training.config import TrainingConfig
-from training.features import check_features, compute_features, series_starts
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.features import check_features, compute_features, series_starts
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
 
 def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """Per model, the share of its own training windows it flags (vectorised kernel, all models at once)."""
-    from training.kernel import decision_function
+    from fleetscore.training.kernel import decision_function
 
     lengths = np.array([b - a for a, b in spans], dtype=np.int64)
     begins = np.array([a for a, _ in spans], dtype=np.int64)

@@ -22,8 +22,8 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from training.bundle import ReleaseBundle
-from training.features import compute_features, series_starts
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.features import compute_features, series_starts
 
 # padded kernel values (rows x support vectors x models) per block, whose rows are gathered at once, and
 # per chunk of it, whose exponents go through their three passes at once: 512 KB of float64 stays in

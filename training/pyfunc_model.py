@@ -8,6 +8,6 @@ vectorised kernel and returns the readings with ``Score`` and ``Prediction`` (1 
 
 from __future__ import annotations
 
-from training.registry import BundleModel, set_model
+from fleetscore.training.registry import BundleModel, set_model
 
 set_model(BundleModel())

@@ -31,8 +31,8 @@ from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 from fleetscore.errors import RegistryError, ReleaseNotFound
-from training.bundle import ReleaseBundle
-from training.kernel import score_windows
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.kernel import score_windows
 
 __all__ = ["BundleModel", "ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release", "set_model"]
 
@@ -42,7 +42,7 @@ ALIASES = ("champion", "challenger")
 MOVE_TAG = "fleetscore.alias_move."
 TRAINING_EXPERIMENT = "fleetscore-training"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-_PACKAGE_DIRS = (Path(__file__).parent, Path(__file__).parents[1] / "fleetscore")
+_PACKAGE_DIRS = (Path(__file__).parents[1],)  # the fleetscore package: code_paths puts it on sys.path
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class CliState:
 
     def settings(self, **more: Any) -> Any:
         """Resolve the settings once, with this command's own flags as the top precedence."""
-        from pipelines.settings import load_settings
+        from fleetscore.pipelines.settings import load_settings
 
         return load_settings({**self.overrides, **more}, self.config_file)
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from pipelines.cli import CliState
+from fleetscore.pipelines.cli import CliState
 
 
 @click.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli import CliState
+from fleetscore.pipelines.cli import CliState
 
 # The simulated fleet: the first hour trains, the next two are scored.
 DEMO_START = "2026-01-05T00:00:00"
@@ -32,7 +32,7 @@ def demo(ctx: click.Context, devices: int, sensors: int, reference_csv: str | No
 
     simulate -> ingest -> validate -> release -> score -> report, all under --home (default ./.fleetscore).
     """
-    from pipelines.cli import main
+    from fleetscore.pipelines.cli import main
 
     state: CliState = ctx.obj
     settings = state.settings()
@@ -86,13 +86,13 @@ def _global_args(state: CliState) -> list[str]:
 
 
 def _latest_run_id(settings: object) -> str:
-    from pipelines.demo import latest_run_id
+    from fleetscore.pipelines.demo import latest_run_id
 
     return latest_run_id(settings)  # type: ignore[arg-type]
 
 
 def _print_quality(settings: object, labels: Path, start: str, end: str) -> None:
-    from pipelines.demo import detection_quality
+    from fleetscore.pipelines.demo import detection_quality
 
     quality = detection_quality(settings, labels, start, end)  # type: ignore[arg-type]
     click.secho("\nDetection quality on the simulated anomalies (scored range):", bold=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli import CliState
+from fleetscore.pipelines.cli import CliState
 
 
 @contextmanager
@@ -33,7 +33,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 
 
 def _summary(report: Any) -> None:
-    from pipelines.settings import mask_url
+    from fleetscore.pipelines.settings import mask_url
 
     for item in report.inputs:
         if item.status == "skipped":
@@ -79,7 +79,7 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
     """
     settings = state.settings(**{"ingest.window": window, "ingest.allowed_lateness": allowed_lateness,
                                  "ingest.max_bad_fraction": max_bad_fraction, "ingest.batch_rows": batch_rows})
-    from ingestion.timeutil import parse_duration
+    from fleetscore.ingestion.timeutil import parse_duration
 
     config = settings.ingest
     window_td = parse_duration(config.window, "--window")
@@ -87,7 +87,7 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
     if eventhub:
         if paths:
             raise click.UsageError("give either PATH... or --eventhub, not both")
-        from ingestion.eventhub import consume
+        from fleetscore.ingestion.eventhub import consume
 
         count = consume(settings.database_url, config.eventhub_connection_string, config.eventhub_name,
                         config.eventhub_consumer_group, window=window_td, allowed_lateness=lateness_td,
@@ -96,7 +96,7 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
         return
     if not paths:
         raise click.UsageError("give at least one PATH (- for standard input), or --eventhub")
-    from ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
+    from fleetscore.ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
 
     with _progress("ingesting") as on_progress:
         try:
@@ -138,8 +138,8 @@ def simulate(state: CliState, devices: int, sensors: int, duration: str, interva
     if out is None and not to_store:
         raise click.UsageError("give --out FILE and/or --ingest")
     settings = state.settings(**{"ingest.window": window})
-    from ingestion.simulate import SimulationSpec, simulate_fleet
-    from ingestion.timeutil import parse_duration, parse_time
+    from fleetscore.ingestion.simulate import SimulationSpec, simulate_fleet
+    from fleetscore.ingestion.timeutil import parse_duration, parse_time
 
     spec = SimulationSpec(devices=devices, sensors=sensors, start=parse_time(start, "--start"),
                           duration=parse_duration(duration, "--duration"),
@@ -161,6 +161,6 @@ def simulate(state: CliState, devices: int, sensors: int, duration: str, interva
     if labels is not None:
         click.echo(f"labels: {labels}")
     if result.ingest is not None:
-        from ingestion.ingest import IngestReport
+        from fleetscore.ingestion.ingest import IngestReport
 
         _summary(IngestReport(inputs=[result.ingest], database=settings.database_url))

@@ -34,6 +34,6 @@ def split_ids(values: tuple[str, ...]) -> list[str] | None:
 
 def time_range(start: str | None, end: str | None, last: str | None) -> tuple[datetime | None, datetime | None]:
     """Resolve the range options (import kept light: pandas loads only when a command runs)."""
-    from ingestion.timeutil import resolve_range
+    from fleetscore.ingestion.timeutil import resolve_range
 
     return resolve_range(start, end, last)

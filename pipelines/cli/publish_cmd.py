@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli import CliState
+from fleetscore.pipelines.cli import CliState
 
 
 @click.command(name="publish")
@@ -27,8 +27,8 @@ def publish(state: CliState, target: str, dry_run: bool, out: Path | None, image
             every: str | None, cron: str | None, lag: str | None, no_schedule: bool) -> None:
     """Publish the scoring pipeline: environment (the image in ACR), components, pipeline, schedule and
     a compute cluster that scales to zero. Publishing twice with the same inputs changes nothing."""
-    from pipelines import azureml
-    from pipelines.azureml_plan import ScheduleSpec, published_schedule
+    from fleetscore.pipelines import azureml
+    from fleetscore.pipelines.azureml_plan import ScheduleSpec, published_schedule
 
     settings = state.settings()
     schedule = None

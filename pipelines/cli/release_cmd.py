@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
 
 
 @contextmanager
@@ -43,7 +43,7 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
     """
     settings = state.settings()
     window_start, window_end = time_range(start, end, last)
-    from pipelines.release import train_candidate
+    from fleetscore.pipelines.release import train_candidate
 
     with _progress("training shards") as on_progress:
         cand = train_candidate(settings, window_start, window_end, split_ids(devices), skip_validation, on_progress)
@@ -70,7 +70,7 @@ def release(state: Any, start: str | None, end: str | None, last: str | None, de
     """
     settings = state.settings()
     window_start, window_end = time_range(start, end, last)
-    from pipelines.release import run_release
+    from fleetscore.pipelines.release import run_release
 
     with _progress("training shards") as on_progress:
         outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
@@ -99,7 +99,7 @@ def rollback(state: Any, to_version: int | None, device: str | None, sensor: str
     series from the champion, and becomes the champion.
     """
     settings = state.settings()
-    from pipelines.release import rollback as do_rollback
+    from fleetscore.pipelines.release import rollback as do_rollback
 
     click.echo(do_rollback(settings, to_version, device, sensor, reason))
 
@@ -115,7 +115,7 @@ def models() -> None:
 def models_list(state: Any, as_json: bool) -> None:
     """Every release of the fleet's model, newest first."""
     settings = state.settings()
-    from pipelines.release import list_releases
+    from fleetscore.pipelines.release import list_releases
 
     versions = list_releases(settings)
     if as_json:
@@ -136,7 +136,7 @@ def models_list(state: Any, as_json: bool) -> None:
 def models_show(state: Any, version: str, as_json: bool, limit: int) -> None:
     """One release (VERSION: a number, champion or challenger; default champion)."""
     settings = state.settings()
-    from pipelines.release import show_release
+    from fleetscore.pipelines.release import show_release
 
     info = show_release(settings, version)
     if as_json:

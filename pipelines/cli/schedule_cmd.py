@@ -24,8 +24,8 @@ def schedule() -> None:
 @click.pass_obj
 def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, start: str | None) -> None:
     """Publish a new version of the scoring schedule."""
-    from ingestion.timeutil import parse_time
-    from pipelines.scheduler import set_schedule
+    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.pipelines.scheduler import set_schedule
 
     settings = state.settings()
     first = parse_time(start, "--start") if start else None
@@ -39,8 +39,8 @@ def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, star
 @click.pass_obj
 def schedule_show(state: Any, history: int) -> None:
     """Show the schedule in force, its earlier versions and the state of recent windows."""
-    from ingestion.schedule_store import ScheduleStore
-    from pipelines.scheduler import Schedule, current_schedule
+    from fleetscore.ingestion.schedule_store import ScheduleStore
+    from fleetscore.pipelines.scheduler import Schedule, current_schedule
 
     settings = state.settings()
     current = current_schedule(settings.database_url)
@@ -67,9 +67,9 @@ def scheduler(state: Any, once: bool, until: str | None) -> None:
     """Run the scoring schedule: one run per due window, catching up missed ones; stops on SIGTERM."""
     import threading
 
-    from ingestion.timeutil import parse_time
-    from pipelines.scheduler import run_scheduler
-    from pipelines.scoring_pipeline import score_window
+    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.pipelines.scheduler import run_scheduler
+    from fleetscore.pipelines.scoring_pipeline import score_window
 
     settings = state.settings()
     horizon = parse_time(until, "--until") if until else None

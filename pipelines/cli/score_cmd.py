@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
 
 
 @click.command(name="score")
@@ -36,14 +36,14 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
     STORAGE_URL/predictions/window_start=.../run=RUN_ID/ with a manifest written last.
     """
     if executor != "azureml":
-        from pipelines.executors import start_worker_server
+        from fleetscore.pipelines.executors import start_worker_server
 
         start_worker_server()  # its imports overlap this process's: the gate and the shards start sooner
     settings = state.settings(executor=executor)
     window_start, window_end = time_range(start, end, last)
     device_ids = split_ids(devices)
     if settings.executor == "azureml":
-        from pipelines.azureml import submit_scoring_job
+        from fleetscore.pipelines.azureml import submit_scoring_job
 
         if window_start is None or window_end is None:
             raise click.UsageError("--executor azureml needs a range (--start/--end or --last)")
@@ -51,7 +51,7 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
                                  force=force)
         click.echo(f"submitted Azure ML job {job}")
         return
-    from pipelines.scoring_pipeline import score_window
+    from fleetscore.pipelines.scoring_pipeline import score_window
 
     with _ShardProgress("shards") as on_progress:
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
@@ -84,7 +84,7 @@ def runs() -> None:
 @click.pass_obj
 def runs_list(state: Any, limit: int, status: str | None) -> None:
     """List scoring runs, newest first."""
-    from ingestion.run_log import RunLog
+    from fleetscore.ingestion.run_log import RunLog
 
     settings = state.settings()
     rows = RunLog(settings.database_url).list(limit=limit, status=status)
@@ -109,7 +109,7 @@ def runs_list(state: Any, limit: int, status: str | None) -> None:
 def runs_show(state: Any, run_id: str, as_json: bool) -> None:
     """Show one scoring run: window, release, status, counts, timings, error."""
     from fleetscore.errors import ScoringError
-    from ingestion.run_log import RunLog
+    from fleetscore.ingestion.run_log import RunLog
 
     settings = state.settings()
     record = RunLog(settings.database_url).get(run_id)
@@ -136,7 +136,7 @@ def runs_show(state: Any, run_id: str, as_json: bool) -> None:
 @click.pass_obj
 def report(state: Any, run_id: str, out: str | None) -> None:
     """Write a self-contained HTML report of a scoring run (anomalies over time, top devices, history)."""
-    from pipelines.report import write_report
+    from fleetscore.pipelines.report import write_report
 
     settings = state.settings()
     path = write_report(settings, run_id, out)

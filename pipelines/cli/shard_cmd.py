@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli import CliState
+from fleetscore.pipelines.cli import CliState
 
 
 @click.group(name="score-step")
@@ -38,9 +38,9 @@ def score_step() -> None:
 def plan(state: CliState, start: str, end: str, schedule_text: str, lag: str, release: str | None,
          devices: str, shards: int | None, force: bool, out: Path) -> None:
     """Gate the window, resolve the release once and write one task file per shard."""
-    from ingestion.timeutil import parse_time
-    from pipelines.azureml_plan import parse_schedule_input
-    from pipelines.azureml_steps import plan_step
+    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.pipelines.azureml_plan import parse_schedule_input
+    from fleetscore.pipelines.azureml_steps import plan_step
 
     settings = state.settings()
     schedule = parse_schedule_input(schedule_text, lag)
@@ -58,7 +58,7 @@ def plan(state: CliState, start: str, end: str, schedule_text: str, lag: str, re
 @click.pass_obj
 def shard(state: CliState, task: Path) -> None:
     """Score the shard of one TASK file and write its part."""
-    from pipelines.azureml_steps import read_task, shard_step
+    from fleetscore.pipelines.azureml_steps import read_task, shard_step
 
     settings = state.settings()
     result = shard_step(settings, read_task(task))
@@ -74,7 +74,7 @@ def shard(state: CliState, task: Path) -> None:
 @click.pass_obj
 def finalize(state: CliState, tasks: Path, results: Path | None) -> None:
     """Check the parts, write the manifest last and record the run."""
-    from pipelines.azureml_steps import finalize_step
+    from fleetscore.pipelines.azureml_steps import finalize_step
 
     settings = state.settings()
     result = finalize_step(settings, tasks)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
 
 _MAX_ROWS = 20  # excluded series / warnings listed on the terminal (all are in the JSON report)
 
@@ -31,19 +31,19 @@ def validate(state: Any, start: str | None, end: str | None, last: str | None, d
     error naming the failed fleet-level check otherwise. The JSON report is written to
     HOME/reports/validation/ID.json.
     """
-    from ingestion.timeutil import parse_duration
+    from fleetscore.ingestion.timeutil import parse_duration
 
     settings = state.settings()
     begin, finish = time_range(start, end, last)
     device_ids = split_ids(devices)
     if learn_ranges:
-        from data_checks import learn_ranges as learn
+        from fleetscore.data_checks import learn_ranges as learn
 
         learned = learn(settings.database_url, begin, finish, settings.data_checks, devices=device_ids)
         _print_learned(learned, as_json)
         return
 
-    from data_checks import run_validation
+    from fleetscore.data_checks import run_validation
 
     window = parse_duration(settings.ingest.window, "ingest.window")
     report_dir = Path(settings.home) / "reports" / "validation"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, MetaData, Table, create_engine
 
-from data_checks import CheckConfig
-from ingestion.schema import metadata, windows
+from fleetscore.data_checks import CheckConfig
+from fleetscore.ingestion.schema import metadata, windows
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # the fixtures' checked range and window (see fixtures/make_fixtures.py)

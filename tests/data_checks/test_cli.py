@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from pipelines.cli import main
+from fleetscore.pipelines.cli import main
 from tests.data_checks.conftest import FIXTURES, load_csv, load_reference
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_checks import ValidationReport, load_report, run_validation
+from fleetscore.data_checks import ValidationReport, load_report, run_validation
 from fleetscore.errors import ValidationFailed
 from tests.data_checks.conftest import CONFIG, END, FIXTURES, LOOSE_SETS, START, WINDOW, load_csv
 
@@ -123,7 +123,7 @@ def test_missing_table_fails_schema(sqlite_url: str, tmp_path: Path) -> None:
 def test_series_missing_from_the_range_is_excluded(sqlite_url: str, tmp_path: Path) -> None:
     from sqlalchemy import create_engine, delete
 
-    from ingestion.schema import windows
+    from fleetscore.ingestion.schema import windows
 
     load_csv(sqlite_url, FIXTURES / "good.csv")
     engine = create_engine(sqlite_url)
@@ -203,7 +203,7 @@ def test_start_after_end(sqlite_url: str, tmp_path: Path) -> None:
 def test_empty_table_without_range(sqlite_url: str, tmp_path: Path) -> None:
     from sqlalchemy import create_engine
 
-    from ingestion.schema import metadata
+    from fleetscore.ingestion.schema import metadata
 
     metadata.create_all(create_engine(sqlite_url))
     report = run_validation(sqlite_url, None, None, CONFIG, report_dir=tmp_path)

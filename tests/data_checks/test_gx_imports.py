@@ -8,7 +8,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import sys
-    import data_checks.suite  # imports GX
+    import fleetscore.data_checks.suite  # imports GX
     loaded = [m for m in ("altair", "scipy.stats") if type(sys.modules.get(m)).__name__ == "module"]
     print("loaded after GX:", loaded)
     from scipy import stats  # the stand-in, until used

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, update
 
-from data_checks import CheckConfig, learn_ranges, run_validation
-from ingestion.schema import windows
+from fleetscore.data_checks import CheckConfig, learn_ranges, run_validation
+from fleetscore.ingestion.schema import windows
 from tests.data_checks.conftest import load_reference
 
 FIVE_S = timedelta(seconds=5)

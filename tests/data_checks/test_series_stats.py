@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import create_engine
 
-from data_checks.series_checks import (
+from fleetscore.data_checks.series_checks import (
     Ranges,
     SeriesThresholds,
     decide,
@@ -22,9 +22,9 @@ from data_checks.series_checks import (
     query_series_stats,
     stats_from_metrics,
 )
-from ingestion.schema import metadata, windows
-from ingestion.series_metrics import series_metrics
-from ingestion.store import SensorStore
+from fleetscore.ingestion.schema import metadata, windows
+from fleetscore.ingestion.series_metrics import series_metrics
+from fleetscore.ingestion.store import SensorStore
 
 T0 = datetime(2024, 1, 1, 0, 0, 7)  # off the minute: buckets never line up with the windows
 RANGES = Ranges(by_sensor={"temp": (0.0, 50.0)}, source={"temp": "config"}, default=(-1e9, 1e9))

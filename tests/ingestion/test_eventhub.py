@@ -13,8 +13,8 @@ from azure.eventhub import CheckpointStore, EventData
 from azure.eventhub._constants import PROP_OFFSET, PROP_SEQ_NUMBER
 
 from fleetscore.errors import ConfigError
-from ingestion.eventhub import EventHubIngest, SqlCheckpointStore, consume
-from ingestion.store import SensorStore
+from fleetscore.ingestion.eventhub import EventHubIngest, SqlCheckpointStore, consume
+from fleetscore.ingestion.store import SensorStore
 
 
 @dataclass
@@ -89,7 +89,7 @@ def test_failed_batch_stores_nothing_not_even_the_checkpoint(tmp_path: Path, mon
     url = f"sqlite:///{tmp_path / 'eh.db'}"
     handler = EventHubIngest(url)
     handler.on_event_batch(Context("1"), _events()[:3])
-    from ingestion import writer
+    from fleetscore.ingestion import writer
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("connection lost")

@@ -17,13 +17,13 @@ from sqlalchemy import insert
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
 
-import ingestion.ingest as ingest_module
+import fleetscore.ingestion.ingest as ingest_module
 from fleetscore.errors import ConfigError, TooManyBadRowsError
-from ingestion.generic_writer import GenericWriter, merge_update
-from ingestion.ingest import ingest_files
-from ingestion.schema import windows
-from ingestion.store import SensorStore
-from ingestion.writer import open_writer
+from fleetscore.ingestion.generic_writer import GenericWriter, merge_update
+from fleetscore.ingestion.ingest import ingest_files
+from fleetscore.ingestion.schema import windows
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.writer import open_writer
 from tests.ingestion.resample_check import assert_windows_match_resample, write_raw_readings
 
 AZURE_URL = ("mssql+pyodbc://fleet:secret@myserver.database.windows.net:1433/fleetscore"

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from fleetscore.errors import SourceReadError
-from ingestion import writer as writer_module
-from ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
-from ingestion.store import SensorStore
+from fleetscore.ingestion import writer as writer_module
+from fleetscore.ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
+from fleetscore.ingestion.store import SensorStore
 from tests.ingestion.resample_check import assert_windows_match_resample, write_raw_readings
 
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from fleetscore.errors import ConfigError
-from ingestion.ingest import ingest_files
-from ingestion.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
-from ingestion.store import SensorStore
+from fleetscore.ingestion.ingest import ingest_files
+from fleetscore.ingestion.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
+from fleetscore.ingestion.store import SensorStore
 
 SPEC = SimulationSpec(devices=4, sensors=6, start=datetime(2024, 5, 1, 0, 0, 2), duration=timedelta(hours=5),
                       interval=timedelta(seconds=1), seed=11, anomaly_rate=0.05)

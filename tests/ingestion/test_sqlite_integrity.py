@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from fleetscore.errors import StoreError
-from ingestion.alias_log import AliasLog
-from ingestion.engine import make_engine, single_sqlite_copy
-from ingestion.ingest import ingest_files
-from ingestion.store import SensorStore
-from pipelines.cli import main
+from fleetscore.ingestion.alias_log import AliasLog
+from fleetscore.ingestion.engine import make_engine, single_sqlite_copy
+from fleetscore.ingestion.ingest import ingest_files
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.pipelines.cli import main
 
 CHECK = """
 import json, sqlite3, sys

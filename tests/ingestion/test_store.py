@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from fleetscore.errors import ConfigError, StoreError
-from ingestion.schema import SCHEMA_VERSION, schema_info
-from ingestion.sharding import shard_devices
-from ingestion.store import SensorStore
-from ingestion.writer import open_writer
+from fleetscore.ingestion.schema import SCHEMA_VERSION, schema_info
+from fleetscore.ingestion.sharding import shard_devices
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.writer import open_writer
 
 
 def _chunk(rows: list[tuple[str, str, str, float, float, float, int]]) -> pa.Table:

@@ -18,10 +18,10 @@ from azure.ai.ml.entities._load_functions import load_schedule
 from click.testing import CliRunner
 
 from fleetscore.errors import PublishError
-from pipelines import azureml
-from pipelines.azureml_plan import ScheduleSpec
-from pipelines.cli import main
-from pipelines.settings import load_settings
+from fleetscore.pipelines import azureml
+from fleetscore.pipelines.azureml_plan import ScheduleSpec
+from fleetscore.pipelines.cli import main
+from fleetscore.pipelines.settings import load_settings
 from tests.pipelines.azureml_fakes import FakeMLClient
 
 REMOTE = {"database_url": "postgresql://fleet@db.example.org/fleet", "tracking_uri": "azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws",

@@ -14,7 +14,7 @@ import pytest
 from croniter import croniter
 
 from fleetscore.errors import ConfigError
-from pipelines.azureml_plan import ScheduleSpec, parse_schedule_input, scheduled_window, trigger_for
+from fleetscore.pipelines.azureml_plan import ScheduleSpec, parse_schedule_input, scheduled_window, trigger_for
 
 
 @pytest.mark.parametrize(("every", "lag", "expression"), [
@@ -90,7 +90,7 @@ def test_entry_script_runs_fleetscore_per_task(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["driver", "--storage-url", str(tmp_path / "blob")])
-    entry = importlib.import_module("pipelines.azureml_entry")
+    entry = importlib.import_module("fleetscore.pipelines.azureml_entry")
     entry.init()
     assert entry._args == ["--storage-url", str(tmp_path / "blob")]
     nothing = tmp_path / "nothing.json"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetscore import __version__
-from pipelines.cli import COMMANDS, main
+from fleetscore.pipelines.cli import COMMANDS, main
 
 
 def _all_commands() -> list[list[str]]:

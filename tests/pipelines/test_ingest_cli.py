@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from ingestion.store import SensorStore
-from pipelines.cli import main
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.pipelines.cli import main
 
 DB = "sqlite:///.fleetscore/fleetscore.db"
 

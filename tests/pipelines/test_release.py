@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import main
+from fleetscore.pipelines.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipelines.release as release
-from ingestion.simulate import SimulationSpec, simulate_fleet
-from pipelines.settings import load_settings
-from training.fit import fit_shard
+import fleetscore.pipelines.release as release
+from fleetscore.ingestion.simulate import SimulationSpec, simulate_fleet
+from fleetscore.pipelines.settings import load_settings
+from fleetscore.training.fit import fit_shard
 
 
 def test_a_failing_shard_does_not_stop_the_fleet(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

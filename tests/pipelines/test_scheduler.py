@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleetscore.errors import ConfigError, ScheduleError, ScoringError
-from ingestion.schedule_store import ScheduleStore
-from pipelines.scheduler import Schedule, current_schedule, run_scheduler, set_schedule
-from pipelines.settings import Settings, load_settings
+from fleetscore.ingestion.schedule_store import ScheduleStore
+from fleetscore.pipelines.scheduler import Schedule, current_schedule, run_scheduler, set_schedule
+from fleetscore.pipelines.settings import Settings, load_settings
 
 T0 = datetime(2018, 8, 28, 23, 0)
 
@@ -160,8 +160,8 @@ def test_interrupted_window_is_given_back(tmp_path: Path) -> None:
 WORKER = textwrap.dedent("""
     import os, sys, time
     from datetime import datetime
-    from pipelines.settings import load_settings
-    from pipelines.scheduler import run_scheduler
+    from fleetscore.pipelines.settings import load_settings
+    from fleetscore.pipelines.scheduler import run_scheduler
 
     home, log = sys.argv[1], sys.argv[2]
     settings = load_settings({"home": home, "scoring.poll": "0.05s", "scoring.lock_ttl": "5s"}, environ={})

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import main
-from pipelines.settings import load_settings
-from scoring import writer
+from fleetscore.pipelines.cli import main
+from fleetscore.pipelines.settings import load_settings
+from fleetscore.scoring import writer
 from tests.scoring.fleet import fit_release, store_windows
 
 REF_START, REF_END = "2018-08-28T23:00:00", "2018-08-29T03:15:00"

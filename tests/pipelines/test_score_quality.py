@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.labels import label_windows, read_labels
-from ingestion.run_log import RunLog
-from pipelines.settings import load_settings
-from scoring import writer
+from fleetscore.ingestion.labels import label_windows, read_labels
+from fleetscore.ingestion.run_log import RunLog
+from fleetscore.pipelines.settings import load_settings
+from fleetscore.scoring import writer
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
 

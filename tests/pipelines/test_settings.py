@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleetscore.errors import ConfigError
-from pipelines.settings import load_settings, mask_url
+from fleetscore.pipelines.settings import load_settings, mask_url
 
 
 def test_defaults_keep_state_under_dot_fleetscore(home: Path) -> None:

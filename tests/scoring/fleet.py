@@ -13,12 +13,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-from ingestion.engine import make_engine
-from ingestion.schema import windows as windows_table
-from ingestion.store import SensorStore
-from pipelines.settings import Settings, load_settings
-from training.bundle import ReleaseBundle
-from training.features import compute_features
+from fleetscore.ingestion.engine import make_engine
+from fleetscore.ingestion.schema import windows as windows_table
+from fleetscore.ingestion.store import SensorStore
+from fleetscore.pipelines.settings import Settings, load_settings
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.features import compute_features
 
 START = datetime(2018, 8, 28, 23, 0)
 RANGES = {"1": (10.0, 15.0), "2": (30.0, 40.0), "3": (60.0, 65.0), "4": (80.0, 85.0), "5": (100.0, 110.0)}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipelines.scoring_pipeline as sp
+import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import StorageError
-from scoring import writer
-from scoring.storage import Storage, storage_spec
+from fleetscore.scoring import writer
+from fleetscore.scoring.storage import Storage, storage_spec
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
 
 END = START + timedelta(minutes=5)

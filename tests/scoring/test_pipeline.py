@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipelines.scoring_pipeline as sp
+import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import ScoringError
-from ingestion.run_log import RunLog
-from scoring import writer
-from scoring.shard import score_shard
+from fleetscore.ingestion.run_log import RunLog
+from fleetscore.scoring import writer
+from fleetscore.scoring.shard import score_shard
+from fleetscore.training.kernel import score_windows
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
-from training.kernel import score_windows
 
 END = START + timedelta(minutes=10)
 
@@ -182,7 +182,7 @@ def stuck_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_fleet: dict) -> None:
-    from ingestion.run_log import window_fingerprint
+    from fleetscore.ingestion.run_log import window_fingerprint
 
     settings = stuck_fleet["settings"]
     result = sp.score_window(settings, START, END, shards=3)
@@ -206,7 +206,7 @@ def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_
 def test_the_shards_metrics_give_the_gate_the_same_report_as_its_own_query(stuck_fleet: dict) -> None:
     """The shards that start at once compute the series metrics from their rows; the queued shard's series
     are checked in SQL. The report is the standalone gate's, and the metrics files are gone after."""
-    from data_checks import run_validation
+    from fleetscore.data_checks import run_validation
 
     settings = stuck_fleet["settings"]
     result = sp.score_window(settings, START, END, shards=3)  # 2 workers: shards 0 and 1 start at once
@@ -247,15 +247,15 @@ def _fail_shard_zero_before_its_metrics(task: sp.ShardTask) -> dict:
 @pytest.mark.parametrize("named_max", [500, 2])  # 2: too many devices to name, the SQL query takes the range
 def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: dict, monkeypatch: pytest.MonkeyPatch,
                                                                    named_max: int) -> None:
-    import data_checks.gate
+    from fleetscore.data_checks import gate as checks_gate
 
     settings = settings_for(Path(stuck_fleet["settings"].home), workers=1, **{"scoring.max_failed_fraction": 0.6})
     monkeypatch.setattr(sp, "score_shard", _fail_shard_zero_before_its_metrics)
-    monkeypatch.setattr(data_checks.gate, "KEYED_QUERY_MAX", named_max)
+    monkeypatch.setattr(checks_gate, "KEYED_QUERY_MAX", named_max)
     result = sp.score_window(settings, START, END, shards=2)  # one worker: shard 1 waits behind shard 0
     assert result.failures == {"shard 0": "RuntimeError: disk on fire"}
     assert result.manifest["excluded"] == {"6/2": "stuck: constant 35 over the whole range (120 windows)"}
-    from ingestion.run_log import window_fingerprint
+    from fleetscore.ingestion.run_log import window_fingerprint
 
     assert result.manifest["data_hash"] == window_fingerprint(settings.database_url, START, END)
     assert result.rows == 3 * 2 * 120 - 120  # devices 4-6 in shard 1, series 6/2 excluded

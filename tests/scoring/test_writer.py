@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from fleetscore.errors import StorageError
-from scoring import writer
-from scoring.storage import Storage
+from fleetscore.scoring import writer
+from fleetscore.scoring.storage import Storage
 
 START = datetime(2018, 8, 28, 23, 0)
 

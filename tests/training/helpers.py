@@ -8,8 +8,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-from training.bundle import ReleaseBundle
-from training.features import compute_features
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.features import compute_features
 
 
 def random_series(
@@ -51,8 +51,8 @@ def simulated_windows(spec: object) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``fleetscore simulate`` readings aggregated into windows in memory, and their labels."""
     import pyarrow as pa
 
-    from ingestion.simulate import block_readings, generate, labels_frame, plan_anomalies
-    from ingestion.windowing import aggregate
+    from fleetscore.ingestion.simulate import block_readings, generate, labels_frame, plan_anomalies
+    from fleetscore.ingestion.windowing import aggregate
 
     anomalies = plan_anomalies(spec)  # type: ignore[arg-type]
     window_ns = int(spec.window.total_seconds() * 1e9)  # type: ignore[attr-defined]

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from ingestion.labels import label_windows
-from ingestion.simulate import SimulationSpec
+from fleetscore.ingestion.labels import label_windows
+from fleetscore.ingestion.simulate import SimulationSpec
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.fit import fit_shard
+from fleetscore.training.kernel import score_windows
 from tests.training.helpers import simulated_windows
-from training.config import TrainingConfig
-from training.fit import fit_shard
-from training.kernel import score_windows
 
 START = datetime(2024, 1, 1)
 TRAIN_END = START + timedelta(hours=1)  # the simulator keeps the first hour free of anomalies

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fleetscore.errors import RegistryError
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.features import compute_features
 from tests.training.helpers import random_fleet
-from training.bundle import ReleaseBundle
-from training.features import compute_features
 
 FEATURES = ("value", "spread")
 

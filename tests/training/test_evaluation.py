@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from ingestion.simulate import SimulationSpec
+from fleetscore.ingestion.simulate import SimulationSpec
+from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.evaluation import KINDS, perturb, run_gate
+from fleetscore.training.fit import fit_shard
 from tests.training.helpers import simulated_windows
-from training.bundle import ReleaseBundle
-from training.config import TrainingConfig
-from training.evaluation import KINDS, perturb, run_gate
-from training.fit import fit_shard
 
 START = datetime(2024, 1, 1)
 CONFIG = TrainingConfig()

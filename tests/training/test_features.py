@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from fleetscore.errors import ConfigError
+from fleetscore.training.features import check_features, compute_features, context_windows
 from tests.training.helpers import random_series
-from training.features import check_features, compute_features, context_windows
 
 
 @pytest.fixture()

@@ -10,10 +10,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from fleetscore.errors import ConfigError
+from fleetscore.training.config import TrainingConfig
+from fleetscore.training.features import compute_features, series_starts
+from fleetscore.training.fit import SeriesModel, fit_shard
 from tests.training.helpers import random_series
-from training.config import TrainingConfig
-from training.features import compute_features, series_starts
-from training.fit import SeriesModel, fit_shard
 
 TOL = 1e-12
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fleetscore.training.features import compute_features
+from fleetscore.training.kernel import decision_function, kernel_evaluations, missing_series, score_windows
 from tests.training.helpers import random_fleet, random_series
-from training.features import compute_features
-from training.kernel import decision_function, kernel_evaluations, missing_series, score_windows
 
 FEATURES = ("value", "spread", "rolling_std", "delta")
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from fleetscore.errors import ReleaseNotFound
+from fleetscore.training.bundle import ReleaseBundle
 from tests.training.helpers import random_fleet
-from training.bundle import ReleaseBundle
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_register_resolve_alias_and_pyfunc(tracking_uri: str, tmp_path: Path) -> None:
-    from training import registry
+    from fleetscore.training import registry
 
     name = f"fleet-{uuid.uuid4().hex[:8]}"
     bundle, pipelines, frames = random_fleet(seed=3, models=5, features=("value", "spread"), rolling_window=3)
@@ -60,7 +60,7 @@ def test_register_resolve_alias_and_pyfunc(tracking_uri: str, tmp_path: Path) ->
     assert list(out.columns) == ["TS", "Device", "Sensor", "Value", "Score", "Prediction"]
     # one reading per window: the window's spread is 0, its value the reading
     windows = frame.assign(value_min=frame["value"], value_max=frame["value"], value_count=1)
-    from training.features import compute_features
+    from fleetscore.training.features import compute_features
 
     expected = pipelines[2].decision_function(compute_features(windows, ("value", "spread"), 3))
     np.testing.assert_allclose(out["Score"].to_numpy(), expected, rtol=0, atol=1e-9)
