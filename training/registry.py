@@ -86,7 +86,31 @@ def _client(tracking_uri: str) -> Any:
     mlflow = _mlflow()
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri.startswith("azureml://"):
+        _probe_azureml(client, tracking_uri)
+    return client
+
+
+_REACHED: set[str] = set()
+
+
+def _probe_azureml(client: Any, tracking_uri: str) -> None:
+    """One cheap registry call per process, so that an unreachable workspace or a missing credential is one
+    line naming the URI rather than the azureml-mlflow plugin's traceback at the first real call."""
+    if tracking_uri in _REACHED:
+        return
+    from azure.core.exceptions import AzureError
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.search_registered_models(max_results=1)
+    except (AzureError, MlflowException, OSError) as exc:
+        raise RegistryError(
+            f"tracking_uri {_shown(tracking_uri)}: cannot reach the Azure ML workspace's MLflow "
+            f"({type(exc).__name__}); log in (az login, or the workflow's azure/login) and check the URI"
+        ) from exc
+    _REACHED.add(tracking_uri)
 
 
 def _shown(uri: str) -> str:
