@@ -34,7 +34,9 @@ def label_windows(windows: pd.DataFrame, labels: pd.DataFrame, device: str = "de
                   ts: str = "ts") -> np.ndarray:
     """The anomaly kind of each row of ``windows`` ('' = normal), in the rows' order."""
     rows = pd.DataFrame({"d": windows[device].astype(str).to_numpy(), "s": windows[sensor].astype(str).to_numpy(),
-                         "t": pd.to_datetime(windows[ts]).to_numpy().astype("datetime64[ns]"),
+                         # naive UTC, whether the rows' times are naive (windows) or UTC-aware (predictions)
+                         "t": pd.to_datetime(windows[ts], utc=True).dt.tz_convert(None).to_numpy()
+                         .astype("datetime64[ns]"),
                          "i": np.arange(len(windows))})
     marks = pd.DataFrame({"d": labels["Device"].astype(str), "s": labels["Sensor"].astype(str),
                           "t": labels["Start"].to_numpy().astype("datetime64[ns]"),

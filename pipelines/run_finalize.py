@@ -16,9 +16,9 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines.settings import Settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.shard import load_bundle
-from fleetscore.scoring.storage import Storage, storage_spec
+from fleetscore.scoring.storage import Storage, StorageSpec, storage_spec
 
 log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
 
@@ -39,6 +39,8 @@ class ScoringResult:
     resumed: bool = False
     failures: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    table_version: int | None = None  # the predictions table's version this run committed
+    run_folder: str = ""  # the run's plan, manifest, log and CSV export
 
 
 def note(journal: list[str], message: str, *args: Any) -> None:
@@ -47,10 +49,15 @@ def note(journal: list[str], message: str, *args: Any) -> None:
     journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
 
 
+def spec_for(settings: Settings) -> StorageSpec:
+    """The storage of these settings as a :class:`StorageSpec` (the table's location derives from it)."""
+    return storage_spec(settings.storage_url, settings.scoring.storage_account,
+                        settings.scoring.storage_connection_string)
+
+
 def storage_for(settings: Settings) -> Storage:
     """The predictions storage of these settings (folder or ``az://``)."""
-    return storage_spec(settings.storage_url, settings.scoring.storage_account,
-                        settings.scoring.storage_connection_string).open()
+    return spec_for(settings).open()
 
 
 def finalize_run(
@@ -64,8 +71,10 @@ def finalize_run(
     resumed: bool = False,
     journal: list[str] | None = None,
 ) -> ScoringResult:
-    """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
-    storage = storage_for(settings)
+    """Collect the shards' outcomes, apply ``max_failed_fraction``, commit the staged parts to the
+    predictions table in one transaction, write the manifest and record the run."""
+    spec = spec_for(settings)
+    storage = spec.open()
     start, end = parse_time(plan["start"]), parse_time(plan["end"])
     prefix = writer.run_prefix(start, run_id)
     runs = RunLog(settings.database_url)
@@ -112,8 +121,16 @@ def finalize_run(
                                                                "failures": all_failures})
         runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
         raise ScoringError(message)
-    note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
-         run_id, rows, anomalies, len(failed_series) + lost)
+    parts = [writer.part_name(i) for i in sorted(outcomes)]
+    t0 = time.perf_counter()
+    version_of_table = table.commit_run(
+        spec, [f"{prefix}/{part}" for part in parts], start, end, plan.get("devices"),
+        {"run_id": run_id, "release_version": version, "data_hash": plan.get("data_hash", ""),
+         "code_version": plan.get("code_version", ""), "validation_id": plan.get("validation_id", "")})
+    timings["commit"] = time.perf_counter() - t0
+    location = f"{table.table_uri(spec)}@v{version_of_table}"
+    note(journal, "run %s: %d rows, %d anomalies, %d series failed; committed as table version %d",
+         run_id, rows, anomalies, len(failed_series) + lost, version_of_table)
     storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
     timings["total"] = time.perf_counter() - started if started is not None else 0.0
     manifest = {
@@ -125,7 +142,8 @@ def finalize_run(
         "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
         "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
         "series_scored": scored,
-        "parts": [writer.part_name(i) for i in sorted(outcomes)],
+        "table": table.table_uri(spec), "table_version": version_of_table,
+        "parts": parts,
         "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
         "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
                             "timings": o["timings"]} for i, o in sorted(outcomes.items())},
@@ -137,11 +155,13 @@ def finalize_run(
         "completed_at": utcnow().isoformat(),
     }
     writer.publish(storage, start, run_id, manifest)
-    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
+    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], location=location,
+                table_version=version_of_table, **common)
     if settings.scoring.log_to_mlflow:
         _log_mlflow(settings, runs, run_id, manifest)
-    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, storage.display(prefix),
-                         resumed=resumed, failures=all_failures, manifest=manifest)
+    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, location,
+                         resumed=resumed, failures=all_failures, manifest=manifest, table_version=version_of_table,
+                         run_folder=storage.display(prefix))
 
 
 def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
@@ -153,7 +173,7 @@ def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[st
     metrics.update({f"seconds.{k}": v for k, v in manifest["timings"].items()})
     params = {"window_start": manifest["start"], "window_end": manifest["end"],
               "release_version": manifest["release_version"], "n_shards": manifest["n_shards"],
-              "data_hash": manifest["data_hash"]}
+              "data_hash": manifest["data_hash"], "table_version": manifest["table_version"]}
     tags = {"fleetscore.run_id": run_id, "fleetscore.validation_id": manifest["validation_id"],
             "fleetscore.code_version": manifest["code_version"], "fleetscore.kind": "scoring"}
     try:

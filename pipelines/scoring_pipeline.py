@@ -7,10 +7,11 @@ that other executors reuse one by one (the Azure ML pipeline runs them as separa
   detects a duplicate run, resumes an incomplete run of the same plan or starts a new one, and writes
   the run's plan (``_run.json``) and the gate's report under the run's folder;
 - :func:`score_one_shard` scores one shard of that plan (:func:`scoring.shard.score_shard`);
-- :func:`finalize_run` checks the parts, applies ``max_failed_fraction``, writes the run's log and
-  its manifest (last), moves the ``latest`` pointer and records the run (SQL, then MLflow).
+- :func:`finalize_run` checks the parts, applies ``max_failed_fraction``, commits the staged parts to
+  the predictions table (one Delta transaction), writes the run's log and manifest and records the run
+  (SQL, then MLflow).
 
-A run killed at any point leaves a folder without a manifest, which readers ignore; running the same
+A run killed before its commit leaves only its run folder, which no table reader sees; running the same
 command again finds that plan and completes it (only the shards without a part are scored).
 """
 
@@ -34,10 +35,10 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog, window_fingerprint
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
-from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
+from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, spec_for, storage_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_path
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
 from fleetscore.scoring.storage import Storage, storage_spec
 
@@ -106,7 +107,7 @@ def score_window(
     if prepared.duplicate_of:
         return ScoringResult(prepared.run_id, "skipped", w_start, w_end, plan["release_version"],
                              duplicate_of=prepared.duplicate_of,
-                             location=storage_for(settings).display(writer.run_prefix(w_start, prepared.duplicate_of)))
+                             location=_location_of(settings, prepared.duplicate_of))
     total = plan["n_shards"]
     already = total - len(prepared.todo)
     if on_progress is not None:
@@ -143,7 +144,7 @@ def prepare_run(
     report = _gate_verdict(setup)
     data_hash = _data_hash(setup, report)
     start, end, version = setup.start, setup.end, setup.version
-    duplicate = writer.find_duplicate(setup.storage, start, end, version, data_hash, setup.device_filter)
+    duplicate = _find_duplicate(settings, setup.storage, start, end, version, data_hash, setup.device_filter)
     if duplicate and not force:
         _record_skipped(setup, data_hash, str(duplicate["run_id"]))
         stub = {"start": start.isoformat(), "end": end.isoformat(), "release_version": version}
@@ -374,14 +375,14 @@ def _score_during_gate(
         report = _gate_verdict(setup, lambda pending: complete_from_shards(
             pending, storage, prefix, provisional["shards"], range(at_once), finished, scoring, others))
         data_hash = _data_hash(setup, report)
-        duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
-                                          setup.device_filter)
+        duplicate = _find_duplicate(settings, storage, setup.start, setup.end, setup.version, data_hash,
+                                    setup.device_filter)
         if duplicate and not force:
             _abort(storage, prefix, scoring)
             _record_skipped(setup, data_hash, str(duplicate["run_id"]))
             return ScoringResult(setup.run_id, "skipped", setup.start, setup.end, setup.version,
                                  duplicate_of=str(duplicate["run_id"]),
-                                 location=storage.display(writer.run_prefix(setup.start, str(duplicate["run_id"]))))
+                                 location=_location_of(settings, str(duplicate["run_id"])))
     except BaseException:
         _abort(storage, prefix, scoring)
         raise
@@ -441,6 +442,25 @@ def score_one_shard(settings: Settings, start: datetime, run_id: str, shard: int
     if not 0 <= shard < plan["n_shards"]:
         raise ScoringError(f"run {run_id}: no shard {shard} (the plan has {plan['n_shards']})")
     return score_shard(shard_task(settings, plan, shard))
+
+
+def _find_duplicate(settings: Settings, storage: Storage, start: datetime, end: datetime, release_version: int,
+                    data_hash: str, devices: Sequence[str] | None) -> dict[str, Any] | None:
+    """The manifest of a complete run of the same window, release, devices and data whose rows are still
+    the table's current ones (a later run that replaced some of them makes the window worth scoring)."""
+    duplicate = writer.find_duplicate(storage, start, end, release_version, data_hash, devices)
+    if duplicate is None or "table_version" not in duplicate:
+        return None
+    if table.superseded(spec_for(settings), int(duplicate["table_version"]), start, end, devices):
+        return None
+    return duplicate
+
+
+def _location_of(settings: Settings, run_id: str) -> str:
+    """``TABLE@vN`` of a committed run (the table alone if its version is not found)."""
+    spec = spec_for(settings)
+    version = table.run_version(spec, run_id)
+    return table.table_uri(spec) + (f"@v{version}" if version is not None else "")
 
 
 def _planned_incomplete(storage: Storage, start: datetime) -> bool:

@@ -1,24 +1,26 @@
-"""Versioned predictions: Parquet parts, a manifest written last, a ``latest`` pointer per window.
+"""A scoring run's folder: its plan, the shards' staged parts, its manifest (beside the predictions table).
 
 Layout under the storage root::
 
-    predictions/window_start=YYYY-MM-DDTHH-MM/
-        latest.json                      -> {"run_id": ...}, written after the run's manifest
+    predictions/                         the Delta table (scoring.table): _delta_log/, window_start=.../
+    runs/window_start=YYYY-MM-DDTHH-MM/  the runs of a requested window (the start of its range)
         run=<run_id>/
             _run.json                    the run's plan, written first (release, data hash, shards)
-            part-00000.parquet ...       one per shard, each written atomically
+            part-00000.parquet ...       one per shard, staged here until the run's commit, then removed
+            part-00000.json              the shard's outcome (rows, anomalies, failures, timings)
             part-00000.csv ...           with --csv: the reference format TS,Device,Sensor,Val,Prediction
             validation.json, run.log     the gate's report and the run's log
-            manifest.json                written LAST: a run without it is incomplete and never read
+            manifest.json                written after the table commit, naming its version
 
-Readers (:func:`read_predictions`) only ever look at runs that have a manifest, so a run killed at any
-point leaves nothing they take for a result.
+The table commit (:func:`scoring.table.commit_run`) is what makes a run's predictions visible; the
+folder is bookkeeping (resume, duplicate detection, reports) that no table reader looks at.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -27,13 +29,14 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import StorageError
-from fleetscore.scoring.storage import Storage, StorageSpec
+from fleetscore.scoring.storage import Storage
 
-PREDICTIONS = "predictions"
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
 MANIFEST = "manifest.json"
 PLAN = "_run.json"
 ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
-LATEST = "latest.json"
 PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
@@ -44,9 +47,9 @@ def window_label(start: datetime) -> str:
 
 
 def window_prefix(start: datetime | str) -> str:
-    """``predictions/window_start=...`` for a window start (a datetime or an existing label)."""
+    """``runs/window_start=...`` for a window start (a datetime or an existing label)."""
     label = start if isinstance(start, str) else window_label(start)
-    return f"{PREDICTIONS}/window_start={label}"
+    return f"{RUNS}/window_start={label}"
 
 
 def run_prefix(start: datetime | str, run_id: str) -> str:
@@ -68,7 +71,7 @@ def part_name(shard: int, ext: str = "parquet") -> str:
 def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
     """The kernel's output (device, sensor, ts, value, score, prediction) in the predictions columns."""
     out = pd.DataFrame({
-        "TS": pd.to_datetime(scored["ts"]).astype("datetime64[ns]"),
+        "TS": pd.to_datetime(scored["ts"], utc=True).astype("datetime64[us, UTC]"),
         "Device": scored["device"].astype(str),
         "Sensor": scored["sensor"].astype(str),
         "Val": scored["value"].astype("float64"),
@@ -148,32 +151,23 @@ def done_shards(storage: Storage, prefix: str) -> set[int]:
 
 
 def publish(storage: Storage, start: datetime, run_id: str, manifest: Mapping[str, Any]) -> None:
-    """Complete a run: write its manifest (last of its files), then move the window's ``latest`` pointer.
+    """Complete a run's folder once its table commit is made: write the manifest, drop the staged parts.
 
-    The pointer only moves forward: it keeps naming the newest complete run by creation time. Storage
-    has no compare-and-swap, so after writing it the complete runs are listed again: a newer run that
-    published between this one's check and its write is named instead (whichever writer comes last).
+    The staged Parquet parts hold the same rows as the table's files of the run's version, so they go
+    (the CSV parts, the reference export, stay).
     """
     prefix = run_prefix(start, run_id)
     write_json(storage, f"{prefix}/{MANIFEST}", manifest)
-    latest_rel = f"{window_prefix(start)}/{LATEST}"
-    if storage.exists(latest_rel):
-        current = read_json(storage, latest_rel).get("run_id", "")
-        if current > run_id and storage.exists(f"{run_prefix(start, current)}/{MANIFEST}"):
-            return
-    write_json(storage, latest_rel, _pointer(run_id))
-    newest = max((rid for rid, complete in list_runs(storage, start) if complete), default=run_id)
-    if newest > run_id:
-        write_json(storage, latest_rel, _pointer(newest))
-
-
-def _pointer(run_id: str) -> dict[str, str]:
-    return {"run_id": run_id, "manifest": f"run={run_id}/{MANIFEST}"}
+    for part in manifest.get("parts", []):
+        try:
+            storage.remove(f"{prefix}/{part}")
+        except StorageError as exc:  # only space is lost: the run is complete
+            log.warning("run %s: staged part %s not removed: %s", run_id, part, exc)
 
 
 def list_windows(storage: Storage) -> list[str]:
     """Window labels that have any run folder, oldest first."""
-    return [name.split("=", 1)[1] for name in storage.listdir(PREDICTIONS) if name.startswith("window_start=")]
+    return [name.split("=", 1)[1] for name in storage.listdir(RUNS) if name.startswith("window_start=")]
 
 
 def list_runs(storage: Storage, window: datetime | str) -> list[tuple[str, bool]]:
@@ -204,71 +198,6 @@ def find_duplicate(storage: Storage, start: datetime, end: datetime, release_ver
                 and manifest.get("devices") == wanted):
             return manifest
     return None
-
-
-def latest_run(storage: Storage, window: datetime | str) -> str | None:
-    """The run id the window's ``latest`` pointer names, or the newest complete run; None if none."""
-    latest_rel = f"{window_prefix(window)}/{LATEST}"
-    if storage.exists(latest_rel):
-        run_id = str(read_json(storage, latest_rel).get("run_id", ""))
-        if run_id and storage.exists(f"{run_prefix(window, run_id)}/{MANIFEST}"):
-            return run_id
-    complete = [run_id for run_id, ok in list_runs(storage, window) if ok]
-    return complete[-1] if complete else None
-
-
-def read_run(storage: Storage, window: datetime | str, run_id: str) -> pd.DataFrame:
-    """The predictions of one COMPLETE run (its manifest lists the parts); incomplete runs raise."""
-    prefix = run_prefix(window, run_id)
-    if not storage.exists(f"{prefix}/{MANIFEST}"):
-        raise StorageError(f"{storage.display(prefix)}: run {run_id} is incomplete (no manifest)")
-    manifest = read_json(storage, f"{prefix}/{MANIFEST}")
-    frames = []
-    for part in manifest.get("parts", []):
-        with storage.open_read(f"{prefix}/{part}") as handle:
-            frames.append(pd.read_parquet(handle, engine="pyarrow"))
-    if not frames:
-        return empty_predictions()
-    return pd.concat(frames, ignore_index=True)
-
-
-def empty_predictions() -> pd.DataFrame:
-    """A predictions frame with no rows and the right column types."""
-    return pd.DataFrame({
-        "TS": pd.Series([], dtype="datetime64[ns]"), "Device": pd.Series([], dtype=object),
-        "Sensor": pd.Series([], dtype=object), "Val": pd.Series([], dtype="float64"),
-        "Prediction": pd.Series([], dtype="int8"), "Score": pd.Series([], dtype="float64"),
-        "ModelVersion": pd.Series([], dtype="int32"),
-    })
-
-
-def read_predictions(storage_url: str | StorageSpec, window_start: datetime | str | None = None,
-                     run_id: str | None = None, storage_options: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Read complete predictions only.
-
-    - ``window_start`` and ``run_id``: that run (it must be complete).
-    - ``window_start`` only: the run the window's ``latest`` pointer names.
-    - ``run_id`` only: that run, wherever its window is.
-    - neither: the latest run of every window, concatenated, oldest window first.
-
-    Runs without a manifest (in progress, killed, failed) are never read.
-    """
-    spec = storage_url if isinstance(storage_url, StorageSpec) else StorageSpec(storage_url, storage_options or {})
-    storage = spec.open()
-    windows = [window_start] if window_start is not None else list_windows(storage)
-    frames = []
-    for window in windows:
-        if run_id is not None:
-            if any(r == run_id for r, _ in list_runs(storage, window)):
-                return read_run(storage, window, run_id)
-            continue
-        chosen = latest_run(storage, window)
-        if chosen is not None:
-            frames.append(read_run(storage, window, chosen))
-    if run_id is not None:
-        raise StorageError(f"{storage.display(PREDICTIONS)}: no run {run_id}")
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else empty_predictions()
 
 
 def find_run(storage: Storage, run_id: str) -> str | None:

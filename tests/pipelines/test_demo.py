@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.scoring.writer import read_predictions
+from fleetscore.scoring.table import read_predictions
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
 
