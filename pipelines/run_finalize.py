@@ -121,10 +121,10 @@ def finalize_run(
                                                                "failures": all_failures})
         runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
         raise ScoringError(message)
-    parts = [writer.part_name(i) for i in sorted(outcomes)]
+    staged = writer.staged_files(prefix, outcomes)
     t0 = time.perf_counter()
     version_of_table = table.commit_run(
-        spec, [f"{prefix}/{part}" for part in parts], start, end, plan.get("devices"),
+        spec, staged, start, end, plan.get("devices"),
         {"run_id": run_id, "release_version": version, "data_hash": plan.get("data_hash", ""),
          "code_version": plan.get("code_version", ""), "validation_id": plan.get("validation_id", "")})
     timings["commit"] = time.perf_counter() - t0
@@ -143,7 +143,7 @@ def finalize_run(
         "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
         "series_scored": scored,
         "table": table.table_uri(spec), "table_version": version_of_table,
-        "parts": parts,
+        "files": [table.data_path(run_id, item) for item in staged],  # added to the table, under its root
         "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
         "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
                             "timings": o["timings"]} for i, o in sorted(outcomes.items())},

@@ -171,6 +171,26 @@ class Storage:
         names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         return sorted(n for n in names if n and ".tmp-" not in n)
 
+    def move(self, src: str, dst: str) -> None:
+        """Move the file ``src`` to ``dst`` (a rename on a folder, copy then delete on Azure Blob Storage).
+
+        Done already (``src`` gone, ``dst`` there) is not an error, so a retried commit can move again.
+        """
+        source, target = self.path(src), self.path(dst)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
+            else:
+                self.fs.mv(source, target)
+        except FileNotFoundError as exc:
+            if not self.exists(dst):
+                raise StorageError(f"{self.display(src)}: not found (nor {self.display(dst)})") from exc
+        except Exception as exc:
+            if self.exists(dst) and not self.exists(src):
+                return
+            raise StorageError(f"{self.display(src)}: cannot move to {self.display(dst)}: {_one_line(exc)}") from exc
+
     def remove(self, rel: str) -> None:
         """Delete the file ``rel``; nothing if it is absent."""
         try:

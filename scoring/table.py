@@ -18,7 +18,10 @@ This module reads and writes the table through delta-rs only, with the location 
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleetscore.errors import StorageError
@@ -111,59 +115,130 @@ def current_version(spec: StorageSpec | str) -> int | None:
     return None if table is None else int(table.version())
 
 
-def with_partition(batch: pa.Table) -> pa.Table:
-    """Predictions in the table's schema, with the ``window_start`` partition column computed from TS."""
-    batch = batch.select(SCHEMA.names).cast(SCHEMA)
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet data file of one partition (hour), encoded, with its Delta statistics (JSON)."""
+
+    partition: str
+    data: bytes
+    rows: int
+    stats: str
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A data file a shard staged under its run's folder (``rel``, under the storage root)."""
+
+    rel: str
+    partition: str
+    size: int
+    stats: str
+
+
+_DICTIONARY = ["Device", "Sensor", "Prediction", "ModelVersion"]
+
+
+def encode_files(predictions: pd.DataFrame) -> list[DataFile]:
+    """Predictions as Delta data files: one Parquet file per UTC hour of TS (the partition column is in
+    the path, not the file), each with the statistics the table's log records (rows, min/max, nulls)."""
+    batch = pa.Table.from_pandas(predictions[SCHEMA.names], schema=SCHEMA, preserve_index=False)
+    if batch.num_rows == 0:
+        return []
     micros = batch.column("TS").cast(pa.int64()).to_numpy(zero_copy_only=False)
-    if len(micros) == 0:
-        return batch.append_column(PARTITION, pa.array([], pa.string()))
     hours = micros // _HOUR_US
-    first = int(hours.min())
-    labels = pa.array([hour_label(pd.Timestamp(h * _HOUR_US, unit="us", tz="UTC"))
-                       for h in range(first, int(hours.max()) + 1)])
-    # few distinct hours: label each row by index into the hours' labels (no per-row formatting)
-    column = pa.DictionaryArray.from_arrays(pa.array((hours - first).astype(np.int32)), labels).cast(pa.string())
-    return batch.append_column(PARTITION, column)
+    first, last = int(hours.min()), int(hours.max())
+    if first == last:
+        pieces = [(first, batch)]
+    else:  # rows come grouped by series, so hours interleave: a stable sort by hour, then slices
+        order = np.argsort(hours, kind="stable")
+        counts = np.bincount((hours - first).astype(np.int64))
+        ordered = batch.take(pa.array(order))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        pieces = [(first + i, ordered.slice(int(offsets[i]), int(counts[i]))) for i in range(len(counts)) if counts[i]]
+    out = []
+    for hour, piece in pieces:
+        buffer = io.BytesIO()
+        # dictionary encoding where it pays (ids, version, label); tried on the floats it is given up page by page
+        pq.write_table(piece, buffer, use_dictionary=_DICTIONARY, compression="snappy")
+        label = hour_label(pd.Timestamp(hour * _HOUR_US, unit="us", tz="UTC"))
+        out.append(DataFile(label, buffer.getvalue(), piece.num_rows, file_stats(piece)))
+    return out
 
 
-def commit_run(spec: StorageSpec | str, parts: Sequence[str], start: datetime, end: datetime,
+def file_stats(piece: pa.Table) -> str:
+    """The Delta ``stats`` of a data file: numRecords, minValues, maxValues, nullCount (TS to the ms,
+    the minimum rounded down and the maximum up, so that data skipping never drops a row)."""
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    for name in SCHEMA.names:
+        if name == "TS":
+            micros = piece.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            low, high = int(micros.min()), int(micros.max())
+            minimum[name] = _ms_iso(low // 1000)
+            maximum[name] = _ms_iso(-(-high // 1000))
+            continue
+        bounds = pc.min_max(piece.column(name))
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if isinstance(low, float) and (math.isnan(low) or math.isnan(high)):
+            continue  # no statistics for a column with NaN: readers then scan it
+        minimum[name], maximum[name] = low, high
+    nulls = {name: int(piece.column(name).null_count) for name in SCHEMA.names}
+    return json.dumps({"numRecords": piece.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls},
+                      separators=(",", ":"))
+
+
+def _ms_iso(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def commit_run(spec: StorageSpec | str, staged: Sequence[StagedFile], start: datetime, end: datetime,
                devices: Sequence[str] | None, metadata: dict[str, Any]) -> int:
-    """Commit a run's staged parts (paths under the storage root) as ONE new table version; its number.
+    """Commit a run's staged data files as ONE new table version; returns its number.
 
-    The commit replaces the table's rows in ``[start, end)`` (of ``devices`` when given) with the
-    parts' rows. ``metadata`` (run_id, release_version, data_hash, code_version, ...) goes into the
-    commit's metadata under ``fleetscore.``. A run already committed (the finalize step is retried
-    after a crash between the commit and the manifest) is not committed twice: its version is returned.
+    The files are moved into the table's folder and added; the table's rows in ``[start, end)`` (of
+    ``devices`` when given) are removed in the same transaction: files wholly inside are removed, a file
+    only partly inside is replaced by a file of its other rows. ``metadata`` (run_id, release_version,
+    data_hash, code_version, ...) goes into the commit's metadata under ``fleetscore.``. A run already
+    committed (its finalize retried after a crash between the commit and the manifest) is not committed
+    twice: its version is returned.
     """
-    from deltalake import CommitProperties, Transaction, write_deltalake
+    from deltalake import CommitProperties, Transaction
 
     run_id = str(metadata["run_id"])
     app_id = f"fleetscore-run-{run_id}"
-    table = _open(spec)
-    if table is not None and table.transaction_version(app_id) is not None:
+    current = _open(spec)
+    if current is not None and current.transaction_version(app_id) is not None:
         done = run_version(spec, run_id)
         if done is not None:
             log.info("run %s: already committed as table version %d", run_id, done)
             return done
     storage = as_spec(spec).open()
-    tables = []
-    for rel in parts:
-        try:
-            with storage.open_read(rel) as handle:
-                tables.append(pq.read_table(handle))
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"{storage.display(rel)}: cannot read the staged part: {_one_line(exc)}") from exc
-    data = with_partition(pa.concat_tables([t.select(SCHEMA.names).cast(SCHEMA) for t in tables])
-                          if tables else SCHEMA.empty_table())
-    custom = {f"{META}{key}": _text(value) for key, value in metadata.items()}
-    custom.update({f"{META}start": utc(start).isoformat(), f"{META}end": utc(end).isoformat(),
-                   f"{META}devices": ",".join(sorted(devices)) if devices else ""})
     uri, options = _location(spec)
+    s, e = utc(start), utc(end)
+    now_ms = int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
+    adds = []
+    for item in staged:
+        stats = json.loads(item.stats)
+        if stats["numRecords"] and not (s <= utc(stats["minValues"]["TS"]) and utc(stats["maxValues"]["TS"]) <= e):
+            raise StorageError(f"{storage.display(item.rel)}: run {run_id}: rows outside the run's range "
+                               f"[{s.isoformat()}, {e.isoformat()})")
+        path = data_path(run_id, item)
+        storage.move(item.rel, f"{TABLE}/{path}")
+        adds.append(_add(path, item.size, item.partition, now_ms, item.stats))
+    custom = {f"{META}{key}": _text(value) for key, value in metadata.items()}
+    custom.update({f"{META}start": s.isoformat(), f"{META}end": e.isoformat(),
+                   f"{META}devices": ",".join(sorted(devices)) if devices else ""})
+    props = CommitProperties(custom_metadata=custom, app_transactions=[Transaction(app_id, 1)])
     try:
-        write_deltalake(uri, data, mode="overwrite", partition_by=[PARTITION],
-                        predicate=run_predicate(start, end, devices), storage_options=options,
-                        commit_properties=CommitProperties(custom_metadata=custom,
-                                                           app_transactions=[Transaction(app_id, 1)]))
+        if current is None:
+            from deltalake.transaction import create_table_with_add_actions
+
+            create_table_with_add_actions(uri, _delta_schema(), adds, mode="error", partition_by=[PARTITION],
+                                          name="predictions", storage_options=options, commit_properties=props)
+        else:
+            replaced = _replace_range(current, storage, s, e, set(devices or ()), run_id, now_ms)
+            current.create_write_transaction(adds + replaced, mode="append", schema=_delta_schema(),
+                                             partition_by=[PARTITION], commit_properties=props)
     except Exception as exc:
         raise StorageError(f"{uri}: run {run_id}: the commit failed: {_one_line(exc)}") from exc
     version = next((entry.version for entry in history(spec, 20) if entry.run_id == run_id), None)
@@ -172,13 +247,63 @@ def commit_run(spec: StorageSpec | str, parts: Sequence[str], start: datetime, e
     return version
 
 
-def run_predicate(start: datetime, end: datetime, devices: Sequence[str] | None = None) -> str:
-    """The SQL predicate of a run's rows: its partitions (for pruning), its range, its devices."""
-    hours = ", ".join(f"'{h}'" for h in hours_between(start, end))
-    text = (f"{PARTITION} IN ({hours}) AND TS >= '{_iso(start)}' AND TS < '{_iso(end)}'")
-    if devices:
-        text += " AND Device IN (" + ", ".join("'" + d.replace("'", "''") + "'" for d in sorted(devices)) + ")"
-    return text
+def data_path(run_id: str, item: StagedFile) -> str:
+    """Where a staged file lands in the table (relative to its root): ``window_start=H/RUN-part-....parquet``."""
+    return f"{PARTITION}={item.partition}/{run_id}-{item.rel.rsplit('/', 1)[-1]}"
+
+
+def _delta_schema() -> Any:
+    from deltalake import Schema
+
+    return Schema.from_arrow(TABLE_SCHEMA)
+
+
+def _add(path: str, size: int, partition: str, now_ms: int, stats: str) -> Any:
+    from deltalake.transaction import AddAction
+
+    return AddAction(path, size, {PARTITION: partition}, now_ms, True, stats)
+
+
+def _replace_range(current: Any, storage: Any, s: pd.Timestamp, e: pd.Timestamp, devices: set[str], run_id: str,
+                   now_ms: int) -> list[Any]:
+    """Remove actions (and adds of what a file keeps) for the table's rows in ``[s, e)`` of ``devices``."""
+    from deltalake.transaction import RemoveAction
+
+    files = pa.table(current.get_add_actions(flatten=True)).to_pylist()
+    hours = set(hours_between(s, e))
+    wanted = sorted(devices)
+    actions: list[Any] = []
+    for n, entry in enumerate(files):
+        partition = entry.get(f"partition.{PARTITION}")
+        if partition not in hours:
+            continue
+        low, high = entry.get("min.TS"), entry.get("max.TS")
+        low_dev, high_dev = entry.get("min.Device"), entry.get("max.Device")
+        if low is not None and high is not None and (pd.Timestamp(high) < s or pd.Timestamp(low) >= e):
+            continue  # wholly outside the range
+        if wanted and low_dev is not None and high_dev is not None and (high_dev < wanted[0] or low_dev > wanted[-1]):
+            continue  # none of the devices
+        whole = (low is not None and high is not None and s <= pd.Timestamp(low) and pd.Timestamp(high) < e
+                 and (not wanted or (low_dev == high_dev and low_dev in devices)))
+        remove = RemoveAction(entry["path"], True, now_ms, entry["size_bytes"], {PARTITION: partition})
+        if whole:
+            actions.append(remove)
+            continue
+        with storage.open_read(f"{TABLE}/{entry['path']}") as handle:
+            rows = pq.read_table(handle).cast(SCHEMA)
+        inside = pc.and_(pc.greater_equal(rows.column("TS"), pa.scalar(s.to_pydatetime(), SCHEMA.field("TS").type)),
+                         pc.less(rows.column("TS"), pa.scalar(e.to_pydatetime(), SCHEMA.field("TS").type)))
+        if wanted:
+            inside = pc.and_(inside, pc.is_in(rows.column("Device"), pa.array(wanted)))
+        kept = rows.filter(pc.invert(inside))
+        if kept.num_rows == rows.num_rows:
+            continue
+        actions.append(remove)
+        for piece in encode_files(kept.to_pandas()):
+            path = f"{PARTITION}={piece.partition}/{run_id}-kept-{n:05d}.parquet"
+            storage.write_bytes(f"{TABLE}/{path}", piece.data)
+            actions.append(_add(path, len(piece.data), piece.partition, now_ms, piece.stats))
+    return actions
 
 
 def history(spec: StorageSpec | str, limit: int | None = None) -> list[TableVersion]:

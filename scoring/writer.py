@@ -6,8 +6,10 @@ Layout under the storage root::
     runs/window_start=YYYY-MM-DDTHH-MM/  the runs of a requested window (the start of its range)
         run=<run_id>/
             _run.json                    the run's plan, written first (release, data hash, shards)
-            part-00000.parquet ...       one per shard, staged here until the run's commit, then removed
-            part-00000.json              the shard's outcome (rows, anomalies, failures, timings)
+            part-00000.<hour>.parquet    a shard's data files, one per hour, staged here until the run's
+                                         commit moves them into the table
+            part-00000.json              the shard's outcome (rows, anomalies, failures, timings, its
+                                         files and their statistics), written after its data files
             part-00000.csv ...           with --csv: the reference format TS,Device,Sensor,Val,Prediction
             validation.json, run.log     the gate's report and the run's log
             manifest.json                written after the table commit, naming its version
@@ -18,11 +20,11 @@ folder is bookkeeping (resume, duplicate detection, reports) that no table reade
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +32,7 @@ import pandas as pd
 
 from fleetscore.errors import StorageError
 from fleetscore.scoring.storage import Storage
+from fleetscore.scoring.table import DataFile, StagedFile, encode_files
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +93,29 @@ def reference_csv(predictions: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
-def encode_part(predictions: pd.DataFrame, csv: bool = False) -> dict[str, bytes]:
-    """One shard's files as bytes, by extension: ``parquet`` and (when ``csv``) the reference ``csv``."""
-    buffer = io.BytesIO()
-    # dictionary encoding where it pays (ids, version, label): tried on the float columns too, it is
-    # given up page by page, which doubled the encoding time for the same size
-    predictions[PREDICTION_COLUMNS].to_parquet(buffer, index=False, engine="pyarrow",
-                                               use_dictionary=["Device", "Sensor", "Prediction", "ModelVersion"])
-    files = {"parquet": buffer.getvalue()}
-    if csv:
-        files["csv"] = reference_csv(predictions)
-    return files
+@dataclass(frozen=True)
+class EncodedPart:
+    """One shard's output as bytes: the table's data files (one per hour) and the optional reference CSV."""
+
+    files: list[DataFile]
+    csv: bytes | None = None
+
+
+def encode_part(predictions: pd.DataFrame, csv: bool = False) -> EncodedPart:
+    """One shard's files as bytes: Delta data files and (when ``csv``) the reference CSV."""
+    return EncodedPart(encode_files(predictions), reference_csv(predictions) if csv else None)
+
+
+def data_file_name(shard: int, partition: str) -> str:
+    """``part-00003.2026-01-05T01-00.parquet``: a shard's staged data file of one hour."""
+    return f"part-{shard:05d}.{partition}.parquet"
 
 
 def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFrame | None = None,
                csv: bool = False, outcome: Mapping[str, Any] | None = None,
-               encoded: Mapping[str, bytes] | None = None) -> None:
-    """Write one shard's predictions under a run prefix: the reference CSV (when ``csv``) and the
-    shard's outcome JSON first, the Parquet part last (its presence is what marks the shard done).
+               encoded: EncodedPart | None = None) -> None:
+    """Write one shard's output under a run prefix: the reference CSV (when ``csv``), its data files,
+    then its outcome JSON, which lists the files with their statistics (its presence marks the shard done).
 
     ``encoded`` (from :func:`encode_part`) is written as it is, instead of encoding ``predictions``.
     """
@@ -115,18 +123,27 @@ def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFr
         if predictions is None:
             raise ValueError("write_part: give the predictions or their encoded files")
         encoded = encode_part(predictions, csv)
-    if "csv" in encoded:
-        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", encoded["csv"])
-    if outcome is not None:
-        write_json(storage, f"{prefix}/{part_name(shard, 'json')}", outcome)
-    storage.write_bytes(f"{prefix}/{part_name(shard)}", encoded["parquet"])
+    if encoded.csv is not None:
+        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", encoded.csv)
+    files = []
+    for item in encoded.files:
+        name = data_file_name(shard, item.partition)
+        storage.write_bytes(f"{prefix}/{name}", item.data)
+        files.append({"name": name, "partition": item.partition, "size": len(item.data), "rows": item.rows,
+                      "stats": item.stats})
+    write_json(storage, f"{prefix}/{part_name(shard, 'json')}", {"shard": shard, **(outcome or {}), "files": files})
 
 
 def shard_outcomes(storage: Storage, prefix: str) -> dict[int, dict[str, Any]]:
-    """The outcome JSON of every shard whose part is written, by shard index."""
+    """The outcome JSON of every shard that is done, by shard index."""
     return {shard: read_json(storage, f"{prefix}/{part_name(shard, 'json')}")
-            for shard in sorted(done_shards(storage, prefix))
-            if storage.exists(f"{prefix}/{part_name(shard, 'json')}")}
+            for shard in sorted(done_shards(storage, prefix))}
+
+
+def staged_files(prefix: str, outcomes: Mapping[int, Mapping[str, Any]]) -> list[StagedFile]:
+    """The data files the shards of a run staged (paths under the storage root), shard by shard."""
+    return [StagedFile(f"{prefix}/{f['name']}", f["partition"], int(f["size"]), f["stats"])
+            for _, outcome in sorted(outcomes.items()) for f in outcome.get("files", [])]
 
 
 def write_json(storage: Storage, rel: str, obj: Mapping[str, Any]) -> None:
@@ -145,24 +162,14 @@ def read_json(storage: Storage, rel: str) -> dict[str, Any]:
 
 
 def done_shards(storage: Storage, prefix: str) -> set[int]:
-    """Shards of a run whose Parquet part is written."""
+    """Shards of a run whose outcome (written after their data files) is there."""
     return {int(name[5:10]) for name in storage.listdir(prefix)
-            if name.startswith("part-") and name.endswith(".parquet")}
+            if name.startswith("part-") and name.endswith(".json") and name[5:10].isdigit()}
 
 
 def publish(storage: Storage, start: datetime, run_id: str, manifest: Mapping[str, Any]) -> None:
-    """Complete a run's folder once its table commit is made: write the manifest, drop the staged parts.
-
-    The staged Parquet parts hold the same rows as the table's files of the run's version, so they go
-    (the CSV parts, the reference export, stay).
-    """
-    prefix = run_prefix(start, run_id)
-    write_json(storage, f"{prefix}/{MANIFEST}", manifest)
-    for part in manifest.get("parts", []):
-        try:
-            storage.remove(f"{prefix}/{part}")
-        except StorageError as exc:  # only space is lost: the run is complete
-            log.warning("run %s: staged part %s not removed: %s", run_id, part, exc)
+    """Complete a run's folder once its table commit is made: write its manifest."""
+    write_json(storage, f"{run_prefix(start, run_id)}/{MANIFEST}", manifest)
 
 
 def list_windows(storage: Storage) -> list[str]:

@@ -114,7 +114,7 @@ def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path
                             start_new_session=True)
     blob = reference_home / ".fleetscore" / "blob"
     deadline = time.monotonic() + 120
-    while not list(blob.rglob("part-00000.parquet")) and time.monotonic() < deadline:
+    while not list(blob.rglob("part-00000.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and any worker

@@ -36,7 +36,7 @@ def test_dask_executor_gives_the_local_result(release: Path, dask_executor: str)
     on_dask = settings_for(release, executor=dask_executor, storage_url=str(release / "blob-dask"))
     a = sp.score_window(local, START, END, skip_validation=True, shards=2)
     b = sp.score_window(on_dask, START, END, skip_validation=True, shards=3)
-    assert b.status == "done" and b.manifest["parts"] == [writer.part_name(i) for i in range(3)]
+    assert b.status == "done" and len(b.manifest["files"]) == 3
     pd.testing.assert_frame_equal(_sorted(table.read_run(local.storage_url, a.run_id)),
                                   _sorted(table.read_run(on_dask.storage_url, b.run_id)))
 

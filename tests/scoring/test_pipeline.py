@@ -49,7 +49,8 @@ def test_scores_every_window_like_the_kernel(fleet: dict) -> None:
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)
 
     manifest = result.manifest
-    assert manifest["parts"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert manifest["files"] == [f"window_start=2018-08-28T23-00/{result.run_id}-part-{i:05d}.2018-08-28T23-00.parquet"
+                                 for i in range(3)]  # one hour: one data file per shard, moved into the table
     assert manifest["rows"] == len(got) and manifest["anomalies"] == int(got["Prediction"].sum())
     assert manifest["skip_validation"] is True and manifest["release_version"] == 3
     assert set(manifest["shards"]) == {"0", "1", "2"} and "score" in manifest["shards"]["0"]["timings"]
@@ -130,7 +131,7 @@ def test_a_failing_shard_does_not_stop_the_others(fleet: dict, monkeypatch: pyte
     monkeypatch.setattr(sp, "score_shard", _fail_shard_one)
     result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
     assert result.failures == {"shard 1": "RuntimeError: disk on fire"}
-    assert result.manifest["parts"] == ["part-00000.parquet", "part-00002.parquet"]
+    assert [f.split("-part-")[1][:5] for f in result.manifest["files"]] == ["00000", "00002"]
     assert result.rows == 4 * 2 * 120  # 2 of 6 devices were in shard 1
     assert result.manifest["failed_fraction"] == pytest.approx(4 / 12)
 

@@ -40,12 +40,11 @@ def _run(spec: StorageSpec, run_id: str, start: datetime, end: datetime, devices
         writer.write_part(storage, prefix, shard, scored)
     if not commit:
         return None
-    parts = [f"{prefix}/{writer.part_name(i)}" for i in range(len(devices))]
-    committed = table.commit_run(spec, parts, start, end, device_filter,
+    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    committed = table.commit_run(spec, staged, start, end, device_filter,
                                  {"run_id": run_id, "release_version": version, "data_hash": f"hash-{run_id}",
                                   "code_version": "0.1.0+gtest"})
-    names = [writer.part_name(i) for i in range(len(devices))]
-    writer.publish(storage, start, run_id, {"run_id": run_id, "parts": names, "table_version": committed})
+    writer.publish(storage, start, run_id, {"run_id": run_id, "table_version": committed})
     return committed
 
 
@@ -136,8 +135,9 @@ def test_committing_a_run_twice_makes_one_version(tmp_path: Path) -> None:
     prefix = writer.run_prefix(H1, "r1")
     writer.write_part(storage, prefix, 0, writer.to_predictions(_scored(H1, H1 + timedelta(hours=1), ["d1"], 1), 1))
     meta = {"run_id": "r1", "release_version": 1}
-    first = table.commit_run(spec, [f"{prefix}/part-00000.parquet"], H1, H1 + timedelta(hours=1), None, meta)
-    again = table.commit_run(spec, [f"{prefix}/part-00000.parquet"], H1, H1 + timedelta(hours=1), None, meta)
+    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    first = table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, meta)
+    again = table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, meta)  # files already moved
     assert first == again == 0 and table.current_version(spec) == 0
 
 
@@ -150,13 +150,27 @@ def test_a_device_filtered_rescore_keeps_the_other_devices(tmp_path: Path) -> No
     assert not got.duplicated(KEYS).any()
 
 
+def test_a_rescore_of_part_of_an_hour_keeps_the_rest_of_it(tmp_path: Path) -> None:
+    spec = StorageSpec(str(tmp_path))
+    _run(spec, "r1", H1, H1 + timedelta(hours=1), ["d1", "d2"], 1)
+    _run(spec, "r2", H1 + timedelta(minutes=20), H1 + timedelta(minutes=40), ["d1", "d2"], 2)
+    got = table.read_predictions(spec)
+    assert len(got) == 2 * 12 and not got.duplicated(KEYS).any()
+    minute = got["TS"].dt.minute
+    assert set(got.loc[(minute >= 20) & (minute < 40), "ModelVersion"]) == {2}
+    assert set(got.loc[(minute < 20) | (minute >= 40), "ModelVersion"]) == {1}
+    assert pl.read_delta(str(tmp_path / "predictions")).height == 2 * 12
+    assert len(table.read_predictions(spec, version=0)) == 2 * 12
+
+
 def test_rows_outside_the_runs_range_are_refused(tmp_path: Path) -> None:
     spec = StorageSpec(str(tmp_path))
     storage = Storage(str(tmp_path))
     prefix = writer.run_prefix(H1, "r1")
     writer.write_part(storage, prefix, 0, writer.to_predictions(_scored(H1, H1 + timedelta(hours=2), ["d1"], 1), 1))
-    with pytest.raises(StorageError, match="run r1: the commit failed"):
-        table.commit_run(spec, [f"{prefix}/part-00000.parquet"], H1, H1 + timedelta(hours=1), None, {"run_id": "r1"})
+    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    with pytest.raises(StorageError, match=r"run r1: rows outside the run's range \[2026-01-05T01:00:00\+00:00"):
+        table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, {"run_id": "r1"})
     assert table.current_version(spec) is None
 
 
