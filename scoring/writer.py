@@ -31,15 +31,12 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import StorageError
+from fleetscore.scoring.contracts import MANIFEST, RUNS, ShardOutcome
 from fleetscore.scoring.storage import Storage
 from fleetscore.scoring.table import DataFile, StagedFile, encode_files
 
 log = logging.getLogger(__name__)
 
-RUNS = "runs"
-MANIFEST = "manifest.json"
-PLAN = "_run.json"
-ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
 PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
@@ -140,10 +137,16 @@ def shard_outcomes(storage: Storage, prefix: str) -> dict[int, dict[str, Any]]:
             for shard in sorted(done_shards(storage, prefix))}
 
 
-def staged_files(prefix: str, outcomes: Mapping[int, Mapping[str, Any]]) -> list[StagedFile]:
+def read_staged(storage: Storage, prefix: str) -> list[StagedFile]:
+    """The data files staged by the shards of a run that are done, read from their outcomes."""
+    return staged_files(prefix, {shard: ShardOutcome.from_json(data)
+                                 for shard, data in shard_outcomes(storage, prefix).items()})
+
+
+def staged_files(prefix: str, outcomes: Mapping[int, ShardOutcome]) -> list[StagedFile]:
     """The data files the shards of a run staged (paths under the storage root), shard by shard."""
     return [StagedFile(f"{prefix}/{f['name']}", f["partition"], int(f["size"]), f["stats"])
-            for _, outcome in sorted(outcomes.items()) for f in outcome.get("files", [])]
+            for _, outcome in sorted(outcomes.items()) for f in outcome.files]
 
 
 def write_json(storage: Storage, rel: str, obj: Mapping[str, Any]) -> None:
@@ -207,9 +210,3 @@ def find_duplicate(storage: Storage, start: datetime, end: datetime, release_ver
     return None
 
 
-def find_run(storage: Storage, run_id: str) -> str | None:
-    """The window label of a run id, or None."""
-    for window in list_windows(storage):
-        if any(r == run_id for r, _ in list_runs(storage, window)):
-            return window
-    return None

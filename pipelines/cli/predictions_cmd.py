@@ -28,12 +28,12 @@ def predictions() -> None:
 def show(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
          as_of: int | None, out: str | None, as_json: bool) -> None:
     """Summarise the predictions in a range (rows, anomalies, devices), optionally writing them out."""
-    from fleetscore.pipelines.run_finalize import spec_for
+    from fleetscore.pipelines.adapters import storage_spec_for
     from fleetscore.scoring import table
     from fleetscore.scoring.writer import reference_csv
 
     settings = state.settings()
-    spec = spec_for(settings)
+    spec = storage_spec_for(settings)
     window_start, window_end = time_range(start, end, last)
     version = as_of if as_of is not None else table.current_version(spec)
     rows = table.read_predictions(spec, window_start, window_end, split_ids(devices), as_of)
@@ -63,10 +63,10 @@ def show(state: Any, start: str | None, end: str | None, last: str | None, devic
 @click.pass_obj
 def history(state: Any, limit: int, as_json: bool) -> None:
     """The table's versions, newest first, with the scoring run that committed each."""
-    from fleetscore.pipelines.run_finalize import spec_for
+    from fleetscore.pipelines.adapters import storage_spec_for
     from fleetscore.scoring import table
 
-    versions = table.history(spec_for(state.settings()), limit)
+    versions = table.history(storage_spec_for(state.settings()), limit)
     if as_json:
         click.echo(json.dumps([asdict(v) for v in versions], indent=2))
         return

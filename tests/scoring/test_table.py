@@ -40,7 +40,7 @@ def _run(spec: StorageSpec, run_id: str, start: datetime, end: datetime, devices
         writer.write_part(storage, prefix, shard, scored)
     if not commit:
         return None
-    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    staged = writer.read_staged(storage, prefix)
     committed = table.commit_run(spec, staged, start, end, device_filter,
                                  {"run_id": run_id, "release_version": version, "data_hash": f"hash-{run_id}",
                                   "code_version": "0.1.0+gtest"})
@@ -135,7 +135,7 @@ def test_committing_a_run_twice_makes_one_version(tmp_path: Path) -> None:
     prefix = writer.run_prefix(H1, "r1")
     writer.write_part(storage, prefix, 0, writer.to_predictions(_scored(H1, H1 + timedelta(hours=1), ["d1"], 1), 1))
     meta = {"run_id": "r1", "release_version": 1}
-    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    staged = writer.read_staged(storage, prefix)
     first = table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, meta)
     again = table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, meta)  # files already moved
     assert first == again == 0 and table.current_version(spec) == 0
@@ -168,7 +168,7 @@ def test_rows_outside_the_runs_range_are_refused(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     prefix = writer.run_prefix(H1, "r1")
     writer.write_part(storage, prefix, 0, writer.to_predictions(_scored(H1, H1 + timedelta(hours=2), ["d1"], 1), 1))
-    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    staged = writer.read_staged(storage, prefix)
     with pytest.raises(StorageError, match=r"run r1: rows outside the run's range \[2026-01-05T01:00:00\+00:00"):
         table.commit_run(spec, staged, H1, H1 + timedelta(hours=1), None, {"run_id": "r1"})
     assert table.current_version(spec) is None

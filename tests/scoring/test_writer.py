@@ -44,12 +44,10 @@ def test_run_folder_layout_outside_the_table(tmp_path: Path) -> None:
     assert sorted(p.name for p in (window / "run=20180829T000000-aaaaaa").iterdir()) == [
         "manifest.json", "part-00000.2018-08-28T23-00.parquet", "part-00000.csv", "part-00000.json",
         "part-00001.2018-08-28T23-00.parquet", "part-00001.csv", "part-00001.json"]
-    staged = writer.staged_files(writer.run_prefix(START, "20180829T000000-aaaaaa"),
-                                 writer.shard_outcomes(storage, writer.run_prefix(START, "20180829T000000-aaaaaa")))
+    staged = writer.read_staged(storage, writer.run_prefix(START, "20180829T000000-aaaaaa"))
     assert [(f.partition, json.loads(f.stats)["numRecords"]) for f in staged] == [("2018-08-28T23-00", 3)] * 2
     assert writer.list_runs(storage, START) == [("20180829T000000-aaaaaa", True), ("20180829T010000-bbbbbb", False)]
     assert writer.done_shards(storage, killed) == {0}
-    assert writer.find_run(storage, "20180829T010000-bbbbbb") == "2018-08-28T23-00"
     assert not (tmp_path / "predictions").exists()  # nothing of a run folder is in the table's folder
     assert not list(tmp_path.rglob("*.tmp-*"))
 
@@ -99,7 +97,7 @@ def test_a_shard_spanning_hours_stages_one_file_per_hour_with_its_statistics(tmp
                            "value": 1.0, "score": [0.1, 0.2, 0.3, 0.4] * 2, "prediction": [0, 1, 0, 0] * 2})
     prefix = writer.run_prefix(START, "r1")
     writer.write_part(storage, prefix, 0, writer.to_predictions(scored, 2))
-    staged = writer.staged_files(prefix, writer.shard_outcomes(storage, prefix))
+    staged = writer.read_staged(storage, prefix)
     assert [f.partition for f in staged] == ["2018-08-28T23-00", "2018-08-29T00-00"]
     stats = [json.loads(f.stats) for f in staged]
     assert [s["numRecords"] for s in stats] == [4, 4]
