@@ -269,8 +269,12 @@ def _replace_range(current: Any, storage: Any, s: pd.Timestamp, e: pd.Timestamp,
     """Remove actions (and adds of what a file keeps) for the table's rows in ``[s, e)`` of ``devices``."""
     from deltalake.transaction import RemoveAction
 
-    files = pa.table(current.get_add_actions(flatten=True)).to_pylist()
     hours = set(hours_between(s, e))
+    actions_table = pa.table(current.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    if column in actions_table.column_names:  # only the files of the hours the run touches
+        actions_table = actions_table.filter(pc.is_in(actions_table.column(column), pa.array(sorted(hours))))
+    files = actions_table.to_pylist()
     wanted = sorted(devices)
     actions: list[Any] = []
     for n, entry in enumerate(files):

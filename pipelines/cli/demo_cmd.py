@@ -71,6 +71,7 @@ def demo(ctx: click.Context, devices: int, sensors: int, reference_csv: str | No
         click.echo(f"  reference data   {reference_db}")
     click.echo(f"  model registry   {settings.tracking_uri}")
     click.echo(f"  predictions      {settings.storage_url}/predictions/")
+    click.echo(f"  scoring runs     {settings.storage_url}/runs/")
     click.echo(f"  report           {report}")
     click.echo(f"  simulated input  {readings} (labels: {labels})")
 
