@@ -321,3 +321,12 @@ def test_a_run_that_died_after_its_commit_is_not_committed_twice(fleet: dict, mo
     result = sp.score_window(settings, START, END, skip_validation=True, shards=2)
     assert result.resumed and result.table_version == 0 and table.current_version(settings.storage_url) == 0
     assert len(table.read_predictions(settings.storage_url)) == 6 * 2 * 120
+
+
+def test_a_window_partly_rescored_since_is_no_duplicate(fleet: dict) -> None:
+    settings = fleet["settings"]
+    first = sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    assert sp.score_window(settings, START, END, skip_validation=True, shards=2).status == "skipped"
+    sp.score_window(settings, START + timedelta(minutes=5), END, skip_validation=True, shards=2)
+    again = sp.score_window(settings, START, END, skip_validation=True, shards=2)  # same release and data
+    assert again.status == "done" and again.run_id != first.run_id and again.table_version == 2
