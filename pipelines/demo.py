@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetscore.errors import ScoringError
-from fleetscore.ingestion.labels import detection_quality as _quality
-from fleetscore.ingestion.labels import label_windows, read_labels
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import parse_time
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring.writer import read_predictions
+from fleetscore.simulation.labels import detection_quality as _quality
+from fleetscore.simulation.labels import label_windows, read_labels
 
 
 def latest_run_id(settings: Settings) -> str:

@@ -138,8 +138,8 @@ def simulate(state: CliState, devices: int, sensors: int, duration: str, interva
     if out is None and not to_store:
         raise click.UsageError("give --out FILE and/or --ingest")
     settings = state.settings(**{"ingest.window": window})
-    from fleetscore.ingestion.simulate import SimulationSpec, simulate_fleet
     from fleetscore.ingestion.timeutil import parse_duration, parse_time
+    from fleetscore.simulation.simulate import SimulationSpec, simulate_fleet
 
     spec = SimulationSpec(devices=devices, sensors=sensors, start=parse_time(start, "--start"),
                           duration=parse_duration(duration, "--duration"),

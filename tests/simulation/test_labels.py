@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fleetscore.errors import SourceReadError
-from fleetscore.ingestion.labels import detection_quality, label_windows, read_labels
+from fleetscore.simulation.labels import detection_quality, label_windows, read_labels
 
 
 def _labels(tmp_path: Path) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import pytest
 
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.ingest import ingest_files
-from fleetscore.ingestion.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
 from fleetscore.ingestion.store import SensorStore
+from fleetscore.simulation.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
 
 SPEC = SimulationSpec(devices=4, sensors=6, start=datetime(2024, 5, 1, 0, 0, 2), duration=timedelta(hours=5),
                       interval=timedelta(seconds=1), seed=11, anomaly_rate=0.05)
