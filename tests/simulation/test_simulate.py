@@ -41,7 +41,8 @@ def _label_windows(windows: pd.DataFrame, labels: pd.DataFrame) -> pd.Series:
 
 def test_labels_match_the_windows(simulated: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
     windows, labels, _ = simulated
-    assert list(labels.columns) == ["Device", "Sensor", "Kind", "Start", "End"]
+    assert list(labels.columns) == ["Device", "Sensor", "Kind", "Start", "End", "Label", "Visible"]
+    assert (labels.Label == "anomaly").all() and labels.Visible.all()
     assert set(labels.Kind) == {"spike", "level_shift", "stuck"}
     assert (labels.Start >= pd.Timestamp(SPEC.start) + pd.Timedelta("1h")).all()  # first hour is clean
     kind = _label_windows(windows, labels)
