@@ -21,8 +21,8 @@ noise (the reading noise over the square root of the readings in a window):
 - ``stuck``: 12-60 windows where every reading repeats the last reading before them;
 - ``drift``: 24-120 windows ramping linearly to 5 sigma (the windows below 2 sigma are labelled
   ``Visible`` false: a detector that looks at one window cannot see them);
-- ``device``: 12-60 windows where every sensor of the device moves by 2-3 sigma (temperature and vibration
-  up, pressure and flow down) with 1.5 times the noise.
+- ``device``: 12-60 windows where every sensor of the device moves by 2.5-3.5 sigma (temperature and
+  vibration up, pressure and flow down) with twice the noise.
 
 Legitimate events (``Label`` normal) are tagged so that false alarms on them can be counted:
 ``setpoint_change`` (pressure: the transition and the two minutes after it), ``micro_stop`` (flow: the
@@ -50,8 +50,8 @@ TEMPERATURE, PRESSURE, VIBRATION, FLOW = range(4)
 _DECIMALS = (2, 3, 3, 0)
 _DEVICE_SIGNS = (1.0, -1.0, 1.0, -1.0)
 _SERIES_KINDS = ("spike", "level_shift", "variance", "stuck", "drift")
-_SERIES_KIND_P = (0.3, 0.175, 0.175, 0.175, 0.175)
-_DEVICE_SHARE = 0.2  # device events per series event
+_SERIES_KIND_P = (0.4, 0.15, 0.15, 0.15, 0.15)  # spikes are one window: more of them
+_DEVICE_SHARE = 0.35  # device events per series event
 _LONG = (12, 60)
 _DRIFT = (24, 120)
 _DRIFT_SIGMA, _VISIBLE_SIGMA = 5.0, 2.0
@@ -233,7 +233,7 @@ def _anomalies(spec: SimulationSpec, device: int, layout: _Layout, legit: list[E
         count = int(rng.integers(_LONG[0], _LONG[1] + 1))
         first = place(list(range(len(SENSORS))), count)
         if first is not None:
-            out.append(Event(device, -1, "device", first, count, size=float(rng.uniform(2.0, 3.0))))
+            out.append(Event(device, -1, "device", first, count, size=float(rng.uniform(2.5, 3.5))))
     for sensor in range(len(SENSORS)):
         for _ in range(int(rng.poisson(per_series))):
             kind = str(rng.choice(_SERIES_KINDS, p=_SERIES_KIND_P))
@@ -340,7 +340,7 @@ def _device_readings(spec: SimulationSpec, device: int, events: list[Event], lay
                 mean[s, inside] += e.sign * e.size * sigma[s] * (ts[s, inside] - t0) / (t1 - t0)
             elif e.kind == "device":
                 mean[s, inside] += _DEVICE_SIGNS[s] * e.size * sigma[s]
-                noise[s, inside] *= 1.5
+                noise[s, inside] *= 2.0
             elif e.kind == "spike":
                 where = np.flatnonzero(inside)
                 if len(where):

@@ -80,11 +80,12 @@ def test_each_anomaly_shows_in_its_windows(plant: tuple[pd.DataFrame, ...]) -> N
             reading_std = sigma * np.sqrt(5)
             level = before.value.median()
             jump = max(inside.value_max.iloc[0] - level, level - inside.value_min.iloc[0])
-            assert jump > 7 * reading_std, row
+            assert jump > 5.5 * reading_std, row  # 8-15 std, less the noise of that reading
         elif row.Kind == "level_shift" and row.Sensor != "temperature":
             assert 1.8 < abs(offset) < 4.2, (row, offset)
         elif row.Kind == "variance":
-            assert spread > 2.5 and abs(offset) < 2.5, (row, spread, offset)
+            assert spread > 2.5, (row, spread)
+            assert row.Sensor == "temperature" or abs(offset) < 3.0, (row, offset)  # the same mean
         elif row.Kind == "stuck":
             raw = readings[(readings.Device == row.Device) & (readings.Sensor == row.Sensor)]
             last = raw[row.Start > raw.TS].Value.iloc[-1]
@@ -97,7 +98,7 @@ def test_each_anomaly_shows_in_its_windows(plant: tuple[pd.DataFrame, ...]) -> N
             end = inside.value.iloc[-6:].mean() - start.value.median()
             assert 3.5 < abs(end) / sigma < 6.5, (row, end / sigma)
         elif row.Kind == "device" and row.Sensor != "temperature":
-            # a failing pump: vibration up, pressure and flow down, each by 2-3 sigma
+            # a failing pump: vibration up, pressure and flow down, each by 2.5-3.5 sigma
             expected = 1.0 if row.Sensor == "vibration" else -1.0
             assert 1.0 < expected * offset < 4.5, (row, offset)
     # a drift's hidden part is labelled first, then its visible part; a device anomaly covers all sensors
