@@ -61,7 +61,9 @@ def _cli(home: Path, args: list[str], config: Path | None) -> str:
     prefix = ["--home", str(home)] + (["--config", str(config)] if config else [])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        main.main([*prefix, *args], prog_name="fleetscore", standalone_mode=False)
+        code = main.main([*prefix, *args], prog_name="fleetscore", standalone_mode=False)
+    if code not in (None, 0):  # the command printed its one-line error on standard error
+        raise SystemExit(f"fleetscore {args[0]} failed (exit {code}) in {home}")
     return out.getvalue()
 
 
