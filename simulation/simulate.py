@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +26,7 @@ import pyarrow.csv as pa_csv
 
 from fleetscore.errors import ConfigError, IngestError
 from fleetscore.ingestion.windowing import Readings
+from fleetscore.progress import ProgressCallback
 from fleetscore.simulation import industrial, uniform
 from fleetscore.simulation.spec import Block, Grid, SimulationSpec
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 PROFILES: dict[str, ModuleType] = {"uniform": uniform, "industrial": industrial}
 SENSOR_RANGES = uniform.SENSOR_RANGES
-ProgressCallback = Callable[[int, int], None]
 __all__ = ["Block", "SimulationSpec"]
 
 
