@@ -16,6 +16,7 @@ per row or per model; scratch arrays are reused (fresh large arrays cost page fa
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime
 
@@ -24,6 +25,8 @@ import pandas as pd
 
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.features import compute_features, series_starts
+
+log = logging.getLogger(__name__)
 
 # padded kernel values (rows x support vectors x models) per block, whose rows are gathered at once, and
 # per chunk of it, whose exponents go through their three passes at once: 512 KB of float64 stays in
@@ -93,7 +96,8 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
     total = int(run_len.sum())
     scores = np.empty(total, dtype=np.float64)
     if total:
-        _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge value: handled in the kernel (fmax/fmin)
+            _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
     columns = ["device", "sensor", "ts", "value"]
     if total == len(windows):
         out = windows[columns].reset_index(drop=True)
@@ -102,6 +106,11 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
         out = windows.take(rows)[columns].reset_index(drop=True)
     out["score"] = scores
     out["prediction"] = predictions(scores)
+    if total and not np.isfinite(scores).all():
+        bad = out.loc[~np.isfinite(scores), ["device", "sensor"]].drop_duplicates()
+        first = bad.iloc[0]
+        log.warning("%d non-finite scores in %d series (first %s/%s): flagged as anomalies",
+                    int((~np.isfinite(scores)).sum()), len(bad), first["device"], first["sensor"])
     return out
 
 
@@ -230,8 +239,10 @@ def _score_runs(
                 d = min(c + step, n_runs)
                 expo = exponents[: d - c]
                 np.matmul(w_block[c:d], z_block[c:d], out=expo)  # (b, S, R): -g ||z - v||^2 <= 0
-                if clip:  # a far row: also cap the rounding error of the expansion (the exponent is <= 0)
-                    np.clip(expo, _FLOOR, 0.0, out=expo)
+                if clip:  # a far row: the exponent is -g|z - v|^2 <= 0; fmax/fmin also map the NaN of
+                    # inf - inf (|z|^2 overflowing for a huge finite value) to the floor
+                    np.fmax(expo, _FLOOR, out=expo)
+                    np.fmin(expo, 0.0, out=expo)
                 np.exp(expo, out=expo)
                 np.matmul(coef[c:d], expo, out=sums[c:d])  # the dual-coefficient-weighted sum
             block = sums[:, 0, :]

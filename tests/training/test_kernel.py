@@ -155,3 +155,15 @@ def test_a_nan_score_is_never_written_as_normal() -> None:
     labels = predictions(np.array([0.5, -0.1, np.nan, 0.0, -np.inf]))
     assert labels.tolist() == [0, 1, 1, 0, 1]
     assert labels.dtype == np.int8
+
+
+def test_huge_finite_values_give_finite_flagged_scores(fleet) -> None:  # type: ignore[no-untyped-def]
+    """|z|^2 overflows for a value near the float64 limit: the score stays finite and the window flagged."""
+    bundle, _, frames = fleet
+    windows = pd.concat(frames[:30], ignore_index=True)
+    huge = windows.index[windows["ts"] == windows["ts"].max()]
+    for column in ("value", "value_min", "value_max"):
+        windows.loc[huge, column] = 1e300
+    out = score_windows(bundle, windows)
+    assert np.isfinite(out["score"]).all()
+    assert (out["prediction"].to_numpy()[huge] == 1).all()
