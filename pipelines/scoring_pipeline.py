@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import time
@@ -33,12 +32,14 @@ from fleetscore.data_checks import PendingValidation, run_fleet_validation, run_
 from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog, window_fingerprint
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
+from fleetscore.pipelines.executor_kinds import Executor, LocalExecutor, executor_for, shard_count
 from fleetscore.pipelines.executors import ShardFailure, default_workers, run_in_background, run_shards
+from fleetscore.pipelines.remote_run import HEARTBEAT, Heartbeat, for_executor
 from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note, parse_time, storage_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_path
 from fleetscore.scoring import writer
-from fleetscore.scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
+from fleetscore.scoring.shard import ShardTask, load_bundle, score_shard
 from fleetscore.scoring.storage import Storage, storage_spec
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,16 @@ def score_window(
     """
     t_start = time.perf_counter()
     executor = executor or settings.executor
+    kind = executor_for(settings, executor)
+    kind.check_settings(settings)  # before anything runs: a setting the workers cannot use is refused
     if not skip_validation:
-        overlapped = _score_during_gate(settings, start, end, release=release, devices=devices, executor=executor,
+        overlapped = _score_during_gate(settings, start, end, release=release, devices=devices, executor=kind,
                                         shards=shards, force=force, csv=csv, on_progress=on_progress,
                                         part_delay=part_delay, started=t_start)
         if overlapped is not None:
             return overlapped
     prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards,
-                           force=force, csv=csv, skip_validation=skip_validation)
+                           force=force, csv=csv, skip_validation=skip_validation, executor=kind)
     plan = prepared.plan
     w_start, w_end = parse_time(plan["start"]), parse_time(plan["end"])
     if prepared.duplicate_of:
@@ -112,13 +115,11 @@ def score_window(
     if on_progress is not None:
         on_progress(already, total)
     progress = (lambda done, _n: on_progress(already + done, total)) if on_progress else None
-    bundle: str | dict[str, bytes] = prepared.bundle_dir
-    if executor.startswith("dask://"):
-        bundle = bundle_files(prepared.bundle_dir)  # workers may not see this machine's disk
     t0 = time.perf_counter()
-    tasks = [(shard_task(settings, plan, i, bundle, part_delay),) for i in prepared.todo]
-    results = run_shards(score_shard, tasks, executor=executor, workers=settings.workers,
-                         on_progress=progress)
+    tasks = [(task,) for task in for_executor([shard_task(settings, plan, i, None, part_delay) for i in prepared.todo],
+                                              kind, load_bundle(prepared.bundle_dir))]
+    results = run_shards(score_shard, tasks, executor=executor, workers=settings.workers, on_progress=progress,
+                         timeout=_seconds(settings.scoring.shard_timeout, "scoring.shard_timeout"))
     failures = {prepared.todo[r.shard]: r.error for r in results if isinstance(r, ShardFailure)}
     prepared.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, prepared.run_id, plan, shard_failures=failures, timings=prepared.timings,
@@ -137,8 +138,12 @@ def prepare_run(
     csv: bool | None = None,
     skip_validation: bool = False,
     now: datetime | None = None,
+    executor: Executor | None = None,
 ) -> RunPlan:
-    """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan."""
+    """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan.
+
+    The shard count follows the fleet and ``executor``'s capacity (default: the ``executor`` setting's).
+    """
     setup = _setup(settings, start, end, release, devices, skip_validation, now)
     report = _gate_verdict(setup)
     data_hash = _data_hash(setup, report)
@@ -151,7 +156,7 @@ def prepare_run(
                        timings=setup.timings, journal=setup.journal)
 
     t0 = time.perf_counter()
-    plan = _plan(settings, setup, report, data_hash, shards, csv)
+    plan = _plan(settings, setup, report, data_hash, shards, csv, executor or executor_for(settings))
     storage, run_id, n_shards = setup.storage, setup.run_id, plan["n_shards"]
     resumed = _find_resumable(storage, start, plan, force)
     todo = list(range(n_shards))
@@ -277,7 +282,7 @@ def _record_skipped(setup: _Setup, data_hash: str, duplicate_of: str) -> None:
 
 
 def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards: int | None,
-          csv: bool | None) -> dict[str, Any]:
+          csv: bool | None, executor: Executor) -> dict[str, Any]:
     """The run's plan (``_run.json``): range, release, data, gate verdict and the devices of each shard."""
     from fleetscore.ingestion.store import shard_devices
 
@@ -286,9 +291,9 @@ def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards
     if setup.device_filter:
         wanted_devices = set(setup.device_filter)
         all_devices = [d for d in all_devices if d in wanted_devices]
-    wanted = shards or settings.scoring.shards or max(settings.workers or default_workers(),
-                                                       math.ceil(len(bundle.keys) / settings.scoring.shard_series))
-    n_shards = max(1, min(wanted, len(all_devices) or 1))
+    # sized to the fleet and the executor's capacity, never to the cores of the machine planning the run
+    n_shards = shard_count(len(bundle.keys), len(all_devices), settings.scoring.series_per_shard,
+                           executor.capacity(), shards or settings.scoring.shards)
     return {
         "run_id": setup.run_id,
         "start": setup.start.isoformat(), "end": setup.end.isoformat(),
@@ -318,7 +323,7 @@ def _score_during_gate(
     *,
     release: str | None,
     devices: Sequence[str] | None,
-    executor: str,
+    executor: Executor,
     shards: int | None,
     force: bool,
     csv: bool | None,
@@ -346,26 +351,31 @@ def _score_during_gate(
     if _planned_incomplete(storage, setup.start) and not force:
         _stop_gate(setup)
         return None
-    provisional = _plan(settings, setup, None, "", shards, csv)
+    provisional = _plan(settings, setup, None, "", shards, csv, executor)
     prefix = writer.run_prefix(setup.start, setup.run_id)
-    bundle: str | dict[str, bytes] = str(setup.resolved.bundle_dir)
-    if executor.startswith("dask://"):
-        bundle = bundle_files(str(setup.resolved.bundle_dir))
     n_shards = provisional["n_shards"]
+    local = isinstance(executor, LocalExecutor)
     # the shards that start at once compute the gate's series metrics from their rows (a shard queued
     # behind them could not: its turn comes only after the plan); the others' series are checked in SQL
-    at_once = min(n_shards, settings.workers or default_workers()) if executor == "local" else 0
-    tasks = [(replace(shard_task(settings, provisional, i, bundle, part_delay), wait_for=f"{prefix}/{writer.PLAN}",
-                      parent_pid=os.getpid() if executor == "local" else 0,
-                      metrics_to=metrics_path(prefix, i) if i < at_once else ""),) for i in range(n_shards)]
+    at_once = min(n_shards, settings.workers or default_workers()) if local else 0
+    beat_timeout = _seconds(settings.scoring.heartbeat_timeout, "scoring.heartbeat_timeout")
+    waits = {"wait_for": f"{prefix}/{writer.PLAN}", "parent_pid": os.getpid() if local else 0,
+             "heartbeat": "" if local else f"{prefix}/{HEARTBEAT}", "heartbeat_timeout": beat_timeout,
+             "plan_timeout": _seconds(settings.scoring.plan_timeout, "scoring.plan_timeout")}
+    tasks = [(task,) for task in for_executor(
+        [replace(shard_task(settings, provisional, i, None, part_delay), **waits,  # type: ignore[arg-type]
+                 metrics_to=metrics_path(prefix, i) if i < at_once else "") for i in range(n_shards)],
+        executor, setup.bundle)]
+    heartbeat = None if local else Heartbeat(storage, prefix, every=max(0.2, beat_timeout / 6))
     if on_progress is not None:
         on_progress(0, n_shards)
     t0 = time.perf_counter()
     finished: dict[int, Any] = {}
     queued = [device for devices in provisional["shards"][at_once:] for device in devices]
     pool = ThreadPoolExecutor(2)
-    scoring = pool.submit(run_shards, score_shard, tasks, executor=executor, workers=settings.workers,
-                          on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r))
+    scoring = pool.submit(run_shards, score_shard, tasks, executor=executor.name, workers=settings.workers,
+                          on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r),
+                          timeout=_seconds(settings.scoring.shard_timeout, "scoring.shard_timeout"))
     # the queued shards' series: the gate's SQL query, beside the first shards and the fleet checks
     others = pool.submit(series_stats_in_sql, settings.database_url, setup.start, setup.end, settings.data_checks,
                          keep=queued, window=setup.window, devices=setup.device_filter) if queued else None
@@ -377,12 +387,14 @@ def _score_during_gate(
         duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)
         if duplicate and not force:
+            _stop_beating(heartbeat)
             _abort(storage, prefix, scoring)
             _record_skipped(setup, data_hash, str(duplicate["run_id"]))
             return ScoringResult(setup.run_id, "skipped", setup.start, setup.end, setup.version,
                                  duplicate_of=str(duplicate["run_id"]),
                                  location=storage.display(writer.run_prefix(setup.start, str(duplicate["run_id"]))))
     except BaseException:
+        _stop_beating(heartbeat)
         _abort(storage, prefix, scoring)
         raise
     plan = {**provisional, "data_hash": data_hash, "validation_id": report.id,
@@ -391,6 +403,7 @@ def _score_during_gate(
                      release_version=setup.version, data_hash=data_hash, validation_id=report.id,
                      shards_total=n_shards, shards_done=0, location=storage.display(prefix))
     _write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    _stop_beating(heartbeat)
     note(setup.journal, "run %s: %d devices in %d shards -> %s (scored during the gate)", setup.run_id,
          sum(len(d) for d in plan["shards"]), n_shards, storage.display(prefix))
     results = scoring.result()
@@ -398,6 +411,15 @@ def _score_during_gate(
     setup.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, setup.run_id, plan, shard_failures=failures, timings=setup.timings,
                         started=started, journal=setup.journal)
+
+
+def _seconds(text: str, name: str) -> float:
+    return parse_duration(text, name).total_seconds()
+
+
+def _stop_beating(heartbeat: Heartbeat | None) -> None:
+    if heartbeat is not None:
+        heartbeat.close()
 
 
 def _abort(storage: Storage, prefix: str, scoring: Any) -> None:
