@@ -189,7 +189,8 @@ CLIENT = textwrap.dedent("""
         time.sleep(120)  # killed in here, while its shards wait for the plan
         return real(*args, **kwargs)
     sp._gate_verdict = slow
-    settings = settings_for(home, executor=executor, database_url=db, storage_url="az://killed/fleet", tracking_uri=mlflow,
+    settings = settings_for(home, executor=executor, database_url=db, storage_url="az://killed/fleet",
+                            tracking_uri=mlflow,
                             **{"scoring.storage_connection_string": conn, "scoring.heartbeat_timeout": "3s"})
     sp.score_window(settings, START, START + timedelta(minutes=5))
 """)
@@ -201,8 +202,9 @@ def test_a_client_killed_mid_run_does_not_wedge_the_cluster(
     cluster = dask_processes(1, env={"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string})
     _fleet(tmp_path, postgres_url, 4, monkeypatch)
     storage = storage_spec("az://killed/fleet", connection_string=azurite_connection_string).open()
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, str(tmp_path), cluster.executor, postgres_url,
-                               azurite_connection_string, os.environ["FLEETSCORE_TEST_MLFLOW"]], cwd=Path(__file__).resolve().parents[2],
+    args = [str(tmp_path), cluster.executor, postgres_url, azurite_connection_string,
+            os.environ["FLEETSCORE_TEST_MLFLOW"]]
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, *args], cwd=Path(__file__).resolve().parents[2],
                               start_new_session=True)
     try:
         deadline = time.monotonic() + 120
