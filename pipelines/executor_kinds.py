@@ -21,6 +21,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from fleetscore.errors import ConfigError
+from fleetscore.ingestion.timeutil import parse_duration
 from fleetscore.pipelines.executors import dask_capacity, default_workers
 from fleetscore.pipelines.settings import Settings
 
@@ -133,6 +134,11 @@ def shard_count(series: int, devices: int, series_per_shard: int, capacity: int,
         raise ConfigError(f"scoring.series_per_shard: expected a positive number, got {series_per_shard}")
     wanted = max(math.ceil(series / series_per_shard), capacity, 1)
     return min(wanted, devices)
+
+
+def seconds(text: str, name: str) -> float:
+    """A duration setting (``"60s"``, ``"2h"``) in seconds; ``name`` names the setting in the error."""
+    return parse_duration(text, name).total_seconds()
 
 
 def is_local_url(url: str) -> bool:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import ConfigError
+from fleetscore.pipelines import overlapped_run, release_resolution
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.executor_kinds import executor_for, shard_count, without_password
 from fleetscore.pipelines.executors import ShardResult
@@ -49,7 +50,7 @@ def _fleet(tmp_path: Path, database_url: str, devices: int, monkeypatch: pytest.
     store_windows(database_url, pd.concat([train, fleet_windows(devices, sensors, 60, seed=2)]))
     tmp_path.mkdir(parents=True, exist_ok=True)
     fit_release(train).save(tmp_path / "bundle")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(1, tmp_path / "bundle", {}))
+    monkeypatch.setattr(release_resolution, "resolve_release", lambda s, ref: Resolved(1, tmp_path / "bundle", {}))
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[Any], list[Any]]]:
@@ -63,6 +64,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[Any], list[Any]
         return results
 
     monkeypatch.setattr(sp, "run_shards", spy)
+    monkeypatch.setattr(overlapped_run, "run_shards", spy)
     return calls
 
 
@@ -183,12 +185,14 @@ CLIENT = textwrap.dedent("""
     from tests.scoring.fleet import Resolved, START, settings_for
     from datetime import timedelta
     home, executor, db, conn, mlflow = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-    sp._resolve_release = lambda s, ref: Resolved(1, home / "bundle", {})
-    real = sp._gate_verdict
+    import fleetscore.pipelines.overlapped_run as overlapped
+    import fleetscore.pipelines.release_resolution as release_resolution
+    release_resolution.resolve_release = lambda s, ref: Resolved(1, home / "bundle", {})
+    real = overlapped.gate_verdict
     def slow(*args, **kwargs):
         time.sleep(120)  # killed in here, while its shards wait for the plan
         return real(*args, **kwargs)
-    sp._gate_verdict = slow
+    overlapped.gate_verdict = slow
     settings = settings_for(home, executor=executor, database_url=db, storage_url="az://killed/fleet",
                             tracking_uri=mlflow,
                             **{"scoring.storage_connection_string": conn, "scoring.heartbeat_timeout": "3s"})
@@ -214,7 +218,8 @@ def test_a_client_killed_mid_run_does_not_wedge_the_cluster(
             time.sleep(0.5)
         time.sleep(1.0)  # the shards are scored and waiting for the plan
     finally:
-        os.killpg(client.pid, signal.SIGKILL)
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
         client.wait(timeout=10)
     settings = _remote_settings(tmp_path, cluster, postgres_url, azurite_connection_string, "killed",
                                 **{"scoring.shard_timeout": "90s"})
