@@ -187,7 +187,8 @@ def _run_dask(
         for i, args in enumerate(shard_args):
             # the task's own bytes (what the scheduler forwards to one worker): O(shard), never O(fleet)
             sizes.append(len(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)))
-            futures.append(client.submit(_timed_call, fn, i, args, pure=False))
+            # earlier shards first: a run's first shards are the ones its data gate waits for
+            futures.append(client.submit(_timed_call, fn, i, args, pure=False, priority=len(shard_args) - i))
         pending = {future.key: i for i, future in enumerate(futures)}
         try:
             for future in dask_completed(futures, timeout=timeout):

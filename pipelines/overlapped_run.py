@@ -85,7 +85,8 @@ def score_during_gate(
     local = isinstance(executor, LocalExecutor)
     # the shards that start at once compute the gate's series metrics from their rows (a shard queued
     # behind them could not: its turn comes only after the plan); the others' series are checked in SQL
-    at_once = min(n_shards, settings.workers or default_workers()) if local else 0
+    # (on a cluster: its capacity; the first shards are submitted with the highest priority)
+    at_once = min(n_shards, settings.workers or default_workers() if local else executor.capacity())
     beat_timeout = seconds(settings.scoring.heartbeat_timeout, "scoring.heartbeat_timeout")
     # remote shards follow the client's heartbeat: a killed client never holds their workers for long
     waits: dict[str, Any] = {"wait_for": f"{prefix}/{PLAN}", "parent_pid": os.getpid() if local else 0,
@@ -111,7 +112,8 @@ def score_during_gate(
     pool.shutdown(wait=False)
     try:
         report = gate_verdict(setup, lambda pending: complete_from_shards(
-            pending, storage, prefix, provisional.shards, range(at_once), finished, scoring, others))
+            pending, storage, prefix, provisional.shards, range(at_once), finished, scoring, others,
+            timeout=seconds(settings.scoring.metrics_timeout, "scoring.metrics_timeout")))
         data_hash = fingerprint(setup, report)
         duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)

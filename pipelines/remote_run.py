@@ -1,9 +1,9 @@
 """What a run does differently when its shards run on workers that are not this process's children.
 
 - :func:`for_executor` rewrites the shard tasks: no secret inside (database password, storage keys:
-  the workers take them from their environment or managed identity) and, when the workers cannot read
-  this machine's disk, each shard's own models as bytes (:mod:`scoring.bundle_shards`), never the
-  whole release.
+  the workers take them from their environment or managed identity) and each shard's own models as
+  bytes (:mod:`scoring.bundle_shards`), never the whole release, so a worker's memory and a task's
+  size follow the shard (even where the workers could read the release's folder).
 - :class:`Heartbeat` rewrites a small file under the run's folder while shards wait for the plan, so
   that a shard whose client was killed stops waiting instead of holding its worker.
 """
@@ -32,14 +32,12 @@ def for_executor(tasks: Sequence[ShardTask], executor: Executor, bundle: Any) ->
     """``tasks`` as they may travel to ``executor``'s workers (unchanged for local processes)."""
     if isinstance(executor, LocalExecutor):
         return list(tasks)
-    files: list[Any] = [None] * len(tasks)
-    if not executor.shares_disk:
-        files = shard_bundle_files(bundle, [t.devices for t in tasks])
+    files = shard_bundle_files(bundle, [t.devices for t in tasks])
     out = []
     for task, own in zip(tasks, files, strict=True):
         spec = StorageSpec(task.storage.url, task_storage_options(task.storage.options, executor))
         out.append(replace(task, database_url=without_password(task.database_url), storage=spec,
-                           bundle=own if own is not None else task.bundle))
+                           bundle=own))
     return out
 
 

@@ -31,4 +31,5 @@ class ScoringConfig:
     # for this long (its client died) or when the plan has not come after plan_timeout
     heartbeat_timeout: str = "60s"
     plan_timeout: str = "2h"
+    metrics_timeout: str = "10m"  # the gate waits this long for the first shards' series metrics, then uses SQL
     shard_timeout: str = "6h"  # the client gives up on (and cancels) shards still running after this
