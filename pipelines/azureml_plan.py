@@ -137,6 +137,12 @@ def job_environment(settings: Any) -> dict[str, str]:
         if mask_url(value) != value:
             raise PublishError(f"{name} holds a secret ({mask_url(value)}): use a managed identity, "
                                "never a password in a published job")
+    if not settings.scoring.storage_account:
+        # the jobs carry no storage secret: they reach the account as the cluster's managed identity
+        # (DefaultAzureCredential), which needs the account's name
+        raise PublishError(f"scoring.storage_account is not set: the published jobs reach {settings.storage_url} "
+                           "as the cluster's managed identity and need the storage account's name "
+                           "(FLEETSCORE_SCORING__STORAGE_ACCOUNT)")
     env = {"FLEETSCORE_DATABASE_URL": db, "FLEETSCORE_TRACKING_URI": tracking}
     for section in PASSED_SECTIONS:
         current, default = getattr(settings, section), type(getattr(settings, section))()
