@@ -153,6 +153,8 @@ def job_environment(settings: Any) -> dict[str, str]:
                     raise PublishError(f"{section}.{field.name} is set: a published job must not carry a secret; "
                                        "give the cluster's managed identity access instead (docs/deploy-azure.md)")
                 env[f"FLEETSCORE_{section.upper()}__{field.name.upper()}"] = _env_text(value)
+    for name in ("max_nodes", "processes_per_node"):  # the plan step sizes the run to the cluster
+        env[f"FLEETSCORE_AZUREML__{name.upper()}"] = str(getattr(settings.azureml, name))
     return dict(sorted(env.items()))
 
 

@@ -86,7 +86,7 @@ def test_dry_run_writes_every_entity_and_the_sdk_loads_it_back(home: Path) -> No
     assert isinstance(job, PipelineJob)
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "auto", "end": "auto", "schedule": "every:1h", "lag": "5m", "release": "champion",
-        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 6,  # 3 nodes x 2 processes
+        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 0,  # the plan step sizes it
         "force": "false"}
     assert set(job.jobs) == {"plan", "score", "finalize"}
     assert job.jobs["score"].inputs["tasks"]._data["path"] == "${{parent.jobs.plan.outputs.tasks}}"
@@ -94,7 +94,9 @@ def test_dry_run_writes_every_entity_and_the_sdk_loads_it_back(home: Path) -> No
     assert job.settings.default_compute == "fleetscore-cpu"
     assert job.jobs["plan"].environment_variables == {"FLEETSCORE_DATABASE_URL": REMOTE["database_url"],
                                                       "FLEETSCORE_TRACKING_URI": REMOTE["tracking_uri"],
-                                                      "FLEETSCORE_SCORING__STORAGE_ACCOUNT": "fleetpredictions"}
+                                                      "FLEETSCORE_SCORING__STORAGE_ACCOUNT": "fleetpredictions",
+                                                      "FLEETSCORE_AZUREML__MAX_NODES": "3",
+                                                      "FLEETSCORE_AZUREML__PROCESSES_PER_NODE": "2"}
 
     schedule = load_schedule(out / "schedule.yml")
     assert isinstance(schedule.trigger, CronTrigger)
@@ -239,7 +241,7 @@ def test_submit_scoring_job_runs_the_published_pipeline_on_a_window() -> None:
     assert experiment == "fleetscore-scoring"
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "2018-08-29T00:00:00", "end": "2018-08-29T01:00:00", "schedule": "every:1h", "lag": "0s",
-        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 8,
+        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 0,
         "force": "true"}
     assert job.jobs["score"].component is client.components.get("fleetscore_score_shards", label="latest")
 

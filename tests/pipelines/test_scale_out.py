@@ -229,3 +229,21 @@ def test_a_client_killed_mid_run_does_not_wedge_the_cluster(
     assert time.monotonic() - t0 < 90
     spec = storage_spec("az://killed/fleet", connection_string=azurite_connection_string)
     assert len(writer.read_predictions(spec, START)) == 4 * 2 * 60  # `latest` names the completed run
+
+
+@pytest.mark.parametrize(("devices", "series_per_shard", "expected"), [
+    (12, 4, 10),  # 24 series / 4 = 6 shards, raised to the cluster's 5 nodes x 2 processes
+    (12, 1, 12),  # 24 shards wanted, at most one per device
+    (3, 4, 3),  # a small fleet: one shard per device, not one per process of the cluster
+])
+def test_the_azureml_plan_step_sizes_the_run_to_the_fleet_and_max_nodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, devices: int, series_per_shard: int, expected: int) -> None:
+    from fleetscore.pipelines.azureml_plan import ScheduleSpec
+    from fleetscore.pipelines.azureml_steps import plan_step
+
+    settings = settings_for(tmp_path, **{"scoring.series_per_shard": series_per_shard, "azureml.max_nodes": 5,
+                                         "azureml.processes_per_node": 2, "workers": 1})
+    _fleet(tmp_path, settings.database_url, devices, monkeypatch)
+    summary = plan_step(settings, START, END, ScheduleSpec(every="5m"), tmp_path / "tasks")
+    assert summary["tasks"] == expected
+    assert len(list((tmp_path / "tasks").glob("shard-*.json"))) == expected
