@@ -10,7 +10,7 @@ parameters, same scoring cost). Then, per worker count, it starts a ``LocalClust
 single-threaded worker processes and runs ``score_window`` with the data gate on, and prints:
 
 - per shard: wall time (median, max), bytes of the pickled task sent through the scheduler (max);
-- per worker: peak RSS (``ru_maxrss`` read on each worker after the run: the worst shard it ran);
+- per worker: peak RSS (``VmHWM`` read on each worker after the run: the worst shard it ran);
 - the serial part (the run minus the shards' span: resolve, plan, gate decision, finalize), the gate's
   own time (it runs beside the shards) and the whole run;
 - time per series, and the ratio against the 1-worker run of the same fleet (the baseline).
@@ -40,9 +40,12 @@ FITTED = 1_000
 
 
 def _peak_rss() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """This process's own peak RSS (``VmHWM``). Not ``ru_maxrss``: a spawned worker inherits the peak of
+    the process that started it (here the client holding the whole fleet's frames)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def build(work: Path, series: int, windows: int) -> tuple[str, Path, Any]:
