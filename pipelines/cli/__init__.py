@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "score": "score_cmd:score",
     "runs": "score_cmd:runs",
     "report": "score_cmd:report",
+    "predictions": "predictions_cmd:predictions",
     "schedule": "schedule_cmd:schedule",
     "scheduler": "schedule_cmd:scheduler",
     "publish": "publish_cmd:publish",
