@@ -26,7 +26,7 @@ from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.executor_kinds import executor_for, shard_count, without_password
 from fleetscore.pipelines.executors import ShardResult
 from fleetscore.pipelines.remote_run import HEARTBEAT
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.storage import storage_spec
 from tests.fixtures.dask_processes import DaskProcesses
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
@@ -110,7 +110,7 @@ def test_remote_services_with_credentials_in_the_workers_environment_only(
     calls = _capture(monkeypatch)
     result = sp.score_window(settings, START, END)
     assert result.status == "done", result
-    got = writer.read_predictions(storage_spec("az://remote/fleet", connection_string=azurite_connection_string))
+    got = table.read_predictions(storage_spec("az://remote/fleet", connection_string=azurite_connection_string))
     assert len(got) == 6 * 2 * 60
     key = azurite_connection_string.split("AccountKey=")[1].split(";")[0]
     for tasks, _ in calls:
@@ -228,7 +228,8 @@ def test_a_client_killed_mid_run_does_not_wedge_the_cluster(
     assert result.status == "done", result
     assert time.monotonic() - t0 < 90
     spec = storage_spec("az://killed/fleet", connection_string=azurite_connection_string)
-    assert len(writer.read_predictions(spec, START)) == 4 * 2 * 60  # `latest` names the completed run
+    got = table.read_predictions(spec, START, END)  # the table's current version: the completed run's rows
+    assert len(got) == 4 * 2 * 60 and table.run_version(spec, result.run_id) is not None
 
 
 @pytest.mark.parametrize(("devices", "series_per_shard", "expected"), [
