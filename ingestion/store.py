@@ -388,9 +388,10 @@ class SensorStore:
         return first.iloc[0].to_pydatetime(), last.iloc[0].to_pydatetime()
 
     def devices(self) -> list[str]:
-        """Every device with at least one window, sorted (on SQLite by a loose index scan: one seek per
-        device along the primary key)."""
-        if self.dialect == "sqlite" and not self.generic:
+        """Every device with at least one window, sorted: on SQLite and PostgreSQL by a loose index scan
+        (one seek per device along the primary key), so its cost follows the devices, not the rows that
+        retention keeps; ``SELECT DISTINCT`` elsewhere."""
+        if self.dialect in ("sqlite", "postgresql") and not self.generic:
             table = self._query(f"WITH RECURSIVE d(device) AS ({_LOOSE_DEVICES}) "
                                 "SELECT device FROM d WHERE device IS NOT NULL")
         else:

@@ -126,7 +126,7 @@ def spec_from_settings(settings: Any, image_tag: str = "", schedule: ScheduleSpe
     if cfg.max_nodes < 1 or cfg.processes_per_node < 1:
         raise PublishError(f"azureml.max_nodes ({cfg.max_nodes}) and azureml.processes_per_node "
                            f"({cfg.processes_per_node}) must be at least 1")
-    shards = cfg.shards or settings.scoring.shards or cfg.max_nodes * cfg.processes_per_node
+    shards = cfg.shards or settings.scoring.shards  # 0: the plan step sizes the run to the fleet
     return PublishSpec(
         image=f"{cfg.registry}/{cfg.image_name}:{tag}", image_tag=tag, environment=cfg.environment,
         compute=cfg.compute, vm_size=cfg.vm_size, max_nodes=cfg.max_nodes,
@@ -475,7 +475,7 @@ def submit_scoring_job(settings: Any, start: datetime | None, end: datetime | No
         image="", image_tag="", environment=cfg.environment, compute=cfg.compute, vm_size=cfg.vm_size,
         max_nodes=cfg.max_nodes, idle_seconds_before_scaledown=cfg.idle_seconds_before_scaledown, tier=cfg.tier,
         processes_per_node=cfg.processes_per_node,
-        shards=cfg.shards or settings.scoring.shards or cfg.max_nodes * cfg.processes_per_node,
+        shards=cfg.shards or settings.scoring.shards,
         retries=cfg.shard_retries, shard_timeout_s=cfg.shard_timeout_s, experiment=cfg.experiment,
         pipeline=cfg.pipeline, schedule_name=cfg.schedule_name, storage_url=settings.storage_url,
         release=release_ref(settings, None), job_env=job_environment(settings),

@@ -137,6 +137,12 @@ def job_environment(settings: Any) -> dict[str, str]:
         if mask_url(value) != value:
             raise PublishError(f"{name} holds a secret ({mask_url(value)}): use a managed identity, "
                                "never a password in a published job")
+    if not settings.scoring.storage_account:
+        # the jobs carry no storage secret: they reach the account as the cluster's managed identity
+        # (DefaultAzureCredential), which needs the account's name
+        raise PublishError(f"scoring.storage_account is not set: the published jobs reach {settings.storage_url} "
+                           "as the cluster's managed identity and need the storage account's name "
+                           "(FLEETSCORE_SCORING__STORAGE_ACCOUNT)")
     env = {"FLEETSCORE_DATABASE_URL": db, "FLEETSCORE_TRACKING_URI": tracking}
     for section in PASSED_SECTIONS:
         current, default = getattr(settings, section), type(getattr(settings, section))()
@@ -147,6 +153,8 @@ def job_environment(settings: Any) -> dict[str, str]:
                     raise PublishError(f"{section}.{field.name} is set: a published job must not carry a secret; "
                                        "give the cluster's managed identity access instead (docs/deploy-azure.md)")
                 env[f"FLEETSCORE_{section.upper()}__{field.name.upper()}"] = _env_text(value)
+    for name in ("max_nodes", "processes_per_node"):  # the plan step sizes the run to the cluster
+        env[f"FLEETSCORE_AZUREML__{name.upper()}"] = str(getattr(settings.azureml, name))
     return dict(sorted(env.items()))
 
 

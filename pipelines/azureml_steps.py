@@ -88,7 +88,12 @@ def plan_step(
 
     if start is None or end is None:
         start, end = scheduled_window(schedule, now or utcnow())
-    prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards, force=force)
+    from fleetscore.pipelines.executor_kinds import executor_for
+
+    # the fan-out is decided here, from the fleet: at most series_per_shard series a shard, at least one
+    # shard per process of the cluster at its max_nodes
+    prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards, force=force,
+                           executor=executor_for(settings, "azureml"))
     base = StepTask(prepared.run_id, prepared.start, None, prepared.end, prepared.release_version,
                     duplicate_of=prepared.duplicate_of, timings=prepared.timings)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ class ShardResult:
     shard: int
     value: Any
     seconds: float
+    payload_bytes: int = 0  # the pickled task sent to a remote worker (0: run locally)
 
 
 def _timed_call(fn: Callable[..., Any], shard: int, args: tuple[Any, ...]) -> ShardResult | ShardFailure:
@@ -105,12 +107,15 @@ def run_shards(
     workers: int = 0,
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[ShardResult | ShardFailure], None] | None = None,
+    timeout: float | None = None,
 ) -> list[ShardResult | ShardFailure]:
     """Call ``fn(*shard_args[i])`` for every shard on ``executor`` and return the results in order.
 
     ``executor`` is ``local`` (processes on this machine; ``workers`` of them, 0 = one per core) or
     ``dask://HOST:PORT`` (an existing Dask scheduler). A single shard, or one worker, runs in this
     process: no pool start-up to pay for. ``on_result`` is called with each shard's result as it comes.
+    On Dask, shards still running ``timeout`` seconds after the submission are cancelled and come back
+    as failures; a client that dies takes its tasks with it (the scheduler releases them).
     """
     total = len(shard_args)
     results: list[ShardResult | ShardFailure | None] = [None] * total
@@ -138,10 +143,33 @@ def run_shards(
                 for future in as_completed(futures):
                     record(future.result())
     elif executor.startswith("dask://"):
-        _run_dask(fn, shard_args, executor, record)
+        _run_dask(fn, shard_args, executor, record, timeout)
     else:
         raise ConfigError(f"executor {executor!r} cannot run shards here (use 'local' or 'dask://HOST:PORT')")
     return [r for r in results if r is not None]
+
+
+def _dask_client(executor: str) -> Any:
+    """A client of the scheduler at ``dask://HOST:PORT`` (connecting within 30 s)."""
+    try:
+        from dask.distributed import Client
+    except ImportError as exc:
+        raise ConfigError("executor dask:// needs the 'dask' extra: pip install 'fleetscore[dask]'") from exc
+    address = "tcp://" + executor[len("dask://"):]
+    try:
+        return Client(address, timeout=30)
+    except OSError as exc:
+        raise ConfigError(f"executor {executor}: cannot reach the Dask scheduler at {address}: {exc}") from exc
+
+
+def dask_capacity(executor: str) -> int:
+    """How many tasks the cluster at ``dask://HOST:PORT`` runs at once: its workers' threads."""
+    with _dask_client(executor) as client:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    if threads <= 0:
+        raise ConfigError(f"executor {executor}: the Dask scheduler has no workers")
+    return threads
 
 
 def _run_dask(
@@ -149,18 +177,30 @@ def _run_dask(
     shard_args: Sequence[tuple[Any, ...]],
     executor: str,
     record: Callable[[ShardResult | ShardFailure], None],
+    timeout: float | None,
 ) -> None:
-    try:
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_completed
-    except ImportError as exc:
-        raise ConfigError("executor dask:// needs the 'dask' extra: pip install 'fleetscore[dask]'") from exc
-    address = "tcp://" + executor[len("dask://"):]
-    try:
-        client = Client(address, timeout=30)
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-    with client:
-        futures = [client.submit(_timed_call, fn, i, args, pure=False) for i, args in enumerate(shard_args)]
-        for future in dask_completed(futures):
-            record(future.result())
+    from dask.distributed import TimeoutError as DaskTimeout
+    from dask.distributed import as_completed as dask_completed
+
+    with _dask_client(executor) as client:
+        sizes, futures = [], []
+        for i, args in enumerate(shard_args):
+            # the task's own bytes (what the scheduler forwards to one worker): O(shard), never O(fleet)
+            sizes.append(len(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)))
+            # earlier shards first: a run's first shards are the ones its data gate waits for
+            futures.append(client.submit(_timed_call, fn, i, args, pure=False, priority=len(shard_args) - i))
+        pending = {future.key: i for i, future in enumerate(futures)}
+        try:
+            for future in dask_completed(futures, timeout=timeout):
+                shard = pending.pop(future.key)
+                try:
+                    item = future.result()
+                except Exception as exc:  # noqa: BLE001 - a lost worker (KilledWorker) fails this shard only
+                    item = ShardFailure(shard, f"{type(exc).__name__}: {exc}", "")
+                if isinstance(item, ShardResult):
+                    item = ShardResult(item.shard, item.value, item.seconds, sizes[item.shard])
+                record(item)
+        except (DaskTimeout, TimeoutError):
+            client.cancel([f for f in futures if f.key in pending])
+            for i in sorted(pending.values()):
+                record(ShardFailure(i, f"shard {i} still running after {timeout:.0f} s on {executor}: cancelled", ""))

@@ -19,7 +19,9 @@ from typing import Any
 from fleetscore.data_checks import series_stats_in_sql
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines.adapters import storage_for
+from fleetscore.pipelines.executor_kinds import Executor, LocalExecutor, seconds
 from fleetscore.pipelines.executors import ShardFailure, default_workers, run_shards
+from fleetscore.pipelines.remote_run import HEARTBEAT, Heartbeat, for_executor
 from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note
 from fleetscore.pipelines.run_planning import (
     RunSetup,
@@ -40,7 +42,7 @@ from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_pat
 from fleetscore.progress import ProgressCallback
 from fleetscore.scoring import writer
 from fleetscore.scoring.contracts import ABORT, PLAN
-from fleetscore.scoring.shard import bundle_files, score_shard
+from fleetscore.scoring.shard import score_shard
 from fleetscore.scoring.storage import Storage
 
 log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
@@ -53,7 +55,7 @@ def score_during_gate(
     *,
     release: str | None,
     devices: Sequence[str] | None,
-    executor: str,
+    executor: Executor,
     shards: int | None,
     force: bool,
     csv: bool | None,
@@ -79,43 +81,53 @@ def score_during_gate(
     if planned_incomplete(storage, setup.start) and not force:
         _stop_gate(setup)
         return None
-    provisional = build_plan(settings, setup, None, "", shards, csv)
+    provisional = build_plan(settings, setup, None, "", shards, csv, executor)
     prefix = writer.run_prefix(setup.start, setup.run_id)
-    bundle: str | dict[str, bytes] = str(setup.resolved.bundle_dir)
-    if executor.startswith("dask://"):
-        bundle = bundle_files(str(setup.resolved.bundle_dir))
     n_shards = provisional.n_shards
+    local = isinstance(executor, LocalExecutor)
     # the shards that start at once compute the gate's series metrics from their rows (a shard queued
     # behind them could not: its turn comes only after the plan); the others' series are checked in SQL
-    at_once = min(n_shards, settings.workers or default_workers()) if executor == "local" else 0
-    tasks = [(replace(shard_task(settings, provisional, i, bundle, part_delay), wait_for=f"{prefix}/{PLAN}",
-                      parent_pid=os.getpid() if executor == "local" else 0,
-                      metrics_to=metrics_path(prefix, i) if i < at_once else ""),) for i in range(n_shards)]
+    # (on a cluster: its capacity; the first shards are submitted with the highest priority)
+    at_once = min(n_shards, settings.workers or default_workers() if local else executor.capacity())
+    beat_timeout = seconds(settings.scoring.heartbeat_timeout, "scoring.heartbeat_timeout")
+    # remote shards follow the client's heartbeat: a killed client never holds their workers for long
+    waits: dict[str, Any] = {"wait_for": f"{prefix}/{PLAN}", "parent_pid": os.getpid() if local else 0,
+                             "heartbeat": "" if local else f"{prefix}/{HEARTBEAT}", "heartbeat_timeout": beat_timeout,
+                             "plan_timeout": seconds(settings.scoring.plan_timeout, "scoring.plan_timeout")}
+    tasks = [(task,) for task in for_executor(
+        [replace(shard_task(settings, provisional, i, None, part_delay), **waits,
+                 metrics_to=metrics_path(prefix, i) if i < at_once else "") for i in range(n_shards)],
+        executor, setup.bundle)]
+    heartbeat = None if local else Heartbeat(storage, prefix, every=max(0.2, beat_timeout / 6))
     if on_progress is not None:
         on_progress(0, n_shards)
     t0 = time.perf_counter()
     finished: dict[int, Any] = {}
     queued = [device for devices in provisional.shards[at_once:] for device in devices]
     pool = ThreadPoolExecutor(2)
-    scoring = pool.submit(run_shards, score_shard, tasks, executor=executor, workers=settings.workers,
-                          on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r))
+    scoring = pool.submit(run_shards, score_shard, tasks, executor=executor.name, workers=settings.workers,
+                          on_progress=on_progress, on_result=lambda r: finished.__setitem__(r.shard, r),
+                          timeout=seconds(settings.scoring.shard_timeout, "scoring.shard_timeout"))
     # the queued shards' series: the gate's SQL query, beside the first shards and the fleet checks
     others = pool.submit(series_stats_in_sql, settings.database_url, setup.start, setup.end, settings.data_checks,
                          keep=queued, window=setup.window, devices=setup.device_filter) if queued else None
     pool.shutdown(wait=False)
     try:
         report = gate_verdict(setup, lambda pending: complete_from_shards(
-            pending, storage, prefix, provisional.shards, range(at_once), finished, scoring, others))
+            pending, storage, prefix, provisional.shards, range(at_once), finished, scoring, others,
+            timeout=seconds(settings.scoring.metrics_timeout, "scoring.metrics_timeout")))
         data_hash = fingerprint(setup, report)
         duplicate = find_duplicate(settings, storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)
         if duplicate and not force:
+            _stop_beating(heartbeat)
             _abort(storage, prefix, scoring)
             record_skipped(setup, data_hash, str(duplicate["run_id"]))
             return ScoringResult(setup.run_id, "skipped", setup.start, setup.end, setup.version,
                                  duplicate_of=str(duplicate["run_id"]),
                                  location=committed_location(settings, str(duplicate["run_id"])))
     except BaseException:
+        _stop_beating(heartbeat)
         _abort(storage, prefix, scoring)
         raise
     plan = replace(provisional, data_hash=data_hash, validation_id=report.id, excluded=excluded_of(report))
@@ -123,6 +135,7 @@ def score_during_gate(
                      release_version=setup.version, data_hash=data_hash, validation_id=report.id,
                      shards_total=n_shards, shards_done=0, location=storage.display(prefix))
     write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    _stop_beating(heartbeat)
     note(setup.journal, "run %s: %d devices in %d shards -> %s (scored during the gate)", setup.run_id,
          sum(len(d) for d in plan.shards), n_shards, storage.display(prefix))
     results = scoring.result()
@@ -130,6 +143,11 @@ def score_during_gate(
     setup.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, setup.run_id, plan, shard_failures=failures, timings=setup.timings,
                         started=started, journal=setup.journal)
+
+
+def _stop_beating(heartbeat: Heartbeat | None) -> None:
+    if heartbeat is not None:
+        heartbeat.close()
 
 
 def _abort(storage: Storage, prefix: str, scoring: Any) -> None:

@@ -10,7 +10,6 @@ overlapped run (:mod:`pipelines.overlapped_run`) uses the same steps one by one.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,8 @@ from fleetscore.ingestion.run_log import RunLog, window_fingerprint
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines import release_resolution
 from fleetscore.pipelines.adapters import storage_for, storage_spec_for
-from fleetscore.pipelines.executors import default_workers, run_in_background
+from fleetscore.pipelines.executor_kinds import Executor, executor_for, shard_count
+from fleetscore.pipelines.executors import run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring import table, writer
@@ -73,8 +73,12 @@ def prepare_run(
     csv: bool | None = None,
     skip_validation: bool = False,
     now: datetime | None = None,
+    executor: Executor | None = None,
 ) -> PreparedRun:
-    """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan."""
+    """Gate, resolve, fingerprint, detect duplicates, plan (or resume) a run; write its plan.
+
+    The shard count follows the fleet and ``executor``'s capacity (default: the ``executor`` setting's).
+    """
     setup = setup_run(settings, start, end, release, devices, skip_validation, now)
     report = gate_verdict(setup)
     data_hash = fingerprint(setup, report)
@@ -86,7 +90,7 @@ def prepare_run(
                            duplicate_of=str(duplicate["run_id"]), timings=setup.timings, journal=setup.journal)
 
     t0 = time.perf_counter()
-    plan = build_plan(settings, setup, report, data_hash, shards, csv)
+    plan = build_plan(settings, setup, report, data_hash, shards, csv, executor or executor_for(settings))
     storage, run_id, n_shards = setup.storage, setup.run_id, plan.n_shards
     resumed = find_resumable(storage, start, plan, force)
     todo = list(range(n_shards))
@@ -214,7 +218,7 @@ def record_skipped(setup: RunSetup, data_hash: str, duplicate_of: str) -> None:
 
 
 def build_plan(settings: Settings, setup: RunSetup, report: Any, data_hash: str, shards: int | None,
-               csv: bool | None) -> RunPlan:
+               csv: bool | None, executor: Executor) -> RunPlan:
     """The run's plan (``_run.json``): range, release, data, gate verdict and the devices of each shard."""
     from fleetscore.ingestion.store import shard_devices
 
@@ -223,9 +227,9 @@ def build_plan(settings: Settings, setup: RunSetup, report: Any, data_hash: str,
     if setup.device_filter:
         wanted_devices = set(setup.device_filter)
         all_devices = [d for d in all_devices if d in wanted_devices]
-    wanted = shards or settings.scoring.shards or max(settings.workers or default_workers(),
-                                                       math.ceil(len(bundle.keys) / settings.scoring.shard_series))
-    n_shards = max(1, min(wanted, len(all_devices) or 1))
+    # sized to the fleet and the executor's capacity, never to the cores of the machine planning the run
+    n_shards = shard_count(len(bundle.keys), len(all_devices), settings.scoring.series_per_shard,
+                           executor.capacity(), shards or settings.scoring.shards)
     return RunPlan(
         run_id=setup.run_id, start=setup.start, end=setup.end,
         context_start=setup.start - bundle.context_windows * setup.window,

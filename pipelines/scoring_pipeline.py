@@ -18,13 +18,15 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from fleetscore.pipelines.executor_kinds import executor_for, seconds
 from fleetscore.pipelines.executors import ShardFailure, run_shards
 from fleetscore.pipelines.overlapped_run import score_during_gate
+from fleetscore.pipelines.remote_run import for_executor
 from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run
 from fleetscore.pipelines.run_planning import committed_location, prepare_run, shard_task
 from fleetscore.pipelines.settings import Settings
 from fleetscore.progress import ProgressCallback
-from fleetscore.scoring.shard import bundle_files, score_shard
+from fleetscore.scoring.shard import load_bundle, score_shard
 
 
 def score_window(
@@ -50,14 +52,16 @@ def score_window(
     """
     t_start = time.perf_counter()
     executor = executor or settings.executor
+    kind = executor_for(settings, executor)
+    kind.check_settings(settings)  # before anything runs: a setting the workers cannot use is refused
     if not skip_validation:
-        overlapped = score_during_gate(settings, start, end, release=release, devices=devices, executor=executor,
+        overlapped = score_during_gate(settings, start, end, release=release, devices=devices, executor=kind,
                                        shards=shards, force=force, csv=csv, on_progress=on_progress,
                                        part_delay=part_delay, started=t_start)
         if overlapped is not None:
             return overlapped
     prepared = prepare_run(settings, start, end, release=release, devices=devices, shards=shards,
-                           force=force, csv=csv, skip_validation=skip_validation)
+                           force=force, csv=csv, skip_validation=skip_validation, executor=kind)
     plan = prepared.plan
     w_start, w_end = prepared.start, prepared.end
     if plan is None:
@@ -69,13 +73,12 @@ def score_window(
     if on_progress is not None:
         on_progress(already, total)
     progress = (lambda done, _n: on_progress(already + done, total)) if on_progress else None
-    bundle: str | dict[str, bytes] = prepared.bundle_dir
-    if executor.startswith("dask://"):
-        bundle = bundle_files(prepared.bundle_dir)  # workers may not see this machine's disk
     t0 = time.perf_counter()
-    tasks = [(shard_task(settings, plan, i, bundle, part_delay),) for i in prepared.todo]
-    results = run_shards(score_shard, tasks, executor=executor, workers=settings.workers,
-                         on_progress=progress)
+    # remote workers get no secret, and only their own shard's models
+    tasks = [(task,) for task in for_executor([shard_task(settings, plan, i, None, part_delay) for i in prepared.todo],
+                                              kind, load_bundle(prepared.bundle_dir))]
+    results = run_shards(score_shard, tasks, executor=executor, workers=settings.workers, on_progress=progress,
+                         timeout=seconds(settings.scoring.shard_timeout, "scoring.shard_timeout"))
     failures = {prepared.todo[r.shard]: r.error for r in results if isinstance(r, ShardFailure)}
     prepared.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, prepared.run_id, plan, shard_failures=failures, timings=prepared.timings,

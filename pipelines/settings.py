@@ -49,6 +49,7 @@ class Settings:
     storage_url: str = ""
     executor: str = "local"
     workers: int = 0  # 0: one per core
+    shared_disk: bool = False  # dask:// workers see this machine's disk (a LocalCluster, a shared filesystem)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     data_checks: CheckConfig = field(default_factory=CheckConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -34,19 +34,26 @@ def metrics_path(prefix: str, shard: int) -> str:
 def complete_from_shards(pending: PendingValidation, storage: Storage, prefix: str,
                          devices_by_shard: Sequence[Sequence[str]], expected: Sequence[int],
                          finished: Mapping[int, Any], scoring: Future[Any],
-                         others: Future[Any] | None = None) -> ValidationReport:
+                         others: Future[Any] | None = None, timeout: float | None = None) -> ValidationReport:
     """Complete ``pending`` once each shard in ``expected`` has written its metrics or ended without them.
 
     ``finished`` fills with the results of the shards that ended (a shard that wrote metrics only ends
     after the plan, so an early end is a failure); when ``scoring`` itself ends, no more metrics come.
     ``others`` gives the SQL stats of the shards not in ``expected``. The metrics files are removed after.
+    A shard whose metrics have not come after ``timeout`` seconds (one queued on a busy cluster) has its
+    series checked in SQL instead.
     """
     if not pending.report.fleet_ok:
         return complete_validation(pending, skipped="the fleet checks failed")
     waiting, got = set(expected), set()
     frames: list[pd.DataFrame] = []
     delay = 0.01
+    deadline = time.monotonic() + timeout if timeout is not None else None
     while waiting:
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning("shards %s: no series metrics after %.0f s: their series are checked in SQL",
+                        sorted(waiting), timeout)
+            break
         for shard in sorted(waiting):
             path = metrics_path(prefix, shard)
             if storage.exists(path):

@@ -15,8 +15,8 @@ class ScoringConfig:
     ``DefaultAzureCredential`` with ``AZURE_STORAGE_ACCOUNT_NAME``.
     """
 
-    shards: int = 0  # 0: one per worker, more for big fleets (at most shard_series series per shard)
-    shard_series: int = 10_000
+    shards: int = 0  # 0: from the fleet: at most series_per_shard series a shard, at least one per worker
+    series_per_shard: int = 10_000
     max_failed_fraction: float = 0.05
     release: str = "champion"
     csv: bool = False
@@ -27,3 +27,9 @@ class ScoringConfig:
     lock_ttl: str = "10m"  # a scheduler lock not renewed for this long is taken over
     poll: str = "30s"  # how often an idle scheduler looks for due windows
     max_attempts: int = 3  # a window that failed this many times is given up
+    # a shard waiting for its run's plan stops (writing nothing) when the run's heartbeat has not moved
+    # for this long (its client died) or when the plan has not come after plan_timeout
+    heartbeat_timeout: str = "60s"
+    plan_timeout: str = "2h"
+    metrics_timeout: str = "10m"  # the gate waits this long for the first shards' series metrics, then uses SQL
+    shard_timeout: str = "6h"  # the client gives up on (and cancels) shards still running after this

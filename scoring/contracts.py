@@ -121,6 +121,13 @@ class ShardTask:
     # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
     # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
     metrics_to: str = ""
+    # when set (remote executors): a file under the storage root that the run's client rewrites every
+    # few seconds while the shards wait; one that stops changing for ``heartbeat_timeout`` seconds means
+    # the client died, and the shard stops waiting, writing nothing (so a killed client never wedges a
+    # worker). ``plan_timeout`` bounds the wait in every case.
+    heartbeat: str = ""
+    heartbeat_timeout: float = 60.0
+    plan_timeout: float = 7200.0
 
 
 @dataclass(frozen=True)

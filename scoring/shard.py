@@ -13,7 +13,6 @@ the guilty series are recorded as failed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -36,34 +35,30 @@ log = logging.getLogger(__name__)
 _BUNDLES: dict[str, Any] = {}  # bundle location -> loaded ReleaseBundle, per process
 
 
-def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
-    """The files of a bundle folder as bytes, for workers that cannot read the parent's disk."""
-    return {p.name: p.read_bytes() for p in sorted(Path(bundle_dir).iterdir()) if p.is_file()}
 
 
 def load_bundle(source: str | Mapping[str, bytes]) -> Any:
-    """Load a release bundle once per process (from a folder, or from its files' bytes)."""
+    """Load a release bundle once per process: from a folder (kept, by path), or from its files' bytes
+    (a shard's own models, sent in its task: only the last one is kept, so a worker that runs many
+    shards holds one shard's models at a time)."""
     from fleetscore.training.bundle import ReleaseBundle
 
     if isinstance(source, str):
-        key = source
-        folder = Path(source)
-    else:
-        digest = hashlib.sha256()
-        for name in sorted(source):
-            digest.update(name.encode())
-            digest.update(source[name])
-        key = digest.hexdigest()
-        folder = Path(tempfile.gettempdir()) / "fleetscore-bundles" / key[:16]
-        if not folder.exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=folder.parent))
-            for name, data in source.items():
-                (staging / name).write_bytes(data)
-            with contextlib.suppress(OSError):  # another worker of this machine got there first
-                staging.rename(folder)
+        if source not in _BUNDLES:
+            _BUNDLES[source] = ReleaseBundle.load(Path(source))
+        return _BUNDLES[source]
+    digest = hashlib.sha256()
+    for name in sorted(source):
+        digest.update(name.encode())
+        digest.update(source[name])
+    key = "sha256:" + digest.hexdigest()
     if key not in _BUNDLES:
-        _BUNDLES[key] = ReleaseBundle.load(folder)
+        for old in [k for k in _BUNDLES if k.startswith("sha256:")]:
+            del _BUNDLES[old]
+        with tempfile.TemporaryDirectory(prefix="fleetscore-bundle-") as tmp:
+            for name, data in source.items():
+                (Path(tmp) / name).write_bytes(data)
+            _BUNDLES[key] = ReleaseBundle.load(tmp)
     return _BUNDLES[key]
 
 
@@ -170,17 +165,32 @@ def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
     """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
-    None when the run was aborted (gate failed, duplicate) or its parent process died."""
+    None when the run was aborted (gate failed, duplicate), its client died (its process gone, or its
+    heartbeat still), or the plan did not come within ``task.plan_timeout`` seconds."""
     abort = f"{task.prefix}/{ABORT}"
     delay = 0.02
+    started = time.monotonic()
+    beat, beat_seen = None, started
     while True:
         if storage.exists(task.wait_for):
             plan: dict[str, Any] = read_json(storage, task.wait_for)
             return plan
         if storage.exists(abort):
             return None
+        now = time.monotonic()
         if task.parent_pid and not _alive(task.parent_pid):
             log.warning("shard %d: the run's process %d is gone; nothing written", task.shard, task.parent_pid)
+            return None
+        if task.heartbeat:
+            current = storage.read_bytes(task.heartbeat) if storage.exists(task.heartbeat) else None
+            if current != beat:
+                beat, beat_seen = current, now
+            elif now - beat_seen > task.heartbeat_timeout:
+                log.warning("shard %d: the run's client stopped beating %.0f s ago; nothing written",
+                            task.shard, now - beat_seen)
+                return None
+        if now - started > task.plan_timeout:
+            log.warning("shard %d: no plan after %.0f s; nothing written", task.shard, task.plan_timeout)
             return None
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)

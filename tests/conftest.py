@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.azurite",
     "tests.fixtures.dask_cluster",
+    "tests.fixtures.dask_processes",
     "tests.fixtures.mlflow_server",
 ]
 

@@ -29,7 +29,8 @@ def score_step() -> None:
 @click.option("--lag", default="0s", show_default=True, metavar="DURATION", help="Lag of the schedule.")
 @click.option("--release", default=None, help="Release alias or version (default: scoring.release).")
 @click.option("--devices", default="all", show_default=True, metavar="IDS", help="all, or D1,D2,...")
-@click.option("--shards", type=click.IntRange(min=1), default=None, help="Number of shards.")
+@click.option("--shards", type=click.IntRange(min=0), default=None,
+              help="Number of shards (0: from the fleet and the cluster's max_nodes x processes_per_node).")
 @click.option("--force", type=click.BOOL, default=False, show_default=True, metavar="true|false",
               help="Score again a window already scored with the same release and data.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -48,8 +49,8 @@ def plan(state: CliState, start: str, end: str, schedule_text: str, lag: str, re
         raise click.UsageError("give both --start and --end, or neither (auto)")
     window = (None, None) if start == "auto" else (parse_time(start, "--start"), parse_time(end, "--end"))
     ids = None if devices.strip() in ("", "all") else [d.strip() for d in devices.split(",") if d.strip()]
-    summary = plan_step(settings, window[0], window[1], schedule, out, release=release, devices=ids, shards=shards,
-                        force=force)
+    summary = plan_step(settings, window[0], window[1], schedule, out, release=release, devices=ids,
+                        shards=shards or None, force=force)
     click.echo(json.dumps(summary, sort_keys=True, default=str))
 
 

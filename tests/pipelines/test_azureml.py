@@ -25,11 +25,11 @@ from fleetscore.pipelines.settings import load_settings
 from tests.pipelines.azureml_fakes import FakeMLClient
 
 REMOTE = {"database_url": "postgresql://fleet@db.example.org/fleet", "tracking_uri": "azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws",
-          "storage_url": "az://predictions/fleet"}
+          "storage_url": "az://predictions/fleet", "scoring.storage_account": "fleetpredictions"}
 GLOBAL_FLAGS = ["--database-url", REMOTE["database_url"], "--tracking-uri", REMOTE["tracking_uri"],
                 "--storage-url", REMOTE["storage_url"]]
 AZURE_ENV = {"FLEETSCORE_AZUREML__REGISTRY": "fleetacr.azurecr.io", "FLEETSCORE_AZUREML__MAX_NODES": "3",
-             "FLEETSCORE_AZUREML__PROCESSES_PER_NODE": "2"}
+             "FLEETSCORE_AZUREML__PROCESSES_PER_NODE": "2", "FLEETSCORE_SCORING__STORAGE_ACCOUNT": "fleetpredictions"}
 
 
 def _settings(**more: Any) -> Any:
@@ -86,14 +86,17 @@ def test_dry_run_writes_every_entity_and_the_sdk_loads_it_back(home: Path) -> No
     assert isinstance(job, PipelineJob)
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "auto", "end": "auto", "schedule": "every:1h", "lag": "5m", "release": "champion",
-        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 6,  # 3 nodes x 2 processes
+        "devices": "all", "storage_url": "az://predictions/fleet", "shards": 0,  # the plan step sizes it
         "force": "false"}
     assert set(job.jobs) == {"plan", "score", "finalize"}
     assert job.jobs["score"].inputs["tasks"]._data["path"] == "${{parent.jobs.plan.outputs.tasks}}"
     assert job.jobs["finalize"].inputs["results"]._data["path"] == "${{parent.jobs.score.outputs.results}}"
     assert job.settings.default_compute == "fleetscore-cpu"
     assert job.jobs["plan"].environment_variables == {"FLEETSCORE_DATABASE_URL": REMOTE["database_url"],
-                                                      "FLEETSCORE_TRACKING_URI": REMOTE["tracking_uri"]}
+                                                      "FLEETSCORE_TRACKING_URI": REMOTE["tracking_uri"],
+                                                      "FLEETSCORE_SCORING__STORAGE_ACCOUNT": "fleetpredictions",
+                                                      "FLEETSCORE_AZUREML__MAX_NODES": "3",
+                                                      "FLEETSCORE_AZUREML__PROCESSES_PER_NODE": "2"}
 
     schedule = load_schedule(out / "schedule.yml")
     assert isinstance(schedule.trigger, CronTrigger)
@@ -139,6 +142,9 @@ def test_no_schedule_writes_no_schedule_file(home: Path) -> None:
     ([], {"FLEETSCORE_SCORING__STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=k"},
      "Error: scoring.storage_connection_string is set: a published job must not carry a secret; give the "
      "cluster's managed identity access instead (docs/deploy-azure.md)\n"),
+    ([], {"FLEETSCORE_SCORING__STORAGE_ACCOUNT": ""},
+     "Error: scoring.storage_account is not set: the published jobs reach az://predictions/fleet as the "
+     "cluster's managed identity and need the storage account's name (FLEETSCORE_SCORING__STORAGE_ACCOUNT)\n"),
     ([], {"FLEETSCORE_AZUREML__REGISTRY": ""},
      "Error: azureml.registry is not set: the login server of the container registry, e.g. myacr.azurecr.io "
      "(FLEETSCORE_AZUREML__REGISTRY)\n"),
@@ -235,7 +241,7 @@ def test_submit_scoring_job_runs_the_published_pipeline_on_a_window() -> None:
     assert experiment == "fleetscore-scoring"
     assert {k: v._data for k, v in job.inputs.items()} == {
         "start": "2018-08-29T00:00:00", "end": "2018-08-29T01:00:00", "schedule": "every:1h", "lag": "0s",
-        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 8,
+        "release": "7", "devices": "dev-1,dev-2", "storage_url": "az://predictions/fleet", "shards": 0,
         "force": "true"}
     assert job.jobs["score"].component is client.components.get("fleetscore_score_shards", label="latest")
 

@@ -35,7 +35,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_dask_executor_gives_the_local_result(release: Path, dask_executor: str) -> None:
     local = settings_for(release)
-    on_dask = settings_for(release, executor=dask_executor, storage_url=str(release / "blob-dask"))
+    on_dask = settings_for(release, executor=dask_executor, storage_url=str(release / "blob-dask"), shared_disk=True)
     a = sp.score_window(local, START, END, skip_validation=True, shards=2)
     b = sp.score_window(on_dask, START, END, skip_validation=True, shards=3)
     assert b.status == "done" and len(b.manifest["files"]) == 3
