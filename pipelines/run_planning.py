@@ -144,7 +144,10 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
     now = now or utcnow()
     store = SensorStore(settings.database_url)
     window = parse_duration(settings.ingest.window, "ingest.window")
-    start, end = _resolve_range(store, start, end, window)
+    bounds = store.fill_range(start, end, window)
+    if bounds is None:
+        raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
+    start, end = bounds
     device_filter = sorted(devices) if devices else None
     storage = storage_for(settings)
     storage.ensure_root()
@@ -285,15 +288,3 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
         if all(old.get(k) == wanted.get(k) for k in same):
             return run_id
     return None
-
-
-def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
-                   window: timedelta) -> tuple[datetime, datetime]:
-    if start is not None and end is not None:
-        return start, end
-    first, last = store.time_range()
-    if first is None or last is None:
-        raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
-    return start or first, end or (last + window)
-
-

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetscore.errors import one_line
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, series_key
 from fleetscore.scoring.writer import encode_part, read_json, to_predictions, write_part
 
@@ -219,6 +220,6 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
         try:
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
-            failed[f"{device}/{sensor}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            failed[f"{device}/{sensor}"] = one_line(exc, with_type=True)
     columns = ["device", "sensor", "ts", "value", "score", "prediction"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed
