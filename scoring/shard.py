@@ -67,7 +67,7 @@ def load_bundle(source: str | Mapping[str, bytes]) -> Any:
     return _BUNDLES[key]
 
 
-def score_shard(task: ShardTask) -> ShardOutcome:
+def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's steps in order, timed one by one
     """Score one shard and write its part (and its outcome beside it); returns the outcome.
 
     The timings stop before the writes: the outcome is written with the part.
