@@ -7,10 +7,10 @@ from pathlib import Path
 from fleetscore.errors import ScoringError
 from fleetscore.ingestion.labels import detection_quality as _quality
 from fleetscore.ingestion.labels import label_windows, read_labels
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import parse_time_option
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring.writer import read_predictions
 
 

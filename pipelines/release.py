@@ -221,7 +221,7 @@ def _register(settings: Settings, bundle: ReleaseBundle, run_name: str, params: 
 
 
 def _move(settings: Settings, alias: str, version: int, reason: str) -> None:
-    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.records.alias_log import AliasLog
     from fleetscore.training.registry import move_alias
 
     move = move_alias(settings.tracking_uri, settings.training.model_name, alias, version, reason)
@@ -386,7 +386,7 @@ def list_releases(settings: Settings) -> list[dict[str, Any]]:
 
 def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
     """One release: version, aliases, tags, the alias history, and per-series provenance."""
-    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.records.alias_log import AliasLog
     from fleetscore.training.registry import alias_history, list_versions, resolve_release
 
     name = settings.training.model_name

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from fleetscore.errors import FleetscoreError, ScoringError
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import writer
 from fleetscore.scoring.contracts import FAILED, RUN_LOG, RunPlan, ShardOutcome
 from fleetscore.scoring.shard import load_bundle

@@ -21,13 +21,13 @@ from typing import Any
 from fleetscore import __version__, provenance
 from fleetscore.data_checks import PendingValidation, run_fleet_validation, run_validation
 from fleetscore.errors import FleetscoreError, ScoringError
-from fleetscore.ingestion.run_log import RunLog, window_fingerprint
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines import release_resolution
 from fleetscore.pipelines.adapters import storage_for, storage_spec_for
 from fleetscore.pipelines.executors import default_workers, run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog, window_fingerprint
 from fleetscore.scoring import writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask
 from fleetscore.scoring.shard import load_bundle

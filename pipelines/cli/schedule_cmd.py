@@ -39,8 +39,8 @@ def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, star
 @click.pass_obj
 def schedule_show(state: Any, history: int) -> None:
     """Show the schedule in force, its earlier versions and the state of recent windows."""
-    from fleetscore.ingestion.schedule_store import ScheduleStore
     from fleetscore.pipelines.scheduler import Schedule, current_schedule
+    from fleetscore.records.schedule_store import ScheduleStore
 
     settings = state.settings()
     current = current_schedule(settings.database_url)

@@ -85,7 +85,7 @@ def runs() -> None:
 @click.pass_obj
 def runs_list(state: Any, limit: int, status: str | None) -> None:
     """List scoring runs, newest first."""
-    from fleetscore.ingestion.run_log import RunLog
+    from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
     rows = RunLog(settings.database_url).list(limit=limit, status=status)
@@ -110,7 +110,7 @@ def runs_list(state: Any, limit: int, status: str | None) -> None:
 def runs_show(state: Any, run_id: str, as_json: bool) -> None:
     """Show one scoring run: window, release, status, counts, timings, error."""
     from fleetscore.errors import ScoringError
-    from fleetscore.ingestion.run_log import RunLog
+    from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
     record = RunLog(settings.database_url).get(run_id)

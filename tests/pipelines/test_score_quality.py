@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fleetscore.ingestion.labels import label_windows, read_labels
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.settings import load_settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import writer
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
