@@ -29,7 +29,7 @@ from fleetscore.data_checks.gx_imports import (
 from fleetscore.data_checks.plan import RANGE_CHECKS, RangePlan
 from fleetscore.data_checks.report import FLEET, CheckResult
 from fleetscore.data_checks.suite import range_suite, schema_suite, summarize_range, summarize_schema
-from fleetscore.errors import StoreError
+from fleetscore.errors import StoreError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def run_fleet_checks(engine: Engine, table_name: str, start: datetime | None, en
             outcome.docs_index = str(Path(docs_dir) / "index.html") if sites else None
     except GreatExpectationsError as exc:
         shown = engine.url.render_as_string(hide_password=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc)
         raise StoreError(f"database {shown}: Great Expectations could not run the suite: {first}") from exc
     return outcome
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.data_checks.config import CheckConfig
 from fleetscore.data_checks.series_checks import MAX_FLOAT, Ranges
-from fleetscore.errors import ConfigError, StoreError
+from fleetscore.errors import ConfigError, StoreError, one_line
 from fleetscore.ingestion.engine import make_engine
 from fleetscore.ingestion.schema import windows
 from fleetscore.ingestion.timeutil import utcnow
@@ -86,7 +86,8 @@ def learn_ranges(database_url: str, start: datetime | None, end: datetime | None
                  "observed_max": r.observed_max, "windows": r.windows, "learned_start": start,
                  "learned_end": end, "learned_at": now} for r in learned])
     except SQLAlchemyError as exc:
-        raise StoreError(f"database {shown}: cannot learn sensor ranges: {_first_line(exc)}") from exc
+        reason = one_line(getattr(exc, "orig", None) or exc)
+        raise StoreError(f"database {shown}: cannot learn sensor ranges: {reason}") from exc
     log.info("learned the ranges of %d sensors", len(learned))
     return learned
 
@@ -115,7 +116,3 @@ def resolve_ranges(config: CheckConfig, learned: dict[str, tuple[float, float]])
     low, high = config.default_range
     return Ranges(by_sensor=by_sensor, source=source, default=(float(low), float(high)))
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -309,7 +309,7 @@ def _key_order(conn: Connection, engine: Engine, start: datetime | None, end: da
 
 def fingerprint(stats: Sequence[SeriesStats]) -> str:
     """A hash of the windows the stats were computed from (count, sums, newest ``updated_at``, first and
-    last window): the same text as ``ingestion.run_log.window_fingerprint`` hashes, from the one scan the
+    last window): the same text as ``records.run_log.window_fingerprint`` hashes, from the one scan the
     series checks make anyway. ``""`` without stats."""
     if not stats:
         return ""

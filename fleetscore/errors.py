@@ -66,3 +66,23 @@ class ScheduleError(FleetscoreError):
 
 class PublishError(FleetscoreError):
     """Publishing to Azure ML failed or its inputs are inconsistent."""
+
+
+ONE_LINE_LIMIT = 300
+
+
+def one_line(exc: BaseException | str, *, with_type: bool = False) -> str:
+    """The first non-blank line of an exception's message, blanks collapsed, at most 300 characters.
+
+    An exception with an empty message gives its class name; ``with_type`` prefixes the class name
+    (``"ValueError: bad input"``) where the kind of failure is part of what the user needs to read.
+    Pass a string (for example an SDK error's ``message`` attribute) to shorten that text instead.
+    """
+    text = exc if isinstance(exc, str) else str(exc)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    first = lines[0][:ONE_LINE_LIMIT] if lines else ""
+    if isinstance(exc, str):
+        return first
+    if with_type:
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first or type(exc).__name__

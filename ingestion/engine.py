@@ -26,7 +26,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from fleetscore.errors import ConfigError, StoreError
+from fleetscore.errors import ConfigError, StoreError, one_line
 
 _ENGINES: list[Engine] = []
 _SQLITE_ENGINES: dict[str, list[Engine]] = {}  # SQLite file (real path) -> the engines on it
@@ -166,7 +166,7 @@ def _engine(url: str) -> Engine:
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
         shown = parsed.render_as_string(hide_password=True)
-        raise ConfigError(f"database_url {shown}: driver not installed ({_one_line(exc)}){_install_hint(parsed)}") \
+        raise ConfigError(f"database_url {shown}: driver not installed ({one_line(exc)}){_install_hint(parsed)}") \
             from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -183,9 +183,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _install_hint(parsed: Any) -> str:
@@ -214,7 +211,7 @@ def ensure_tables(database_url: str, metadata: MetaData, what: str) -> Engine:
             try:  # another process created the tables between our check and our CREATE
                 metadata.create_all(engine)
             except SQLAlchemyError as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = one_line(exc)
                 raise StoreError(f"{what}: cannot create the tables: {first}") from exc
         _CREATED.add(key)
     return engine

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleetscore.errors import StoreError
+from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import absolute_database_url, make_engine, single_sqlite_copy
 from fleetscore.ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from fleetscore.ingestion.sharding import shard_devices
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["WINDOW_COLUMNS", "SensorStore", "shard_devices"]
 
-WINDOW_COLUMNS = ["device", "sensor", "ts", "value", "value_min", "value_max", "value_count"]
+WINDOW_COLUMNS: tuple[str, ...] = ("device", "sensor", "ts", "value", "value_min", "value_max", "value_count")
+"""The columns of a window as read from the store, in order (``updated_at`` is the store's own)."""
 # How SQLAlchemy stores DATETIME on SQLite; the store writes and compares times in the same text form.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _IN_CHUNK = 500  # devices per IN (...) list
@@ -113,7 +114,7 @@ class SensorStore:
                 if not conn.execute(select(schema_info.c.version)).first():
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, created_at=utcnow()))
         except SQLAlchemyError as exc:
-            raise StoreError(f"{shown}: cannot create the schema: {_one_line(exc)}") from exc
+            raise StoreError(f"{shown}: cannot create the schema: {one_line(exc)}") from exc
         self._schema_ready = True
 
     def ensure_schema(self) -> None:
@@ -143,7 +144,7 @@ class SensorStore:
             uri = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
             conn = adbc_pg.connect(uri)
         except Exception as exc:
-            raise StoreError(f"{shown}: cannot connect: {_one_line(exc)}") from exc
+            raise StoreError(f"{shown}: cannot connect: {one_line(exc)}") from exc
         try:
             yield conn
         finally:
@@ -185,7 +186,7 @@ class SensorStore:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"{shown}: query failed: {_one_line(exc)}") from exc
+            raise StoreError(f"{shown}: query failed: {one_line(exc)}") from exc
 
     def _sqlite3_read(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
         """The slow, always safe way: Python's sqlite3 (when ADBC may not open the file now)."""
@@ -240,7 +241,7 @@ class SensorStore:
         Columns: device, sensor (str), ts (datetime64[ns]), value, value_min, value_max (float64),
         value_count (int64), and updated_at (datetime64[ns]) when ``with_updated_at``.
         """
-        columns = [*WINDOW_COLUMNS, "updated_at"] if with_updated_at else WINDOW_COLUMNS
+        columns = [*WINDOW_COLUMNS, "updated_at"] if with_updated_at else list(WINDOW_COLUMNS)
         if devices is not None and len(devices) == 0:
             return _windows_frame(_empty_windows(with_updated_at))
         seek = self.dialect == "sqlite" and not self.generic and (start is not None or end is not None)
@@ -387,6 +388,17 @@ class SensorStore:
             return None, None
         return first.iloc[0].to_pydatetime(), last.iloc[0].to_pydatetime()
 
+    def fill_range(self, start: datetime | None, end: datetime | None,
+                   window: timedelta) -> tuple[datetime, datetime] | None:
+        """``[start, end)`` with a missing end taken from the store: its first window start, or its last
+        window start plus ``window``; ``None`` when an end is missing and the store is empty."""
+        if start is not None and end is not None:
+            return start, end
+        first, last = self.time_range()
+        if first is None or last is None:
+            return None
+        return start or first, end or (last + window)
+
     def devices(self) -> list[str]:
         """Every device with at least one window, sorted: on SQLite and PostgreSQL by a loose index scan
         (one seek per device along the primary key), so its cost follows the devices, not the rows that
@@ -442,10 +454,6 @@ def _sort_by_key(table: pa.Table, keys: list[str]) -> pa.Table:
     order = pc.sort_indices(pa.table(columns), sort_keys=[(k, "ascending") for k in keys])
     return table.take(order)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]
 
 
 def _empty_windows(with_updated_at: bool = False) -> pa.Table:

@@ -24,8 +24,9 @@ def parse_duration(text: str, name: str = "duration") -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_time(text: str, name: str = "time") -> datetime:
-    """An ISO-8601 time (``2018-08-29``, ``2018-08-29T01:00``, ``...Z``) as naive UTC."""
+def parse_time_option(text: str, name: str = "time") -> datetime:
+    """A flag or setting ``name`` holding an ISO-8601 time (``2018-08-29``, ``2018-08-29T01:00``, ``...Z``) as
+    naive UTC; anything else is a :class:`ConfigError` naming ``name``."""
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError) as exc:
@@ -52,11 +53,11 @@ def resolve_range(
     """
     if last is not None and start is not None:
         raise ConfigError("give either --start/--end or --last, not both")
-    end_ts = parse_time(end, "--end") if end else None
+    end_ts = parse_time_option(end, "--end") if end else None
     if last is not None:
         end_ts = end_ts or (now or utcnow())
         return end_ts - parse_duration(last, "--last"), end_ts
-    start_ts = parse_time(start, "--start") if start else None
+    start_ts = parse_time_option(start, "--start") if start else None
     if start_ts and end_ts and start_ts >= end_ts:
         raise ConfigError(f"--start {start} is not before --end {end}")
     return start_ts, end_ts

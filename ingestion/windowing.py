@@ -64,7 +64,7 @@ def _strip(array: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(array)
 
 
-def parse_times(text: pa.Array) -> np.ndarray:
+def parse_times_or_nat(text: pa.Array) -> np.ndarray:
     """ISO-8601 text -> int64 ns, naive UTC (offsets such as ``Z`` or ``+02:00`` converted); unparseable
     -> ``NaT`` (the int64 minimum)."""
     try:
@@ -132,7 +132,7 @@ def validate(chunk: RawChunk) -> tuple[Readings, Rejects]:
     reject(_is_empty(sensor), "empty_sensor", lambda index: [""] * len(index))
     too_long = _longer(device, MAX_ID_LENGTH) | _longer(sensor, MAX_ID_LENGTH)
     reject(too_long, "id_too_long", lambda index: [f"device or sensor over {MAX_ID_LENGTH} characters"] * len(index))
-    ts = parse_times(ts_text.fill_null(""))
+    ts = parse_times_or_nat(ts_text.fill_null(""))
     reject(ts == np.iinfo(np.int64).min, "bad_timestamp",
            lambda index: [f"not a time: {ts_text[int(i)].as_py()!r}"[:200] for i in index])
     value = parse_values(value_text.fill_null(""))

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.errors import StoreError
-from fleetscore.ingestion.store import SQLITE_CACHE_KIB, SensorStore
+from fleetscore.ingestion.store import SQLITE_CACHE_KIB, WINDOW_COLUMNS, SensorStore
 from fleetscore.ingestion.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class StoreWriter:
         )
 
 
-_WINDOW_COLUMNS = "device, sensor, ts, value, value_min, value_max, value_count, updated_at"
+_WINDOW_COLUMNS = ", ".join([*WINDOW_COLUMNS, "updated_at"])
 
 
 class SqliteWriter(StoreWriter):

@@ -50,7 +50,7 @@ from azure.ai.ml.parallel import RunFunction, parallel_run_function
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from fleetscore import __version__, provenance
-from fleetscore.errors import PublishError
+from fleetscore.errors import PublishError, one_line
 from fleetscore.pipelines.azureml_plan import ScheduleSpec, TriggerSpec, job_environment, trigger_for
 from fleetscore.pipelines.release_resolution import release_ref
 
@@ -363,7 +363,7 @@ class Workspace:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise PublishError(f"{self.where}: reading {kind} {name} failed: {_one_line(exc)}") from exc
+            raise PublishError(f"{self.where}: reading {kind} {name} failed: {one_line(exc.message or exc)}") from exc
 
     def put(self, kind: str, entity: Any) -> Any:
         """Create or update ``entity``; waits for long-running operations."""
@@ -373,14 +373,16 @@ class Workspace:
                 return ops.begin_create_or_update(entity).result()
             return ops.create_or_update(entity)
         except AzureError as exc:
-            raise PublishError(f"{self.where}: writing {kind} {entity.name} failed: {_one_line(exc)}") from exc
+            raise PublishError(f"{self.where}: writing {kind} {entity.name} failed: {one_line(exc.message or exc)}") \
+                from exc
 
     def submit(self, job: PipelineJob, experiment: str) -> str:
         """Submit a pipeline job; returns its name."""
         try:
             created = self.client.jobs.create_or_update(job, experiment_name=experiment)
         except AzureError as exc:
-            raise PublishError(f"{self.where}: submitting the scoring pipeline failed: {_one_line(exc)}") from exc
+            reason = one_line(exc.message or exc)
+            raise PublishError(f"{self.where}: submitting the scoring pipeline failed: {reason}") from exc
         return str(created.name)
 
 
@@ -486,7 +488,3 @@ def submit_scoring_job(settings: Any, start: datetime | None, end: datetime | No
     log.info("submitted Azure ML scoring job %s for %s .. %s", name, start, end)
     return name
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -192,7 +192,7 @@ def _cron_list(values: list[int]) -> str:
 
 def published_schedule(database_url: str) -> ScheduleSpec | None:
     """The schedule in force in the store (``fleetscore schedule set``), or ``None`` if none was set."""
-    from fleetscore.ingestion.schedule_store import ScheduleStore
+    from fleetscore.records.schedule_store import ScheduleStore
 
     current = ScheduleStore(database_url).current()
     if current is None:

@@ -82,17 +82,6 @@ def _fit_devices(database_url: str, start: datetime, end: datetime, devices: lis
     return fit_shard(windows, config, exclude)
 
 
-def _resolve_range(settings: Settings, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    from fleetscore.ingestion.store import SensorStore
-
-    if start is not None and end is not None:
-        return start, end
-    first, last = SensorStore(settings.database_url).time_range()
-    if first is None or last is None:
-        raise TrainingError("nothing to train on: the sensor store holds no windows (run fleetscore ingest first)")
-    return start or first, end or last + _window(settings)
-
-
 def _window(settings: Settings) -> timedelta:
     return parse_duration(settings.ingest.window, "ingest.window")
 
@@ -125,8 +114,11 @@ def train_candidate(
     from fleetscore.ingestion.store import SensorStore
 
     config = settings.training
-    start, end = _resolve_range(settings, start, end)
     window = _window(settings)
+    bounds = SensorStore(settings.database_url).fill_range(start, end, window)
+    if bounds is None:
+        raise TrainingError("nothing to train on: the sensor store holds no windows (run fleetscore ingest first)")
+    start, end = bounds
     holdout = max(0.0, min(config.gate_holdout_fraction, 0.9))
     split = start + (end - start) * (1 - holdout)
     split = start + ((split - start) // window) * window
@@ -229,7 +221,7 @@ def _register(settings: Settings, bundle: ReleaseBundle, run_name: str, params: 
 
 
 def _move(settings: Settings, alias: str, version: int, reason: str) -> None:
-    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.records.alias_log import AliasLog
     from fleetscore.training.registry import move_alias
 
     move = move_alias(settings.tracking_uri, settings.training.model_name, alias, version, reason)
@@ -394,7 +386,7 @@ def list_releases(settings: Settings) -> list[dict[str, Any]]:
 
 def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
     """One release: version, aliases, tags, the alias history, and per-series provenance."""
-    from fleetscore.ingestion.alias_log import AliasLog
+    from fleetscore.records.alias_log import AliasLog
     from fleetscore.training.registry import alias_history, list_versions, resolve_release
 
     name = settings.training.model_name

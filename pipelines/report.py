@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import ScoringError
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table
 
 TOP_DEVICES = 15

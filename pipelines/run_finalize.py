@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from fleetscore.errors import FleetscoreError, ScoringError
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, RUN_LOG, RunPlan, ShardOutcome
 from fleetscore.scoring.shard import load_bundle
@@ -50,7 +50,7 @@ def note(journal: list[str], message: str, *args: Any) -> None:
     journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
 
 
-def finalize_run(
+def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, commit, manifest, log
     settings: Settings,
     run_id: str,
     plan: RunPlan,
@@ -173,4 +173,3 @@ def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[st
         log.warning("run %s: not logged to MLflow: %s", run_id, exc)
         return
     runs.update(run_id, mlflow_run_id=mlflow_id)
-

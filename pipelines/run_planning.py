@@ -20,7 +20,6 @@ from typing import Any
 from fleetscore import __version__, provenance
 from fleetscore.data_checks import PendingValidation, run_fleet_validation, run_validation
 from fleetscore.errors import FleetscoreError, ScoringError
-from fleetscore.ingestion.run_log import RunLog, window_fingerprint
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines import release_resolution
 from fleetscore.pipelines.adapters import storage_for, storage_spec_for
@@ -28,6 +27,7 @@ from fleetscore.pipelines.executor_kinds import Executor, executor_for, shard_co
 from fleetscore.pipelines.executors import run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.run_log import RunLog, window_fingerprint
 from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask
 from fleetscore.scoring.shard import load_bundle
@@ -148,7 +148,10 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
     now = now or utcnow()
     store = SensorStore(settings.database_url)
     window = parse_duration(settings.ingest.window, "ingest.window")
-    start, end = _resolve_range(store, start, end, window)
+    bounds = store.fill_range(start, end, window)
+    if bounds is None:
+        raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
+    start, end = bounds
     device_filter = sorted(devices) if devices else None
     storage = storage_for(settings)
     storage.ensure_root()
@@ -290,15 +293,6 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
             return run_id
     return None
 
-
-def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
-                   window: timedelta) -> tuple[datetime, datetime]:
-    if start is not None and end is not None:
-        return start, end
-    first, last = store.time_range()
-    if first is None or last is None:
-        raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
-    return start or first, end or (last + window)
 
 
 def find_duplicate(settings: Settings, storage: Storage, start: datetime, end: datetime, release_version: int,

@@ -6,7 +6,7 @@ A schedule is a period (``every``, windows ``[start + k*P, start + (k+1)*P)``) o
 that is not done yet, oldest first, which also catches up the windows missed while it was down.
 
 Two schedulers (two processes, two machines) may run at once: each window is taken with a lock row
-in SQL (``ingestion.schedule_store``) that the holder renews while it scores; a holder that crashed
+in SQL (``records.schedule_store``) that the holder renews while it scores; a holder that crashed
 stops renewing and its window is taken over once the lock expires. A stop request (SIGTERM in the CLI)
 lets the current window finish, then the loop returns.
 """
@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import ConfigError, FleetscoreError, ScheduleError
-from fleetscore.ingestion.schedule_store import ScheduleStore
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.schedule_store import ScheduleStore
 
 log = logging.getLogger(__name__)
 

@@ -168,7 +168,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _coerce(raw: Any, hint: Any, name: str) -> Any:
+def _coerce(raw: Any, hint: Any, name: str) -> Any:  # noqa: C901  one branch per type a setting may have
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     try:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetscore.errors import one_line
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, series_key
 from fleetscore.scoring.writer import EncodedPart, encode_part, read_json, to_predictions, write_part
 
@@ -62,7 +63,7 @@ def load_bundle(source: str | Mapping[str, bytes]) -> Any:
     return _BUNDLES[key]
 
 
-def score_shard(task: ShardTask) -> ShardOutcome:
+def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's steps in order, timed one by one
     """Score one shard and write its part (and its outcome beside it); returns the outcome.
 
     The timings stop before the writes: the outcome is written with the part.
@@ -230,6 +231,6 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
         try:
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
-            failed[f"{device}/{sensor}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            failed[f"{device}/{sensor}"] = one_line(exc, with_type=True)
     columns = ["device", "sensor", "ts", "value", "score", "prediction"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetscore.errors import ConfigError, StorageError
+from fleetscore.errors import ConfigError, StorageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class Storage:
                 if not self.fs.exists(container):
                     self.fs.mkdir(container)
         except Exception as exc:
-            raise StorageError(f"{self.display()}: cannot create storage root: {_one_line(exc)}") from exc
+            reason = one_line(exc, with_type=True)
+            raise StorageError(f"{self.display()}: cannot create storage root: {reason}") from exc
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` at ``rel`` atomically (readers see the old content or all of the new)."""
@@ -135,7 +136,7 @@ class Storage:
             else:
                 self.fs.pipe_file(target, data)
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: write failed: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: write failed: {one_line(exc, with_type=True)}") from exc
 
     def read_bytes(self, rel: str) -> bytes:
         """The content of ``rel``; :class:`StorageError` when it is missing or unreadable."""
@@ -144,7 +145,7 @@ class Storage:
         except FileNotFoundError as exc:
             raise StorageError(f"{self.display(rel)}: not found") from exc
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: read failed: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: read failed: {one_line(exc, with_type=True)}") from exc
         return data
 
     def exists(self, rel: str) -> bool:
@@ -153,7 +154,7 @@ class Storage:
             self.fs.invalidate_cache()
             return bool(self.fs.isfile(self.path(rel)))
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot check: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot check: {one_line(exc, with_type=True)}") from exc
 
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly under ``rel``, sorted; [] when it does not exist.
@@ -167,7 +168,7 @@ class Storage:
         except FileNotFoundError:
             return []
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot list: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot list: {one_line(exc, with_type=True)}") from exc
         names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         return sorted(n for n in names if n and ".tmp-" not in n)
 
@@ -189,7 +190,8 @@ class Storage:
         except Exception as exc:
             if self.exists(dst) and not self.exists(src):
                 return
-            raise StorageError(f"{self.display(src)}: cannot move to {self.display(dst)}: {_one_line(exc)}") from exc
+            reason = one_line(exc, with_type=True)
+            raise StorageError(f"{self.display(src)}: cannot move to {self.display(dst)}: {reason}") from exc
 
     def remove(self, rel: str) -> None:
         """Delete the file ``rel``; nothing if it is absent."""
@@ -198,7 +200,7 @@ class Storage:
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot remove: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot remove: {one_line(exc, with_type=True)}") from exc
 
     def remove_tree(self, rel: str) -> None:
         """Delete the folder (or blob prefix) ``rel`` and everything under it; nothing if it is absent."""
@@ -208,7 +210,7 @@ class Storage:
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot remove: {_one_line(exc)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot remove: {one_line(exc, with_type=True)}") from exc
 
     def open_read(self, rel: str) -> Any:
         """A binary file object for ``rel`` (for Parquet readers)."""
@@ -231,8 +233,3 @@ def _object_store_options(connection_string: str) -> dict[str, str]:
     if options.get("endpoint", "").startswith("http://") or parts.get("DefaultEndpointsProtocol") == "http":
         options["allow_http"] = "true"
     return options
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

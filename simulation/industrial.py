@@ -294,8 +294,9 @@ def labels_frame(spec: SimulationSpec, events: list[Event]) -> pd.DataFrame:
     return frame.sort_values(["Device", "Sensor", "Start"], ignore_index=True)
 
 
-def _device_readings(spec: SimulationSpec, device: int, events: list[Event], layout: _Layout
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _device_readings(  # noqa: C901, PLR0915  one branch per event kind, applied to one device's arrays
+        spec: SimulationSpec, device: int, events: list[Event], layout: _Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Times (ns), sensor index and value of one device's kept readings."""
     rng = np.random.default_rng([spec.seed, _SUBSEEDS["readings"], device])
     params = pump(spec, device)

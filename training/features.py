@@ -22,10 +22,9 @@ import pandas as pd
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.series_metrics import series_starts
 
-__all__ = ["FEATURES", "WINDOW_COLUMNS", "check_features", "compute_features", "context_windows", "series_starts"]
+__all__ = ["FEATURES", "check_features", "compute_features", "context_windows", "series_starts"]
 
 FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta")
-WINDOW_COLUMNS: tuple[str, ...] = ("device", "sensor", "ts", "value", "value_min", "value_max", "value_count")
 
 
 def check_features(features: Sequence[str], rolling_window: int) -> None:

@@ -226,7 +226,7 @@ def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tupl
     return result
 
 
-def fit_shard(
+def fit_shard(  # noqa: PLR0915  one pass over the shard's series; its state stays local on the hot path
     windows: pd.DataFrame,
     config: TrainingConfig,
     exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),

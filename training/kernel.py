@@ -142,7 +142,7 @@ def _decision(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -
     return scores
 
 
-def _score_runs(
+def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are reused within one frame
     bundle: ReleaseBundle,
     feats: np.ndarray,
     run_start: np.ndarray,

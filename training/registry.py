@@ -257,27 +257,27 @@ def set_version_tags(tracking_uri: str, model_name: str, version: int, tags: Map
         raise RegistryError(f"model {model_name} v{version}: cannot set tags: {exc}") from exc
 
 
-def _version_of(client: Any, model_name: str, ref: str) -> Any:
+def _version_of(client: Any, model_name: str, release: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    ref = str(ref).strip()
+    release = str(release).strip()
     try:
-        if ref.lstrip("v").isdigit():
-            return client.get_model_version(model_name, ref.lstrip("v"))
-        return client.get_model_version_by_alias(model_name, ref)
+        if release.lstrip("v").isdigit():
+            return client.get_model_version(model_name, release.lstrip("v"))
+        return client.get_model_version_by_alias(model_name, release)
     except MlflowException as exc:
-        what = f"version {ref.lstrip('v')}" if ref.lstrip("v").isdigit() else f"alias {ref!r}"
+        what = f"version {release.lstrip('v')}" if release.lstrip("v").isdigit() else f"alias {release!r}"
         raise ReleaseNotFound(f"model {model_name}: no {what} in the registry") from exc
 
 
-def resolve_release(tracking_uri: str, model_name: str, ref: str, cache_dir: Path | None = None) -> ResolvedRelease:
-    """The release ``ref`` ('champion', 'challenger' or a version number) with its bundle downloaded.
+def resolve_release(tracking_uri: str, model_name: str, release: str, cache_dir: Path | None = None) -> ResolvedRelease:
+    """The release named by ``release`` ('champion', 'challenger' or a version number), bundle downloaded.
 
     Bundles are cached (versions are immutable) under ``cache_dir``, by default a folder in the
     system temp directory keyed by the tracking URI, the version and its run id.
     """
     client = _client(tracking_uri)
-    mv = _version_of(client, model_name, ref)
+    mv = _version_of(client, model_name, release)
     version = int(mv.version)
     run_id = str(mv.run_id or "")
     key = hashlib.sha256(f"{tracking_uri}|{model_name}".encode()).hexdigest()[:16]
@@ -311,9 +311,9 @@ def current_alias(tracking_uri: str, model_name: str, alias: str) -> int | None:
         return None
 
 
-def resolve_version(tracking_uri: str, model_name: str, ref: str) -> int:
-    """The version number of ``ref`` (alias or number), without downloading anything."""
-    return int(_version_of(_client(tracking_uri), model_name, ref).version)
+def resolve_version(tracking_uri: str, model_name: str, release: str) -> int:
+    """The version number of ``release`` (alias or number), without downloading anything."""
+    return int(_version_of(_client(tracking_uri), model_name, release).version)
 
 
 def move_alias(

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from fleetscore.pipelines.cli import CliState
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on a terminal (standard error), nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
-
-        yield update
+from fleetscore.pipelines.cli.progress import progress_bar
 
 
 def _summary(report: Any) -> None:
@@ -98,7 +77,7 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
         raise click.UsageError("give at least one PATH (- for standard input), or --eventhub")
     from fleetscore.ingestion.ingest import InputsUnreadable, TooManyBadRows, ingest_files
 
-    with _progress("ingesting") as on_progress:
+    with progress_bar("ingesting", in_bytes=True) as on_progress:
         try:
             report = ingest_files(settings.database_url, paths, window=window_td, aggregated=aggregated,
                                   allowed_lateness=lateness_td, max_bad_fraction=config.max_bad_fraction,
@@ -150,16 +129,16 @@ def simulate(state: CliState, profile: str, devices: int | None, sensors: int | 
     if out is None and not to_store:
         raise click.UsageError("give --out FILE and/or --ingest")
     settings = state.settings(**{"ingest.window": window})
-    from fleetscore.ingestion.timeutil import parse_duration, parse_time
+    from fleetscore.ingestion.timeutil import parse_duration, parse_time_option
     from fleetscore.simulation.simulate import SimulationSpec, simulate_fleet
 
     spec = SimulationSpec.for_profile(
         profile, devices=devices, sensors=sensors, anomaly_rate=anomaly_rate,
         clean=None if clean is None else parse_duration(clean, "--clean"),
-        start=parse_time(start, "--start"), duration=parse_duration(duration, "--duration"),
+        start=parse_time_option(start, "--start"), duration=parse_duration(duration, "--duration"),
         interval=parse_duration(interval, "--interval"), window=parse_duration(settings.ingest.window, "--window"),
         seed=seed)
-    with _progress("simulating") as on_progress:
+    with progress_bar("simulating") as on_progress:
         result = simulate_fleet(spec, out=out, labels=labels,
                                 database_url=settings.database_url if to_store else None,
                                 allowed_lateness=parse_duration(settings.ingest.allowed_lateness,

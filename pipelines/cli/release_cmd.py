@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
-
-
-@contextmanager
-def _progress(what: str) -> Iterator[Any]:
-    """A rich progress bar of shards on a terminal; no callback otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), transient=True, console=Console(stderr=True))
-    with bar:
-        task = bar.add_task(what, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+from fleetscore.pipelines.cli.progress import progress_bar
 
 
 @click.command(name="train")
@@ -45,7 +27,7 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
     window_start, window_end = time_range(start, end, last)
     from fleetscore.pipelines.release import train_candidate
 
-    with _progress("training shards") as on_progress:
+    with progress_bar("training shards") as on_progress:
         cand = train_candidate(settings, window_start, window_end, split_ids(devices), skip_validation, on_progress)
     click.echo(f"trained {len(cand.bundle):,} models on {cand.rows:,} windows in {cand.seconds:.1f} s "
                f"({cand.models_per_second:,.0f} models/s); {len(cand.skipped):,} skipped, {len(cand.failed):,} failed")
@@ -72,7 +54,7 @@ def release(state: Any, start: str | None, end: str | None, last: str | None, de
     window_start, window_end = time_range(start, end, last)
     from fleetscore.pipelines.release import run_release
 
-    with _progress("training shards") as on_progress:
+    with progress_bar("training shards") as on_progress:
         outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
                               on_progress)
     click.echo(outcome.summary)

@@ -24,11 +24,11 @@ def schedule() -> None:
 @click.pass_obj
 def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, start: str | None) -> None:
     """Publish a new version of the scoring schedule."""
-    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.ingestion.timeutil import parse_time_option
     from fleetscore.pipelines.scheduler import set_schedule
 
     settings = state.settings()
-    first = parse_time(start, "--start") if start else None
+    first = parse_time_option(start, "--start") if start else None
     published = set_schedule(settings.database_url, every=every, cron=cron, lag=lag, start=first)
     click.echo(f"schedule v{published.version}: {published.describe()}, first window {published.start}")
 
@@ -39,8 +39,8 @@ def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, star
 @click.pass_obj
 def schedule_show(state: Any, history: int) -> None:
     """Show the schedule in force, its earlier versions and the state of recent windows."""
-    from fleetscore.ingestion.schedule_store import ScheduleStore
     from fleetscore.pipelines.scheduler import Schedule, current_schedule
+    from fleetscore.records.schedule_store import ScheduleStore
 
     settings = state.settings()
     current = current_schedule(settings.database_url)
@@ -67,12 +67,12 @@ def scheduler(state: Any, once: bool, until: str | None) -> None:
     """Run the scoring schedule: one run per due window, catching up missed ones; stops on SIGTERM."""
     import threading
 
-    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.ingestion.timeutil import parse_time_option
     from fleetscore.pipelines.scheduler import run_scheduler
     from fleetscore.pipelines.scoring_pipeline import score_window
 
     settings = state.settings()
-    horizon = parse_time(until, "--until") if until else None
+    horizon = parse_time_option(until, "--until") if until else None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
 from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.progress import progress_bar
 
 
 @click.command(name="score")
@@ -56,7 +56,7 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
     from fleetscore.pipelines.scoring_pipeline import score_window
     from fleetscore.scoring import writer
 
-    with _ShardProgress("shards") as on_progress:
+    with progress_bar("shards") as on_progress:
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
                               shards=shards, force=force, csv=csv, skip_validation=skip_validation,
                               on_progress=on_progress, part_delay=part_delay)
@@ -88,7 +88,7 @@ def runs() -> None:
 @click.pass_obj
 def runs_list(state: Any, limit: int, status: str | None) -> None:
     """List scoring runs, newest first."""
-    from fleetscore.ingestion.run_log import RunLog
+    from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
     rows = RunLog(settings.database_url).list(limit=limit, status=status)
@@ -113,7 +113,7 @@ def runs_list(state: Any, limit: int, status: str | None) -> None:
 def runs_show(state: Any, run_id: str, as_json: bool) -> None:
     """Show one scoring run: window, release, status, counts, timings, error."""
     from fleetscore.errors import ScoringError
-    from fleetscore.ingestion.run_log import RunLog
+    from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
     record = RunLog(settings.database_url).get(run_id)
@@ -146,30 +146,3 @@ def report(state: Any, run_id: str, out: str | None) -> None:
     path = write_report(settings, run_id, out)
     click.echo(f"report: {path}")
 
-
-class _ShardProgress:
-    """A rich progress bar of shards done, on a terminal only; otherwise no callback."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not sys.stderr.isatty():
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), transient=True, console=Console(stderr=True))
-        self.bar.start()
-        task = self.bar.add_task(self.what, total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            self.bar.update(task, completed=done, total=total)
-
-        return on_progress
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -39,7 +39,7 @@ def score_step() -> None:
 def plan(state: CliState, start: str, end: str, schedule_text: str, lag: str, release: str | None,
          devices: str, shards: int | None, force: bool, out: Path) -> None:
     """Gate the window, resolve the release once and write one task file per shard."""
-    from fleetscore.ingestion.timeutil import parse_time
+    from fleetscore.ingestion.timeutil import parse_time_option
     from fleetscore.pipelines.azureml_plan import parse_schedule_input
     from fleetscore.pipelines.azureml_steps import plan_step
 
@@ -47,7 +47,7 @@ def plan(state: CliState, start: str, end: str, schedule_text: str, lag: str, re
     schedule = parse_schedule_input(schedule_text, lag)
     if (start == "auto") != (end == "auto"):
         raise click.UsageError("give both --start and --end, or neither (auto)")
-    window = (None, None) if start == "auto" else (parse_time(start, "--start"), parse_time(end, "--end"))
+    window = (None, None) if start == "auto" else (parse_time_option(start, "--start"), parse_time_option(end, "--end"))
     ids = None if devices.strip() in ("", "all") else [d.strip() for d in devices.split(",") if d.strip()]
     summary = plan_step(settings, window[0], window[1], schedule, out, release=release, devices=ids,
                         shards=shards or None, force=force)

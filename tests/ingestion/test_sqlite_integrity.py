@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from fleetscore.errors import StoreError
-from fleetscore.ingestion.alias_log import AliasLog
 from fleetscore.ingestion.engine import make_engine, single_sqlite_copy
 from fleetscore.ingestion.ingest import ingest_files
 from fleetscore.ingestion.store import SensorStore
 from fleetscore.pipelines.cli import main
+from fleetscore.records.alias_log import AliasLog
 
 CHECK = """
 import json, sqlite3, sys

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +113,21 @@ def test_list_series_time_range_devices(store: SensorStore) -> None:
     assert store.devices() == ["10", "2", "a"]
 
 
+def test_fill_range_fills_missing_ends_from_the_store(store: SensorStore) -> None:
+    minute = timedelta(minutes=1)
+    first, last = datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 3)
+    assert store.fill_range(None, None, minute) == (first, last + minute)
+    assert store.fill_range(datetime(2024, 1, 1, 0, 2), None, minute) == (datetime(2024, 1, 1, 0, 2), last + minute)
+    assert store.fill_range(None, datetime(2024, 1, 2), minute) == (first, datetime(2024, 1, 2))
+    given = (datetime(2020, 1, 1), datetime(2020, 1, 2))
+    assert store.fill_range(*given, minute) == given
+
+
 def test_empty_store(tmp_path: Path) -> None:
     store = SensorStore(f"sqlite:///{tmp_path / 'empty.db'}")
     assert store.time_range() == (None, None)
+    assert store.fill_range(None, None, timedelta(minutes=1)) is None
+    assert store.fill_range(datetime(2024, 1, 1), datetime(2024, 1, 2), timedelta(minutes=1)) is not None
     assert store.devices() == []
     assert store.read_windows().empty
     assert store.list_series().empty

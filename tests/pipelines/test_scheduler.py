@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleetscore.errors import ConfigError, ScheduleError, ScoringError
-from fleetscore.ingestion.schedule_store import ScheduleStore
 from fleetscore.pipelines.scheduler import Schedule, current_schedule, run_scheduler, set_schedule
 from fleetscore.pipelines.settings import Settings, load_settings
+from fleetscore.records.schedule_store import ScheduleStore
 
 T0 = datetime(2018, 8, 28, 23, 0)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.settings import load_settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table
 from fleetscore.simulation.labels import label_windows, read_labels
 

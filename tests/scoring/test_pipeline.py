@@ -12,9 +12,9 @@ import pytest
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import ScoringError
-from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines import overlapped_run, release_resolution, run_planning
 from fleetscore.pipelines.adapters import storage_for
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import ShardOutcome, ShardTask
 from fleetscore.scoring.shard import score_shard
@@ -190,7 +190,7 @@ def stuck_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_fleet: dict) -> None:
-    from fleetscore.ingestion.run_log import window_fingerprint
+    from fleetscore.records.run_log import window_fingerprint
 
     settings = stuck_fleet["settings"]
     result = sp.score_window(settings, START, END, shards=3)
@@ -263,7 +263,7 @@ def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: 
     result = sp.score_window(settings, START, END, shards=2)  # one worker: shard 1 waits behind shard 0
     assert result.failures == {"shard 0": "RuntimeError: disk on fire"}
     assert result.manifest["excluded"] == {"6/2": "stuck: constant 35 over the whole range (120 windows)"}
-    from fleetscore.ingestion.run_log import window_fingerprint
+    from fleetscore.records.run_log import window_fingerprint
 
     assert result.manifest["data_hash"] == window_fingerprint(settings.database_url, START, END)
     assert result.rows == 3 * 2 * 120 - 120  # devices 4-6 in shard 1, series 6/2 excluded

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, func, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleetscore.errors import StoreError
+from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables, make_engine
 from fleetscore.ingestion.schema import UtcDateTime
 from fleetscore.ingestion.schema import windows as windows_table
@@ -77,7 +77,7 @@ class RunLog:
                 else:
                     conn.execute(scoring_runs.insert().values(**values))
         except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_runs: cannot record run {run_id}: {_one_line(exc)}") from exc
+            raise StoreError(f"scoring_runs: cannot record run {run_id}: {one_line(exc)}") from exc
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set some fields of a run (status, rows, shards_done, timings, error, ...)."""
@@ -87,7 +87,7 @@ class RunLog:
             with self.engine.begin() as conn:
                 conn.execute(update(scoring_runs).where(scoring_runs.c.run_id == run_id).values(**_encode(fields)))
         except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_runs: cannot update run {run_id}: {_one_line(exc)}") from exc
+            raise StoreError(f"scoring_runs: cannot update run {run_id}: {one_line(exc)}") from exc
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """One run as a dict, or None."""
@@ -125,7 +125,7 @@ def _add_missing_columns(engine: Any) -> None:
                 with engine.begin() as conn:
                     conn.execute(text(f"ALTER TABLE scoring_runs {add} {column.name} {kind}"))
     except SQLAlchemyError as exc:
-        raise StoreError(f"scoring_runs: cannot add the new columns: {_one_line(exc)}") from exc
+        raise StoreError(f"scoring_runs: cannot add the new columns: {one_line(exc)}") from exc
     _MIGRATED.add(key)
 
 
@@ -140,10 +140,6 @@ def _decode(row: Any) -> dict[str, Any]:
         out[key] = json.loads(out[key] or "{}")
     return out
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def window_fingerprint(database_url: str, start: datetime, end: datetime,
@@ -160,7 +156,7 @@ def window_fingerprint(database_url: str, start: datetime, end: datetime,
         with make_engine(database_url).connect() as conn:
             row = conn.execute(query).one()
     except SQLAlchemyError as exc:
-        raise StoreError(f"windows: cannot fingerprint {start} .. {end}: {_one_line(exc)}") from exc
+        raise StoreError(f"windows: cannot fingerprint {start} .. {end}: {one_line(exc)}") from exc
     count, total_count, total_value, newest, first, last = row
     text = f"{count}|{total_count}|{round(float(total_value or 0.0), 6)}|{newest}|{first}|{last}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]

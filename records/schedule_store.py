@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from fleetscore.errors import StoreError
+from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables, make_engine
 from fleetscore.ingestion.schema import UtcDateTime
 
@@ -84,7 +84,7 @@ class ScheduleStore:
                     created_by=created_by, note=note))
                 key = result.inserted_primary_key
         except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_schedules: cannot store the schedule: {_one_line(exc)}") from exc
+            raise StoreError(f"scoring_schedules: cannot store the schedule: {one_line(exc)}") from exc
         return int(key[0]) if key else 0
 
     def current(self) -> dict[str, Any] | None:
@@ -116,7 +116,7 @@ class ScheduleStore:
         except IntegrityError:
             pass  # the window has a row: try to take it over below
         except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_windows: cannot lock window {window_start}: {_one_line(exc)}") from exc
+            raise StoreError(f"scoring_windows: cannot lock window {window_start}: {one_line(exc)}") from exc
         w = scoring_windows.c
         takeable = and_(
             w.window_start == window_start,
@@ -129,7 +129,7 @@ class ScheduleStore:
                 result = conn.execute(update(scoring_windows).where(takeable).values(
                     attempts=w.attempts + 1, **values))
         except SQLAlchemyError as exc:
-            raise StoreError(f"scoring_windows: cannot lock window {window_start}: {_one_line(exc)}") from exc
+            raise StoreError(f"scoring_windows: cannot lock window {window_start}: {one_line(exc)}") from exc
         return bool(result.rowcount == 1)
 
     def heartbeat(self, window_start: datetime, holder: str, ttl: timedelta, now: datetime) -> bool:
@@ -173,7 +173,3 @@ class ScheduleStore:
         with self.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings().all()]
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

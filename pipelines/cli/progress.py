@@ -1,0 +1,38 @@
+"""The CLI's one progress bar: rich, on standard error, only when it is a terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fleetscore.progress import ProgressCallback
+
+
+@contextmanager
+def progress_bar(label: str, *, in_bytes: bool = False) -> Iterator[ProgressCallback | None]:
+    """Yield a :data:`ProgressCallback` that draws a bar labelled ``label`` (done/total as a count, or
+    as bytes with ``in_bytes``) when standard error is a terminal; yield ``None`` otherwise, so that
+    piped or logged output carries no control characters."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (DownloadColumn(), TimeRemainingColumn()) if in_bytes else (MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress("[progress.description]{task.description}", BarColumn(), *columns,
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
