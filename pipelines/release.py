@@ -173,7 +173,8 @@ def train_candidate(
     bundle.manifest.update(
         window_seconds=window.total_seconds(), train_start=str(start), train_end=str(split), holdout_end=str(end),
         validation_id=validation_id, skip_validation=skip_validation, data_hash=data_hash,
-        hyperparameters={"nu": config.nu, "gamma": config.gamma, "offset_margin": config.offset_margin,
+        hyperparameters={"detector": config.detector, "nu": config.nu, "gamma": config.gamma,
+                         "offset_margin": config.offset_margin, "robust_threshold": config.robust_threshold,
                          "min_rows": config.min_rows},
         skipped=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(skipped.items())],
         failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
