@@ -304,7 +304,7 @@ def _holdout(settings: Settings, candidate: Candidate, devices: Sequence[str] | 
 
 def _fleet_metrics(candidate: Candidate, counts: dict[str, int], failed: int, skipped: int) -> dict[str, float]:
     series = candidate.bundle.manifest.get("series", [])
-    n_sv = [r["metrics"]["n_support"] for r in series if "metrics" in r]
+    n_sv = [r["metrics"]["n_support"] for r in series if "n_support" in r.get("metrics", {})]
     return {"models": float(len(candidate.bundle)), "rows": float(candidate.rows),
             "train_seconds": candidate.seconds, "models_per_second": candidate.models_per_second,
             "mean_support_vectors": float(sum(n_sv) / len(n_sv)) if n_sv else 0.0,
