@@ -165,7 +165,8 @@ def train_candidate(
     bundle.manifest.update(
         window_seconds=window.total_seconds(), train_start=str(start), train_end=str(split), holdout_end=str(end),
         validation_id=validation_id, skip_validation=skip_validation, data_hash=data_hash,
-        hyperparameters={"nu": config.nu, "gamma": config.gamma, "offset_margin": config.offset_margin,
+        hyperparameters={"detector": config.detector, "nu": config.nu, "gamma": config.gamma,
+                         "offset_margin": config.offset_margin, "robust_threshold": config.robust_threshold,
                          "min_rows": config.min_rows},
         skipped=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(skipped.items())],
         failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
@@ -295,7 +296,7 @@ def _holdout(settings: Settings, candidate: Candidate, devices: Sequence[str] | 
 
 def _fleet_metrics(candidate: Candidate, counts: dict[str, int], failed: int, skipped: int) -> dict[str, float]:
     series = candidate.bundle.manifest.get("series", [])
-    n_sv = [r["metrics"]["n_support"] for r in series if "metrics" in r]
+    n_sv = [r["metrics"]["n_support"] for r in series if "n_support" in r.get("metrics", {})]
     return {"models": float(len(candidate.bundle)), "rows": float(candidate.rows),
             "train_seconds": candidate.seconds, "models_per_second": candidate.models_per_second,
             "mean_support_vectors": float(sum(n_sv) / len(n_sv)) if n_sv else 0.0,

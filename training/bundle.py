@@ -5,6 +5,11 @@ On disk a bundle is a folder with ``bundle.npz`` (numeric arrays and the string 
 Loading therefore never executes code. Model ``i`` is ``keys[i]``; its support vectors are rows
 ``sv_offsets[i]:sv_offsets[i + 1]`` of ``support_vectors`` (in the scaled feature space, as scikit-learn
 keeps them). :meth:`ReleaseBundle.to_sklearn` rebuilds the exact ``StandardScaler + OneClassSVM``.
+
+The manifest records the detector family (``detector``, see :mod:`training.detectors`) and the bundle
+format (``format``). Format 1 (written before detector families existed) has no ``detector`` field and
+loads as family ``ocsvm``. Every family keeps its per-series parameters in the same arrays (a family
+without support vectors has none), so joining, subsetting and saving work the same for all.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from fleetscore.training.features import context_windows as _context_windows
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1: no "detector" field, the family is ocsvm
+DEFAULT_DETECTOR = "ocsvm"
 ARRAYS_FILE = "bundle.npz"
 MANIFEST_FILE = "manifest.json"
 
@@ -55,6 +62,7 @@ class ReleaseBundle:
     nu: np.ndarray  # (M,)
     n_iter: np.ndarray  # (M,)
     manifest: dict[str, Any] = field(default_factory=dict)
+    detector: str = DEFAULT_DETECTOR  # the family that fitted the arrays and scores them
 
     def __post_init__(self) -> None:
         self.keys = [(str(d), str(s)) for d, s in self.keys]
@@ -96,6 +104,8 @@ class ReleaseBundle:
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import OneClassSVM
 
+        if self.detector != "ocsvm":
+            raise RegistryError(f"series {device}/{sensor}: a {self.detector!r} bundle has no scikit-learn model")
         i = self.index(device, sensor)
         n_features = len(self.features)
         n_samples = int(self.n_samples[i])
@@ -129,7 +139,7 @@ class ReleaseBundle:
     # -- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def empty(cls, features: Sequence[str], rolling_window: int) -> ReleaseBundle:
+    def empty(cls, features: Sequence[str], rolling_window: int, detector: str = DEFAULT_DETECTOR) -> ReleaseBundle:
         """A bundle with no model (the start of a fleet, or a shard where every series was skipped)."""
         f = len(features)
         return cls(
@@ -138,6 +148,7 @@ class ReleaseBundle:
             n_samples=np.zeros(0, dtype=np.int64), sv_offsets=np.zeros(1, dtype=np.int64),
             support_vectors=np.zeros((0, f)), support=np.zeros(0, dtype=np.int32), dual_coef=np.zeros(0),
             intercept=np.zeros(0), gamma=np.zeros(0), nu=np.zeros(0), n_iter=np.zeros(0, dtype=np.int64),
+            detector=detector,
         )
 
     @classmethod
@@ -183,6 +194,8 @@ class ReleaseBundle:
             raise ValueError("concat needs at least one bundle")
         first = bundles[0]
         for other in bundles[1:]:
+            if other.detector != first.detector and len(other) and len(first):
+                raise RegistryError(f"cannot join a {first.detector!r} bundle and a {other.detector!r} bundle")
             if other.features != first.features or other.rolling_window != first.rolling_window:
                 raise RegistryError(
                     f"cannot join bundles with features {list(first.features)} (rolling_window "
@@ -196,7 +209,9 @@ class ReleaseBundle:
         series = [rec for b in bundles for rec in _series_records(b)]
         merged_manifest = dict(manifest if manifest is not None else first.manifest)
         merged_manifest["series"] = series
+        detectors = {b.detector for b in bundles if len(b)} or {first.detector}
         return cls(
+            detector=detectors.pop(),
             keys=keys, features=first.features, rolling_window=first.rolling_window,
             sv_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             manifest=merged_manifest, **arrays,
@@ -238,7 +253,11 @@ class ReleaseBundle:
                 **{name: getattr(self, name) for name in _MODEL_ARRAYS + _SV_ARRAYS},
             )
             manifest = dict(self.manifest)
-            manifest.update(format=FORMAT_VERSION, features=list(self.features), rolling_window=self.rolling_window,
+            from fleetscore.training.detectors import get_detector
+
+            manifest.update(format=FORMAT_VERSION, detector=self.detector,
+                            detector_version=get_detector(self.detector).version, features=list(self.features),
+                            rolling_window=self.rolling_window,
                             models=len(self.keys))
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
             if target.exists():
@@ -260,12 +279,18 @@ class ReleaseBundle:
             raise RegistryError(f"{folder}: not a release bundle (missing {Path(exc.filename).name})") from exc
         except (ValueError, OSError, json.JSONDecodeError) as exc:
             raise RegistryError(f"{folder}: unreadable release bundle: {exc}") from exc
-        if manifest.get("format") != FORMAT_VERSION:
-            raise RegistryError(f"{folder}: bundle format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        if manifest.get("format") not in READABLE_FORMATS:
+            raise RegistryError(f"{folder}: bundle format {manifest.get('format')!r}, expected one of "
+                                f"{list(READABLE_FORMATS)}")
+        detector = str(manifest.get("detector", DEFAULT_DETECTOR))
+        from fleetscore.training.detectors import DETECTORS
+
+        if detector not in DETECTORS:
+            raise RegistryError(f"{folder}: unknown detector {detector!r} in {MANIFEST_FILE}")
         keys = list(zip(arrays.pop("devices").tolist(), arrays.pop("sensors").tolist(), strict=True))
         return cls(
             keys=keys, features=tuple(manifest["features"]), rolling_window=int(manifest["rolling_window"]),
-            manifest=manifest, **arrays,
+            manifest=manifest, detector=detector, **arrays,
         )
 
 

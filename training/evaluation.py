@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetscore.errors import TrainingError
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.features import series_starts
@@ -129,6 +130,12 @@ def run_gate(
     """Decide per series which model enters the release; return the merged bundle and the decisions."""
     decisions: dict[tuple[str, str], str] = {}
     records = _records(challenger)
+    if champion is not None and len(champion) and champion.detector != challenger.detector:
+        if not force:
+            raise TrainingError(
+                f"training.detector: the champion v{champion_version} uses detector {champion.detector!r}, the "
+                f"challenger {challenger.detector!r}; a release holds one family: release with --force to switch")
+        champion = None  # switching families: every challenger enters, champion-only series are dropped
     if champion is None or len(champion) == 0:
         for i, key in enumerate(challenger.keys):
             decisions[key] = "new"

@@ -207,7 +207,7 @@ def data_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
+def hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
     digest = hashlib.sha256(ts.astype(np.int64).tobytes())
     digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()[:16]
@@ -227,6 +227,20 @@ def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tupl
 
 
 def fit_shard(  # noqa: PLR0915  one pass over the shard's series; its state stays local on the hot path
+    windows: pd.DataFrame,
+    config: TrainingConfig,
+    exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+    version: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ShardFit:
+    """Fit one model per (device, sensor) series of ``windows`` (sorted by device, sensor, ts) with the
+    detector family ``config.detector`` (see :mod:`training.detectors`)."""
+    from fleetscore.training.detectors import get_detector
+
+    return get_detector(config.detector).fit_shard(windows, config, frozenset(exclude), version, on_progress)
+
+
+def fit_ocsvm_shard(
     windows: pd.DataFrame,
     config: TrainingConfig,
     exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
@@ -285,7 +299,7 @@ def fit_shard(  # noqa: PLR0915  one pass over the shard's series; its state sta
                 records.append({
                     "device": key[0], "sensor": key[1], "trained_in": version,
                     "train_start": str(pd.Timestamp(ts[a])), "train_end": str(pd.Timestamp(ts[b - 1])),
-                    "rows": b - a, "data_hash": _hash_rows(ts[a:b], values[:, a:b]),
+                    "rows": b - a, "data_hash": hash_rows(ts[a:b], values[:, a:b]),
                     "metrics": {"n_support": len(svm.support), "fit_status": svm.fit_status},
                 })
         if on_progress is not None:

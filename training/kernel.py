@@ -163,6 +163,14 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
     place the kernel values and one product with the dual coefficients (zero for padded support
     vectors, which masks them exactly) the sums. Scratch arrays are reused (:class:`_Workspace`).
     """
+    if bundle.detector != "ocsvm":  # another family scores its own arrays
+        from fleetscore.training.detectors import get_detector
+
+        within = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
+        owner = np.repeat(run_model, run_len)
+        scores[np.repeat(out_start, run_len) + within] = get_detector(bundle.detector).decision(
+            bundle, feats[np.repeat(run_start, run_len) + within], owner)
+        return
     n_feat = feats.shape[1]
     w_all, coef_all, reach_sv = _support_terms(bundle)
     pad_row = len(w_all) - 1  # the zero row of W, with coefficient 0
