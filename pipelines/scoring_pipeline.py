@@ -38,7 +38,14 @@ from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note,
 from fleetscore.pipelines.settings import Settings
 from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_path
 from fleetscore.scoring import writer
-from fleetscore.scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
+from fleetscore.scoring.shard import (
+    ShardTask,
+    bundle_files,
+    excluded_fields,
+    excluded_of,
+    load_bundle,
+    score_shard,
+)
 from fleetscore.scoring.storage import Storage, storage_spec
 
 log = logging.getLogger(__name__)
@@ -297,7 +304,7 @@ def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards
         "release_tags": dict(setup.resolved.tags), "bundle_dir": str(setup.resolved.bundle_dir),
         "data_hash": data_hash, "devices": setup.device_filter,
         "validation_id": report.id if report else "", "skip_validation": setup.skip_validation,
-        "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())} if report else {},
+        **excluded_fields(report.excluded if report else {}),
         "csv": settings.scoring.csv if csv is None else csv,
         "n_shards": n_shards,
         "shards": shard_devices(all_devices, n_shards),
@@ -385,8 +392,7 @@ def _score_during_gate(
     except BaseException:
         _abort(storage, prefix, scoring)
         raise
-    plan = {**provisional, "data_hash": data_hash, "validation_id": report.id,
-            "excluded": {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())}}
+    plan = {**provisional, "data_hash": data_hash, "validation_id": report.id, **excluded_fields(report.excluded)}
     setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
                      release_version=setup.version, data_hash=data_hash, validation_id=report.id,
                      shards_total=n_shards, shards_done=0, location=storage.display(prefix))
@@ -421,14 +427,14 @@ def shard_task(settings: Settings, plan: dict[str, Any], shard: int, bundle: str
                part_delay: float = 0.0) -> ShardTask:
     """The :class:`ShardTask` of one shard of a plan."""
     start = parse_time(plan["start"])
-    excluded = frozenset(tuple(key.split("/", 1)) for key in plan["excluded"])
+    excluded = excluded_of(plan)
     spec = storage_spec(settings.storage_url, settings.scoring.storage_account,
                         settings.scoring.storage_connection_string)
     return ShardTask(
         shard=shard, devices=tuple(plan["shards"][shard]), database_url=settings.database_url,
         bundle=bundle if bundle is not None else plan["bundle_dir"], model_version=int(plan["release_version"]),
         start=start, end=parse_time(plan["end"]), context_start=parse_time(plan["context_start"]), storage=spec,
-        prefix=writer.run_prefix(start, plan["run_id"]), excluded=excluded,  # type: ignore[arg-type]
+        prefix=writer.run_prefix(start, plan["run_id"]), excluded=excluded,
         csv=bool(plan["csv"]), delay=part_delay,
     )
 
@@ -454,7 +460,8 @@ def _find_resumable(storage: Storage, start: datetime, plan: dict[str, Any], for
     """An incomplete run of this window with the same plan (release, data, devices, shards), if any."""
     if force:
         return None
-    same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded")
+    same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded",
+            "excluded_series")
     for run_id, complete in reversed(writer.list_runs(storage, start)):
         prefix = writer.run_prefix(start, run_id)
         if complete or storage.exists(f"{prefix}/_failed.json") or not storage.exists(f"{prefix}/{writer.PLAN}"):

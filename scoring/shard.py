@@ -125,8 +125,9 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     if task.excluded:
         windows = _drop_series(windows, task.excluded)
     windows, bad = _split_non_finite(windows)
-    failed.update({f"{d}/{s}": "non-finite values in the window" for d, s in bad})
-    unscored = {f"{d}/{s}": f"no model in release v{task.model_version}" for d, s in missing_series(bundle, windows)}
+    failed.update({series_key(d, s): "non-finite values in the window" for d, s in bad})
+    unscored = {series_key(d, s): f"no model in release v{task.model_version}"
+                for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
     try:
         scored = score_windows(bundle, windows, task.start)
@@ -146,10 +147,11 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         timings["wait"] = time.perf_counter() - t0
         if plan is None:
             return {"shard": task.shard, "aborted": True, "timings": timings}
-        late = frozenset(tuple(key.split("/", 1)) for key in plan.get("excluded", {}))
+        late = excluded_of(plan)
         if late:
-            failed = {k: v for k, v in failed.items() if tuple(k.split("/", 1)) not in late}
-            unscored = {k: v for k, v in unscored.items() if tuple(k.split("/", 1)) not in late}
+            late_keys = {series_key(d, s) for d, s in late}
+            failed = {k: v for k, v in failed.items() if k not in late_keys}
+            unscored = {k: v for k, v in unscored.items() if k not in late_keys}
             kept = _drop_series(scored, late)  # the same frame when none of its series is excluded
             if kept is not scored:
                 scored = kept
@@ -227,6 +229,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def series_key(device: str, sensor: str) -> str:
+    """The display key ``device/sensor`` of a series in manifests (for people; never parsed back)."""
+    return f"{device}/{sensor}"
+
+
+def excluded_fields(excluded: Mapping[tuple[str, str], str]) -> dict[str, Any]:
+    """The plan's fields for the gate's excluded series: ``excluded`` keyed ``device/sensor`` for people,
+    and ``excluded_series``, the ``[device, sensor]`` pairs as values, which is what the shards read
+    (a device id may contain ``/``)."""
+    ordered = sorted(excluded.items())
+    return {"excluded": {series_key(d, s): reason for (d, s), reason in ordered},
+            "excluded_series": [[d, s] for (d, s), _ in ordered]}
+
+
+def excluded_of(plan: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """The excluded ``(device, sensor)`` series of a plan written by :func:`excluded_fields`."""
+    return frozenset((str(d), str(s)) for d, s in plan.get("excluded_series", []))
+
+
 def _drop_series(windows: pd.DataFrame, excluded: frozenset[tuple[str, str]]) -> pd.DataFrame:
     keys = pd.MultiIndex.from_frame(windows[["device", "sensor"]])
     drop = keys.isin(list(excluded))
@@ -251,6 +272,6 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
         try:
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
-            failed[f"{device}/{sensor}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            failed[series_key(device, sensor)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     columns = ["device", "sensor", "ts", "value", "score", "prediction"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed
