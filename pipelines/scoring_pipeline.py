@@ -16,6 +16,7 @@ command again finds that plan and completes it (only the shards without a part a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -393,10 +394,19 @@ def _score_during_gate(
         _abort(storage, prefix, scoring)
         raise
     plan = {**provisional, "data_hash": data_hash, "validation_id": report.id, **excluded_fields(report.excluded)}
-    setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
-                     release_version=setup.version, data_hash=data_hash, validation_id=report.id,
-                     shards_total=n_shards, shards_done=0, location=storage.display(prefix))
-    _write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    recorded = False
+    try:  # a store or storage error here must still release the waiting shards (else they wait for good)
+        setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
+                         release_version=setup.version, data_hash=data_hash, validation_id=report.id,
+                         shards_total=n_shards, shards_done=0, location=storage.display(prefix))
+        recorded = True
+        _write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    except BaseException as exc:
+        _abort(storage, prefix, scoring)
+        if recorded:
+            with contextlib.suppress(Exception):
+                setup.runs.update(setup.run_id, status="failed", error=f"plan not written: {exc}"[:500])
+        raise
     note(setup.journal, "run %s: %d devices in %d shards -> %s (scored during the gate)", setup.run_id,
          sum(len(d) for d in plan["shards"]), n_shards, storage.display(prefix))
     results = scoring.result()

@@ -57,6 +57,7 @@ class ShardTask:
     # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
     wait_for: str = ""
     parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
+    wait_timeout: float = 3600.0  # seconds to wait for that file before giving up (writing nothing)
     # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
     # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
     metrics_to: str = ""
@@ -201,11 +202,13 @@ def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None
 
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
     """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
-    None when the run was aborted (gate failed, duplicate) or its parent process died."""
+    None when the run was aborted (gate failed, duplicate), its parent process died or
+    ``task.wait_timeout`` passed."""
     from fleetscore.scoring.writer import ABORT, read_json
 
     abort = f"{task.prefix}/{ABORT}"
     delay = 0.02
+    deadline = time.monotonic() + task.wait_timeout
     while True:
         if storage.exists(task.wait_for):
             plan: dict[str, Any] = read_json(storage, task.wait_for)
@@ -214,6 +217,10 @@ def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
             return None
         if task.parent_pid and not _alive(task.parent_pid):
             log.warning("shard %d: the run's process %d is gone; nothing written", task.shard, task.parent_pid)
+            return None
+        if time.monotonic() > deadline:
+            log.warning("shard %d: no plan after %gs (%s); nothing written", task.shard, task.wait_timeout,
+                        task.wait_for)
             return None
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
