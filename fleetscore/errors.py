@@ -66,3 +66,8 @@ class ScheduleError(FleetscoreError):
 
 class PublishError(FleetscoreError):
     """Publishing to Azure ML failed or its inputs are inconsistent."""
+
+
+class ServiceUnavailable(FleetscoreError):
+    """An outside service (Event Hubs, MLflow, blob storage, SQL, Azure ML) did not answer in time; the
+    message names the service and the deadline. Never reported as missing data."""
