@@ -32,10 +32,10 @@ from fleetscore.ingestion.windowing import (
     window_starts,
 )
 from fleetscore.ingestion.writer import StoreWriter, open_writer
+from fleetscore.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 DEFAULT_MAX_FUTURE = timedelta(days=1)
 _SAFE_ABS = 1e300  # below this no sum of a window's readings can overflow (far fewer than 1e8 per window)
 RawLookup = Callable[[np.ndarray], list[str]]

@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,17 +20,18 @@ from typing import Any
 
 import pandas as pd
 
+from fleetscore import provenance
 from fleetscore.errors import ReleaseNotFound, TrainingError
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines.executors import ShardFailure, default_workers, run_shards
 from fleetscore.pipelines.settings import Settings
+from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.fit import ShardFit, fit_shard
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -190,12 +189,7 @@ def train_candidate(
 
 def git_commit() -> str:
     """The commit of the code that runs (``unknown`` outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+    return provenance.git_commit() or "unknown"
 
 
 def _champion(settings: Settings) -> tuple[ReleaseBundle | None, int | None]:
@@ -425,7 +419,3 @@ def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
         "features": list(bundle.features),
     }
 
-
-def manifest_json(bundle: ReleaseBundle) -> str:
-    """The bundle manifest as indented JSON (for ``fleetscore train``'s output)."""
-    return json.dumps(bundle.manifest, indent=1, default=str)

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,40 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fleetscore.scoring.storage import StorageSpec
-from fleetscore.scoring.writer import encode_part, to_predictions, write_part
+from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, display_key, excluded_pairs
+from fleetscore.scoring.writer import encode_part, read_json, to_predictions, write_part
 
 log = logging.getLogger(__name__)
 
 _BUNDLES: dict[str, Any] = {}  # bundle location -> loaded ReleaseBundle, per process
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """Everything one shard needs, as picklable plain data."""
-
-    shard: int
-    devices: tuple[str, ...]
-    database_url: str
-    bundle: str | Mapping[str, bytes]  # a folder the worker can read, or the bundle's files as bytes
-    model_version: int
-    start: datetime
-    end: datetime
-    context_start: datetime
-    storage: StorageSpec
-    prefix: str  # the run's folder under the storage root
-    excluded: frozenset[tuple[str, str]] = field(default_factory=frozenset)
-    csv: bool = False
-    delay: float = 0.0  # seconds to sleep after writing the part (tests: a window to kill the run in)
-    # when set: the shard reads and scores at once, but writes its part only once this file (the run's
-    # plan, written when the gate passed) exists under the storage root, leaving out the series the
-    # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
-    wait_for: str = ""
-    parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
-    wait_timeout: float = 3600.0  # seconds to wait for that file before giving up (writing nothing)
-    # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
-    # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
-    metrics_to: str = ""
 
 
 def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -94,13 +66,10 @@ def load_bundle(source: str | Mapping[str, bytes]) -> Any:
     return _BUNDLES[key]
 
 
-def score_shard(task: ShardTask) -> dict[str, Any]:
-    """Score one shard and write its part; returns what happened as plain data.
+def score_shard(task: ShardTask) -> ShardOutcome:
+    """Score one shard and write its part (and its outcome beside it); returns the outcome.
 
-    Keys: shard, rows, anomalies, series, failed ({"device/sensor": reason}), unscored (series with
-    no model in the release), per_sensor ({sensor: [rows, anomalies]}), kernel_evaluations and
-    timings (load, read, metrics when asked for, score, encode and, when it waited for the plan, wait
-    seconds; the writes come after the outcome is saved, so they are not in it).
+    The timings stop before the writes: the outcome is written with the part.
     """
     from fleetscore.ingestion.store import SensorStore
     from fleetscore.training.kernel import kernel_evaluations, missing_series, score_windows
@@ -126,8 +95,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     if task.excluded:
         windows = _drop_series(windows, task.excluded)
     windows, bad = _split_non_finite(windows)
-    failed.update({series_key(d, s): "non-finite values in the window" for d, s in bad})
-    unscored = {series_key(d, s): f"no model in release v{task.model_version}"
+    failed.update({display_key(d, s): "non-finite values in the window" for d, s in bad})
+    unscored = {display_key(d, s): f"no model in release v{task.release_version}"
                 for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
     try:
@@ -147,10 +116,10 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         plan = _wait_for_plan(storage, task)
         timings["wait"] = time.perf_counter() - t0
         if plan is None:
-            return {"shard": task.shard, "aborted": True, "timings": timings}
-        late = excluded_of(plan)
+            return ShardOutcome(task.shard, aborted=True, timings=timings)
+        late = excluded_pairs(plan)
         if late:
-            late_keys = {series_key(d, s) for d, s in late}
+            late_keys = {display_key(d, s) for d, s in late}
             failed = {k: v for k, v in failed.items() if k not in late_keys}
             unscored = {k: v for k, v in unscored.items() if k not in late_keys}
             kept = _drop_series(scored, late)  # the same frame when none of its series is excluded
@@ -158,9 +127,9 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
                 scored = kept
                 part = _build_part(scored, task)
 
-    outcome = {"shard": task.shard, "devices": len(task.devices), **part.summary, "failed": failed,
-               "unscored": unscored, "kernel_evaluations": int(evaluations), "timings": timings}
-    write_part(storage, task.prefix, task.shard, outcome=outcome, encoded=part.files)
+    outcome = ShardOutcome(task.shard, devices=len(task.devices), **part.summary, failed=failed,
+                           unscored=unscored, kernel_evaluations=int(evaluations), timings=timings)
+    write_part(storage, task.prefix, task.shard, outcome=outcome.to_json(), encoded=part.files)
     if task.delay:
         time.sleep(task.delay)
     return outcome
@@ -175,7 +144,7 @@ class _Part:
 
 
 def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
-    predictions = to_predictions(scored, task.model_version)
+    predictions = to_predictions(scored, task.release_version)
     per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
     device, sensor = predictions["Device"], predictions["Sensor"]
     # rows are grouped by series (the kernel keeps the read order), so a series starts where either id changes
@@ -184,7 +153,7 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
         "rows": len(predictions),
         "anomalies": int(predictions["Prediction"].sum()),
         "series": int(starts.sum()),
-        "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
+        "per_sensor": {str(k): (int(v["size"]), int(v["sum"])) for k, v in per_sensor.iterrows()},
     }
     return _Part(encode_part(predictions, task.csv), summary)
 
@@ -204,8 +173,6 @@ def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
     """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
     None when the run was aborted (gate failed, duplicate), its parent process died or
     ``task.wait_timeout`` passed."""
-    from fleetscore.scoring.writer import ABORT, read_json
-
     abort = f"{task.prefix}/{ABORT}"
     delay = 0.02
     deadline = time.monotonic() + task.wait_timeout
@@ -236,25 +203,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def series_key(device: str, sensor: str) -> str:
-    """The display key ``device/sensor`` of a series in manifests (for people; never parsed back)."""
-    return f"{device}/{sensor}"
-
-
-def excluded_fields(excluded: Mapping[tuple[str, str], str]) -> dict[str, Any]:
-    """The plan's fields for the gate's excluded series: ``excluded`` keyed ``device/sensor`` for people,
-    and ``excluded_series``, the ``[device, sensor]`` pairs as values, which is what the shards read
-    (a device id may contain ``/``)."""
-    ordered = sorted(excluded.items())
-    return {"excluded": {series_key(d, s): reason for (d, s), reason in ordered},
-            "excluded_series": [[d, s] for (d, s), _ in ordered]}
-
-
-def excluded_of(plan: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
-    """The excluded ``(device, sensor)`` series of a plan written by :func:`excluded_fields`."""
-    return frozenset((str(d), str(s)) for d, s in plan.get("excluded_series", []))
-
-
 def _drop_series(windows: pd.DataFrame, excluded: frozenset[tuple[str, str]]) -> pd.DataFrame:
     keys = pd.MultiIndex.from_frame(windows[["device", "sensor"]])
     drop = keys.isin(list(excluded))
@@ -279,6 +227,7 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
         try:
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
-            failed[series_key(device, sensor)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            failed[display_key(device, sensor)] = f"{type(exc).__name__}: {first}"
     columns = ["device", "sensor", "ts", "value", "score", "prediction"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed

@@ -12,8 +12,11 @@ import pytest
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import FleetscoreError, StoreError
 from fleetscore.ingestion.run_log import RunLog
+from fleetscore.pipelines import overlapped_run, release_resolution
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.scoring import writer
-from fleetscore.scoring.shard import ShardTask, _wait_for_plan
+from fleetscore.scoring.contracts import ShardTask
+from fleetscore.scoring.shard import _wait_for_plan
 from fleetscore.scoring.storage import StorageSpec
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
 
@@ -27,7 +30,8 @@ def small_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     settings = settings_for(tmp_path)
     store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
     fit_release(train).save(tmp_path / "bundle-v3")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
     return {"settings": settings}
 
 
@@ -43,12 +47,12 @@ def test_a_store_error_after_the_gate_ends_the_run_with_its_error(small_fleet: d
     else:
         def no_plan(*args: object, **kwargs: object) -> None:
             raise StoreError("blob: cannot write _run.json")
-        monkeypatch.setattr(sp, "_write_plan", no_plan)
+        monkeypatch.setattr(overlapped_run, "write_plan", no_plan)
     t0 = time.monotonic()
     with pytest.raises(FleetscoreError, match=r"database is locked|cannot write _run\.json"):
         sp.score_window(settings, START, END, shards=3)
     assert time.monotonic() - t0 < 60
-    assert writer.list_runs(sp.storage_for(settings), START) == []  # the run's folder is gone
+    assert writer.list_runs(storage_for(settings), START) == []  # the run's folder is gone
     if fails == "plan":
         [record] = RunLog(settings.database_url).list()
         assert record["status"] == "failed" and "plan not written" in record["error"]
@@ -56,7 +60,7 @@ def test_a_store_error_after_the_gate_ends_the_run_with_its_error(small_fleet: d
 
 def test_a_shard_stops_waiting_for_a_plan_at_its_deadline(tmp_path: Path) -> None:
     spec = StorageSpec(str(tmp_path))
-    task = ShardTask(shard=0, devices=("1",), database_url="sqlite://", bundle="", model_version=1, start=START,
+    task = ShardTask(shard=0, devices=("1",), database_url="sqlite://", bundle="", release_version=1, start=START,
                      end=END, context_start=START, storage=spec, prefix="run", wait_for="run/_run.json",
                      wait_timeout=0.5)
     t0 = time.monotonic()

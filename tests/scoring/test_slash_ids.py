@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import fleetscore.pipelines.scoring_pipeline as sp
+from fleetscore.pipelines import release_resolution
 from fleetscore.scoring import writer
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
 
@@ -28,7 +29,8 @@ def slash_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     settings = settings_for(tmp_path)
     store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
     fit_release(train).save(tmp_path / "bundle-v3")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
     return {"settings": settings}
 
 
@@ -49,13 +51,16 @@ def test_excluded_series_of_a_slashed_device_stays_out_scored_during_the_gate(sl
 
 def test_excluded_series_of_a_slashed_device_stays_out_the_sequential_way(slash_fleet: dict,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sp, "_score_during_gate", lambda *a, **k: None)
+    monkeypatch.setattr(sp, "score_during_gate", lambda *a, **k: None)
     settings = slash_fleet["settings"]
     _check(settings, sp.score_window(settings, START, END, shards=2))
 
 
-def test_a_plan_gives_the_shards_the_ids_as_written(slash_fleet: dict) -> None:
-    from fleetscore.scoring.shard import excluded_fields, excluded_of
+def test_a_plan_gives_the_shards_the_ids_as_written() -> None:
+    from fleetscore.scoring.contracts import RunPlan
+    from tests.scoring.test_contracts import PLAN_FILE
 
-    fields = excluded_fields({("a/b", "2"): "stuck", ("a", "b/2"): "gaps"})
-    assert excluded_of(fields) == {("a/b", "2"), ("a", "b/2")}
+    pairs = [["a/b", "2"], ["a", "b/2"]]
+    plan = RunPlan.from_json({**PLAN_FILE, "excluded": {"a/b/2": "stuck"}, "excluded_series": pairs})
+    assert plan.excluded_series() == {("a/b", "2"), ("a", "b/2")}
+    assert RunPlan.from_json(plan.to_json()) == plan
