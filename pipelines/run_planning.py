@@ -146,6 +146,8 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
     window = parse_duration(settings.ingest.window, "ingest.window")
     start, end = _resolve_range(store, start, end, window)
     device_filter = sorted(devices) if devices else None
+    if device_filter:
+        _check_devices(store, device_filter)
     storage = storage_for(settings)
     storage.ensure_root()
     # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
@@ -291,6 +293,16 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
         if all(old.get(k) == wanted.get(k) for k in same):
             return run_id
     return None
+
+
+def _check_devices(store: Any, devices: Sequence[str]) -> None:
+    """Refuse a --devices filter naming a device the store does not hold (before any record is written)."""
+    known = set(store.devices())
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ScoringError(f"--devices: no device {unknown[0]!r} in the sensor store{more}; "
+                           f"it holds {len(known):,} devices")
 
 
 def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
