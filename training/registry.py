@@ -31,6 +31,7 @@ from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 from fleetscore.errors import RegistryError, ReleaseNotFound
+from fleetscore.redact import redact
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.kernel import score_windows
 
@@ -125,7 +126,7 @@ def log_run(
     client = _client(tracking_uri)
     try:
         run = client.create_run(_experiment_id(client, tracking_uri, experiment), run_name=run_name,
-                                tags={k: str(v) for k, v in tags.items()})
+                                tags={k: redact(v) for k, v in tags.items()})
         run_id = str(run.info.run_id)
         _log_batch(client, run_id, params, metrics)
         for name, path in (artifacts or {}).items():
@@ -143,7 +144,7 @@ def _log_batch(client: Any, run_id: str, params: Mapping[str, Any], metrics: Map
     from mlflow.entities import Metric, Param
 
     now = int(datetime.now(UTC).timestamp() * 1000)
-    param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    param_list = [Param(k, redact(v)[:6000]) for k, v in params.items()]
     metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for i in range(0, max(len(param_list), len(metric_list)), 100):
         client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
