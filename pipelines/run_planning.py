@@ -162,7 +162,8 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
     try:
         setup.resolved = release_resolution.resolve_release(settings, setup.release_ref)
         setup.version = int(setup.resolved.version)
-        setup.bundle = load_bundle(str(setup.resolved.bundle_dir))
+        setup.bundle = load_bundle(str(setup.resolved.bundle_dir), _bundle_sha(setup.resolved.tags),
+                                   f"release v{setup.version}")
     except BaseException:
         if gate is not None:
             gate.cancel()
@@ -267,8 +268,14 @@ def shard_task(settings: Settings, plan: RunPlan, shard: int, bundle: str | dict
         bundle=bundle if bundle is not None else plan.bundle_dir, release_version=plan.release_version,
         start=plan.start, end=plan.end, context_start=plan.context_start, storage=storage_spec_for(settings),
         prefix=writer.run_prefix(plan.start, plan.run_id), excluded=plan.excluded_series(),
-        csv=plan.csv, delay=part_delay,
+        csv=plan.csv, delay=part_delay, bundle_sha256=_bundle_sha(plan.release_tags),
     )
+
+
+def _bundle_sha(tags: Any) -> str:
+    from fleetscore.training.bundle import BUNDLE_SHA_TAG
+
+    return str((tags or {}).get(BUNDLE_SHA_TAG, ""))
 
 
 def planned_incomplete(storage: Storage, start: datetime) -> bool:

@@ -13,9 +13,9 @@ the guilty series are recorded as failed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetscore.errors import RegistryError
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, display_key, excluded_pairs
 from fleetscore.scoring.writer import encode_part, read_json, to_predictions, write_part
 
@@ -40,20 +41,29 @@ def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(bundle_dir).iterdir()) if p.is_file()}
 
 
-def load_bundle(source: str | Mapping[str, bytes]) -> Any:
-    """Load a release bundle once per process (from a folder, or from its files' bytes)."""
-    from fleetscore.training.bundle import ReleaseBundle
+def load_bundle(source: str | Mapping[str, bytes], sha256: str = "", label: str = "release") -> Any:
+    """Load a release bundle once per process (from a folder, or from its files' bytes).
+
+    With ``sha256`` (the digest recorded with the registered version) the files are checked first and
+    a mismatch is a one-line :class:`RegistryError` naming ``label``. A bundle given as bytes is staged
+    in a folder of the temp directory named by its digest, and that folder is checked on every load
+    (rewritten from the bytes when it was changed)."""
+    from fleetscore.training.bundle import ReleaseBundle, bundle_digest, files_digest, verify_bundle
 
     if isinstance(source, str):
         key = source
         folder = Path(source)
+        if key not in _BUNDLES and sha256:
+            verify_bundle(folder, sha256, label)
     else:
-        digest = hashlib.sha256()
-        for name in sorted(source):
-            digest.update(name.encode())
-            digest.update(source[name])
-        key = digest.hexdigest()
+        key = files_digest(source)
+        if sha256 and key != sha256:
+            raise RegistryError(f"{label}: the bundle sent to this worker does not match the SHA-256 recorded "
+                                f"at registration: {key[:12]} != {sha256[:12]}")
         folder = Path(tempfile.gettempdir()) / "fleetscore-bundles" / key[:16]
+        if folder.exists() and key not in _BUNDLES and bundle_digest(folder) != key:
+            log.warning("bundle cache %s was changed on disk; written again", folder)
+            shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=folder.parent))
@@ -76,7 +86,7 @@ def score_shard(task: ShardTask) -> ShardOutcome:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    bundle = load_bundle(task.bundle)
+    bundle = load_bundle(task.bundle, task.bundle_sha256, f"release v{task.release_version}")
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

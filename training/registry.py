@@ -32,7 +32,7 @@ from mlflow.pyfunc import PythonModel
 
 from fleetscore.errors import RegistryError, ReleaseNotFound
 from fleetscore.redact import redact
-from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.bundle import BUNDLE_SHA_TAG, ReleaseBundle, bundle_digest, verify_bundle
 from fleetscore.training.kernel import score_windows
 
 __all__ = ["BundleModel", "ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release", "set_model"]
@@ -197,7 +197,8 @@ def register_release(
                     registered_model_name=model_name,
                 )
         version = int(info.registered_model_version)
-        for key, value in version_tags.items():
+        tags = {**version_tags, BUNDLE_SHA_TAG: bundle_digest(bundle_dir)}
+        for key, value in tags.items():
             client.set_model_version_tag(model_name, str(version), key, str(value))
     except _mlflow_errors() as exc:
         raise RegistryError(f"model {model_name}: registration failed: {exc}") from exc
@@ -266,6 +267,12 @@ def resolve_release(tracking_uri: str, model_name: str, ref: str, cache_dir: Pat
             raise RegistryError(f"model {model_name} v{version}: cannot download the bundle: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    expected = (mv.tags or {}).get(BUNDLE_SHA_TAG)
+    if expected:  # on every resolve, the cached copy included
+        verify_bundle(target, expected, f"release v{version} of {model_name}")
+    else:
+        log.warning("model %s v%d: no %s tag (registered before it existed); bundle not verified", model_name,
+                    version, BUNDLE_SHA_TAG)
     return ResolvedRelease(version=version, bundle_dir=target, tags=dict(mv.tags or {}),
                            aliases=tuple(getattr(mv, "aliases", ()) or ()), run_id=run_id)
 
