@@ -30,7 +30,7 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from fleetscore.errors import RegistryError, ReleaseNotFound
+from fleetscore.errors import RegistryError, RegistryUnavailable, ReleaseNotFound
 from fleetscore.redact import redact
 from fleetscore.training.bundle import BUNDLE_SHA_TAG, ReleaseBundle, bundle_digest, verify_bundle
 from fleetscore.training.kernel import score_windows
@@ -69,7 +69,16 @@ class AliasMove:
     reason: str
 
 
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 by default (minutes against an
+# unreachable server): bounded here unless the user set them
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
+
+
 def _mlflow() -> Any:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     import mlflow
 
     return mlflow
@@ -88,6 +97,10 @@ def _client(tracking_uri: str) -> Any:
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _tracking_uri_of(client: Any) -> str:
+    return str((getattr(client, "_tracking_client", None) and client._tracking_client.tracking_uri) or "")
 
 
 def _shown(uri: str) -> str:
@@ -234,6 +247,9 @@ def _version_of(client: Any, model_name: str, ref: str) -> Any:
             return client.get_model_version(model_name, ref.lstrip("v"))
         return client.get_model_version_by_alias(model_name, ref)
     except MlflowException as exc:
+        if getattr(exc, "error_code", "") not in _NOT_FOUND:
+            raise RegistryUnavailable(f"MLflow at {redact(_tracking_uri_of(client))} did not answer: "
+                                      f"{redact(' '.join(str(exc).split()))[:300]}") from exc
         what = f"version {ref.lstrip('v')}" if ref.lstrip("v").isdigit() else f"alias {ref!r}"
         raise ReleaseNotFound(f"model {model_name}: no {what} in the registry") from exc
 
