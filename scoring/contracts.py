@@ -15,14 +15,14 @@ from typing import Any
 
 from fleetscore.scoring.storage import StorageSpec
 
-# The files of a run's folder (``predictions/window_start=.../run=<id>/``) and of a window's folder.
-PREDICTIONS = "predictions"
+# The folder of the runs (``runs/window_start=.../run=<id>/``, beside the ``predictions/`` Delta table)
+# and the files of a run's folder.
+RUNS = "runs"
 PLAN = "_run.json"  # the run's plan, written first (once the gate passed)
 ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
 FAILED = "_failed.json"  # a run that failed (more than max_failed_fraction): never resumed
 SERIES_FOLDER = "_series"  # the shards' series metrics for the gate; "_": Parquet dataset readers skip it
-MANIFEST = "manifest.json"  # written LAST: a run without it is incomplete and never read
-LATEST = "latest.json"  # per window: the newest complete run
+MANIFEST = "manifest.json"  # written after the run's table commit: a run without it is incomplete
 RUN_LOG = "run.log"
 VALIDATION = "validation.json"  # the gate's report
 
@@ -154,6 +154,8 @@ class ShardOutcome:
     kernel_evaluations: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
     aborted: bool = False
+    # the data files it staged for the table commit: {"name", "partition", "size", "rows", "stats"}
+    files: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The outcome as stored in ``part-NNNNN.json``."""
@@ -162,7 +164,8 @@ class ShardOutcome:
         return {"shard": self.shard, "devices": self.devices, "rows": self.rows, "anomalies": self.anomalies,
                 "series": self.series, "per_sensor": {s: list(v) for s, v in self.per_sensor.items()},
                 "failed": dict(self.failed), "unscored": dict(self.unscored),
-                "kernel_evaluations": self.kernel_evaluations, "timings": dict(self.timings)}
+                "kernel_evaluations": self.kernel_evaluations, "timings": dict(self.timings),
+                "files": [dict(f) for f in self.files]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardOutcome:
@@ -173,5 +176,5 @@ class ShardOutcome:
             failed=dict(data.get("failed") or {}), unscored=dict(data.get("unscored") or {}),
             per_sensor={str(s): (int(v[0]), int(v[1])) for s, v in (data.get("per_sensor") or {}).items()},
             kernel_evaluations=int(data.get("kernel_evaluations", 0)), timings=dict(data.get("timings") or {}),
-            aborted=bool(data.get("aborted", False)),
+            aborted=bool(data.get("aborted", False)), files=tuple(dict(f) for f in data.get("files") or ()),
         )
