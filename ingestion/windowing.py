@@ -84,7 +84,24 @@ def parse_times(text: pa.Array) -> np.ndarray:
         values = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce").dt.tz_localize(None)
     except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
         return np.array([_parse_one(str(t)) for t in series], dtype=np.int64)
-    return _to_ns(values.to_numpy())
+    out = np.array(_to_ns(values.to_numpy()), dtype=np.int64)  # a writable copy
+    missed = np.flatnonzero(out == NAT)
+    if len(missed):  # pandas versions that parse only the nanosecond range: a valid time past it is BEYOND
+        texts = series.to_numpy()
+        for i in missed:
+            out[i] = _beyond(str(texts[i]))
+    return out
+
+
+def _beyond(text: str) -> int:
+    """``BEYOND`` for a valid ISO time after 2262, else ``NAT``."""
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return int(NAT)
+    return int(BEYOND) if parsed.year >= 2262 else int(NAT)
 
 
 def _to_ns(values: np.ndarray) -> np.ndarray:

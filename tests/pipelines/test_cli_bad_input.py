@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.settings import load_settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table
 from tests.scoring.fleet import START, fit_release, fleet_windows, store_windows
 
 RANGE = ["--start", START.isoformat(), "--end", (START + timedelta(minutes=10)).isoformat()]
@@ -50,7 +50,7 @@ def test_a_device_id_with_a_comma_is_selected_escaped(comma_home: Path, skip: bo
     args = ["score", *RANGE, "--release", "path:release", "--devices", "a\\,b"]
     result = CliRunner().invoke(main, args + (["--skip-validation"] if skip else []))
     assert result.exit_code == 0, result.output
-    got = writer.read_predictions(str(comma_home / ".fleetscore" / "blob"))
+    got = table.read_predictions(str(comma_home / ".fleetscore" / "blob"))
     assert set(got["Device"]) == {"a,b"} and len(got) == 2 * 120
 
 

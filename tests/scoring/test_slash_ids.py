@@ -10,7 +10,7 @@ import pytest
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.pipelines import release_resolution
-from fleetscore.scoring import writer
+from fleetscore.scoring import table
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
 
 END = START + timedelta(minutes=10)
@@ -37,7 +37,7 @@ def slash_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 def _check(settings: object, result: sp.ScoringResult) -> None:
     assert result.status == "done"
     assert result.manifest["excluded"] == {"a/b/2": "stuck: constant 35 over the whole range (120 windows)"}
-    got = writer.read_predictions(settings.storage_url)  # type: ignore[attr-defined]
+    got = table.read_predictions(settings.storage_url)  # type: ignore[attr-defined]
     series = set(zip(got["Device"], got["Sensor"], strict=True))
     assert ("a/b", "2") not in series
     assert {("a/b", "1"), ("site/a/b", "1"), ("site/a/b", "2")} <= series
