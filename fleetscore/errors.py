@@ -68,6 +68,15 @@ class PublishError(FleetscoreError):
     """Publishing to Azure ML failed or its inputs are inconsistent."""
 
 
+class ServiceUnavailable(FleetscoreError):
+    """An outside service (Event Hubs, MLflow, blob storage, SQL, Azure ML) did not answer in time; the
+    message names the service and the deadline. Never reported as missing data."""
+
+
+class RegistryUnavailable(RegistryError, ServiceUnavailable):
+    """The MLflow tracking server did not answer (never reported as a missing alias or version)."""
+
+
 ONE_LINE_LIMIT = 300
 
 

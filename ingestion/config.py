@@ -11,6 +11,9 @@ class IngestConfig:
 
     ``window`` and ``allowed_lateness`` are durations such as ``5s``, ``1m``, ``2h``. ``batch_rows`` is
     about how many input lines are parsed at a time (memory stays flat in the input size).
+    ``max_future`` is the horizon past the current time (UTC) beyond which a reading is quarantined as
+    ``too_far_ahead`` (it never moves its series' watermark); ``max_line_bytes`` is the longest input
+    line read (a longer one is quarantined as ``line_too_long`` without being held in memory).
     The Event Hubs source reads ``eventhub_connection_string`` (environment:
     ``FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING``; masked by ``fleetscore config``).
     """
@@ -19,6 +22,8 @@ class IngestConfig:
     allowed_lateness: str = "1h"
     max_bad_fraction: float = 0.01
     batch_rows: int = 200_000
+    max_future: str = "1d"
+    max_line_bytes: int = 1 << 20
     eventhub_name: str = ""
     eventhub_consumer_group: str = "$Default"
     eventhub_connection_string: str = ""

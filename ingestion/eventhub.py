@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from azure.eventhub import CheckpointStore, EventData, EventHubConsumerClient
 
-from fleetscore.errors import ConfigError
+from fleetscore.errors import ConfigError, FleetscoreError, ServiceUnavailable
 from fleetscore.ingestion.ingest import InputIngest, InputReport
 from fleetscore.ingestion.sources import FIELDS, RawChunk
 from fleetscore.ingestion.store import SensorStore
@@ -163,28 +165,83 @@ class SqlCheckpointStore(CheckpointStore):  # type: ignore[misc]
                 for partition, (offset, sequence) in sorted(found.items())]
 
 
+CONNECT_GRACE_S = 30.0  # beyond --max-wait: time for the first connection (retries included)
+RETRY_TOTAL = 3
+
+
 def consume(database_url: str, connection_string: str, eventhub_name: str, consumer_group: str, *,
-            window: timedelta, allowed_lateness: timedelta, max_wait_time: float | None = None) -> int:
+            window: timedelta, allowed_lateness: timedelta, max_wait_time: float | None = None,
+            connect_timeout: float = CONNECT_GRACE_S) -> int:
     """Consume readings from Event Hubs into the store until interrupted (or, with ``max_wait_time``,
-    until no event came for that many seconds). Returns the number of events processed."""
+    until no event came for that many seconds). Returns the number of events processed.
+
+    With ``max_wait_time`` every wait has a deadline: when the service has not answered at all (no
+    batch, not even an empty one) within ``max_wait_time + connect_timeout`` seconds, the client is
+    closed and :class:`ServiceUnavailable` names the namespace and the last error the SDK reported.
+    """
     if not connection_string:
         raise ConfigError("ingest.eventhub_connection_string: not set "
                           "(environment FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING)")
     handler = EventHubIngest(database_url, window, allowed_lateness)
     client = EventHubConsumerClient.from_connection_string(
         connection_string, consumer_group, eventhub_name=eventhub_name or None,
-        checkpoint_store=SqlCheckpointStore(database_url),
+        checkpoint_store=SqlCheckpointStore(database_url), retry_total=RETRY_TOTAL,
+        auth_timeout=connect_timeout, socket_timeout=min(connect_timeout, 20.0),
     )
+    state: dict[str, Any] = {"answered": False, "error": None, "failure": None, "last": time.monotonic()}
 
     def on_batch(context: Any, events: list[EventData]) -> None:
+        state["answered"], state["last"] = True, time.monotonic()
         if not events and max_wait_time is not None:
             client.close()
             return
         handler.on_event_batch(context, events)
 
-    with client:
+    def on_error(context: Any, error: Exception) -> None:
+        state["error"] = error
+        log.info("event hubs: %s", _one_line(error))
+
+    def receive() -> None:
         try:
-            client.receive_batch(on_event_batch=on_batch, max_wait_time=max_wait_time, starting_position="-1")
-        except KeyboardInterrupt:
-            log.info("interrupted; checkpoints are committed with each batch")
+            client.receive_batch(on_event_batch=on_batch, on_error=on_error, max_wait_time=max_wait_time,
+                                 starting_position="-1")
+        except Exception as exc:  # noqa: BLE001 - carried to the calling thread and raised there
+            state["failure"] = exc
+
+    worker = threading.Thread(target=receive, name="eventhub-receive", daemon=True)
+    try:
+        with client:
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.2)
+                if max_wait_time is None or state["answered"]:
+                    continue
+                if time.monotonic() - state["last"] > max_wait_time + connect_timeout:
+                    client.close()
+                    worker.join(10)
+                    raise ServiceUnavailable(
+                        f"Event Hubs {_namespace(connection_string)}: no answer within "
+                        f"{max_wait_time + connect_timeout:g}s"
+                        + (f" ({_one_line(state['error'])})" if state["error"] is not None else ""))
+    except KeyboardInterrupt:
+        client.close()
+        log.info("interrupted; checkpoints are committed with each batch")
+    if state["failure"] is not None and not isinstance(state["failure"], FleetscoreError):
+        raise ServiceUnavailable(f"Event Hubs {_namespace(connection_string)}: "
+                                 f"{_one_line(state['failure'])}") from state["failure"]
+    if state["failure"] is not None:
+        raise state["failure"]
     return handler.events
+
+
+def _namespace(connection_string: str) -> str:
+    """The namespace host of a connection string (never its keys)."""
+    for part in connection_string.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "endpoint":
+            return value.strip().removeprefix("sb://").rstrip("/")
+    return "(no Endpoint in the connection string)"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

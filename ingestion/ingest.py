@@ -11,21 +11,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
 
 from fleetscore.errors import IngestError, SourceReadError, TooManyBadRowsError
-from fleetscore.ingestion.sources import RawChunk, iter_chunks, open_source
+from fleetscore.ingestion.sources import MAX_LINE_BYTES, RawChunk, iter_chunks, open_source
 from fleetscore.ingestion.store import SensorStore
-from fleetscore.ingestion.windowing import Lateness, Readings, Rejects, aggregate, validate, window_starts
+from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.ingestion.windowing import (
+    BEYOND,
+    Lateness,
+    Readings,
+    Rejects,
+    aggregate,
+    validate,
+    window_starts,
+)
 from fleetscore.ingestion.writer import StoreWriter, open_writer
 from fleetscore.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_FUTURE = timedelta(days=1)
+_SAFE_ABS = 1e300  # below this no sum of a window's readings can overflow (far fewer than 1e8 per window)
 RawLookup = Callable[[np.ndarray], list[str]]
 
 
@@ -97,16 +109,25 @@ class InputIngest:
     """Feeds chunks of one input into one :class:`StoreWriter`: lateness, windows, quarantine."""
 
     def __init__(self, writer: StoreWriter, report: InputReport, window: timedelta, aggregated: bool,
-                 allowed_lateness: timedelta) -> None:
+                 allowed_lateness: timedelta, max_future: timedelta = DEFAULT_MAX_FUTURE,
+                 now: datetime | None = None) -> None:
         self.writer = writer
         self.report = report
         self.window_ns = int(window.total_seconds() * 1e9)
         self.aggregated = aggregated
         self.lateness = Lateness(int(allowed_lateness.total_seconds() * 1e9), writer.newest_windows)
+        self.max_future = max_future
+        self.horizon_ns = min(_ns(now or utcnow()) + _ns_of(max_future), BEYOND - 1)
 
     def add(self, readings: Readings, rejects: Rejects, raw_lookup: RawLookup, rows_read: int) -> None:
         """Store one chunk of validated readings and its rejected rows."""
         self.report.rows_read += rows_read
+        ahead = readings.ts > self.horizon_ns
+        if ahead.any():  # before lateness: a reading from the future never moves its series' watermark
+            rejects.extend(readings.lines[ahead], "too_far_ahead",
+                           [f"more than {_span(self.max_future)} after the time of ingest"] * int(ahead.sum()))
+            readings = readings.take(~ahead)
+        readings = _drop_overflow(readings, rejects, None if self.aggregated else self.window_ns)
         starts = readings.ts if self.aggregated else window_starts(readings.ts, self.window_ns)
         late = self.lateness.too_late(readings.device, readings.sensor, starts)
         if late.any():
@@ -136,6 +157,41 @@ class InputIngest:
                                self.report.quarantined_total)
 
 
+def _ns(moment: datetime) -> int:
+    return _ns_of(moment - datetime(1970, 1, 1))
+
+
+def _ns_of(delta: timedelta) -> int:
+    return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) * 1000
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _drop_overflow(readings: Readings, rejects: Rejects, window_ns: int | None) -> Readings:
+    """Quarantine (``overflow``) the readings of every window whose sum is not finite (two readings of
+    1.7e308): the stored mean would be ``inf``."""
+    if len(readings) == 0 or np.abs(readings.value).max() < _SAFE_ABS:
+        return readings
+    windows = aggregate(readings, window_ns)
+    bad = ~np.isfinite(np.asarray(windows.column("value").to_numpy(), dtype=np.float64))
+    if not bad.any():
+        return readings
+    starts = readings.ts if window_ns is None else window_starts(readings.ts, window_ns)
+    keys = set(zip(windows.column("device").filter(pa.array(bad)).to_pylist(),
+                   windows.column("sensor").filter(pa.array(bad)).to_pylist(),
+                   np.asarray(windows.column("ts").cast(pa.int64()).to_numpy())[bad].tolist(), strict=True))
+    hit = np.array([k in keys for k in zip(readings.device.to_pylist(), readings.sensor.to_pylist(),
+                                            starts.tolist(), strict=True)], dtype=bool)
+    rejects.extend(readings.lines[hit], "overflow", ["the window's sum is not a finite number"] * int(hit.sum()))
+    return readings.take(~hit)
+
+
 def check_window(writer: StoreWriter, window: timedelta) -> None:
     """Refuse to mix window sizes in one store."""
     sizes = [s for s in writer.source_windows() if s > 0]
@@ -158,12 +214,17 @@ def ingest_files(
     batch_rows: int = 200_000,
     stdin: BinaryIO | None = None,
     on_progress: ProgressCallback | None = None,
+    max_future: timedelta = DEFAULT_MAX_FUTURE,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    now: datetime | None = None,
 ) -> IngestReport:
     """Ingest CSV / JSON-lines inputs (``-`` is standard input, gzip detected) into the store.
 
     Raises, after every input was handled: :class:`InputsUnreadable` when an input could not be read
     (naming the first), :class:`TooManyBadRows` when an input's quarantined share passes
-    ``max_bad_fraction``. Both carry the report; everything good was committed.
+    ``max_bad_fraction``. Both carry the report; everything good was committed. Readings later than
+    ``now`` (default: the current time) plus ``max_future`` are quarantined as ``too_far_ahead``; a line
+    longer than ``max_line_bytes`` as ``line_too_long``.
     """
     store = SensorStore(database_url)
     store.create_schema()
@@ -185,9 +246,9 @@ def ingest_files(
                     entry.status = "skipped"
                     continue
                 check_window(writer, window)
-                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness)
+                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness, max_future, now)
                 start_done = done
-                for chunk in iter_chunks(source, batch_rows):
+                for chunk in iter_chunks(source, batch_rows, max_line_bytes):
                     feeder.add_raw(chunk)
                     if on_progress is not None:
                         done = start_done + source.position()
@@ -241,6 +302,7 @@ def ingest_readings(
     *,
     window: timedelta,
     allowed_lateness: timedelta = timedelta(hours=1),
+    max_future: timedelta = DEFAULT_MAX_FUTURE,
 ) -> InputReport:
     """Ingest readings generated in memory (the simulator) as one input named ``name``; skipped when an
     input with ``content_hash`` was ingested before."""
@@ -252,7 +314,7 @@ def ingest_readings(
             entry.status = "skipped"
             return entry
         check_window(writer, window)
-        feeder = InputIngest(writer, entry, window, False, allowed_lateness)
+        feeder = InputIngest(writer, entry, window, False, allowed_lateness, max_future)
         for readings in batches:
             feeder.add(readings, Rejects([], [], []), no_raw, len(readings))
         feeder.finish(content_hash, window)

@@ -37,6 +37,9 @@ FIELDS = ("TS", "Device", "Sensor", "Value")
 _ALIASES = {"ts": "TS", "device": "Device", "sensor": "Sensor", "tag": "Sensor", "value": "Value"}
 _PROBE_BYTES = 1 << 16
 _HASH_BLOCK = 1 << 20
+MAX_LINE_BYTES = 1 << 20  # the [ingest] max_line_bytes default
+_SKIP_BYTES = 1 << 20  # read size while skipping an overlong line
+_RAW_KEPT = 4096  # bytes of a rejected line's text kept in quarantine
 
 
 @dataclass
@@ -65,7 +68,7 @@ class RawChunk:
         out = []
         for line in np.asarray(lines, dtype=np.int64):
             i = int(line) - self.first_line
-            text = self.block[starts[i]:ends[i]].decode("utf-8", errors="replace")
+            text = self.block[starts[i]:min(int(ends[i]), int(starts[i]) + _RAW_KEPT)].decode("utf-8", errors="replace")
             out.append(text.rstrip("\r"))
         return out
 
@@ -194,8 +197,6 @@ def _detect(probe: bytes, name: str) -> tuple[str, list[str], int]:
     text = probe
     if text.startswith(b"\xef\xbb\xbf"):
         raise SourceReadError(f"{name}: starts with a UTF-8 byte-order mark; save it without one")
-    if b"\x00" in text:
-        raise SourceReadError(f"{name}: not CSV or JSON lines (binary data)")
     lines = text.split(b"\n")
     for index, line in enumerate(lines):
         if index == len(lines) - 1 and len(text) >= _PROBE_BYTES:
@@ -203,6 +204,8 @@ def _detect(probe: bytes, name: str) -> tuple[str, list[str], int]:
         stripped = line.strip()
         if not stripped:
             continue
+        if b"\x00" in stripped:  # in the header: a binary file (a NUL in a data row is that row's fault)
+            raise SourceReadError(f"{name}: not CSV or JSON lines (binary data)")
         try:
             decoded = stripped.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -222,8 +225,12 @@ def _detect(probe: bytes, name: str) -> tuple[str, list[str], int]:
     raise SourceReadError(f"{name}: not CSV or JSON lines (no line break in the first {_PROBE_BYTES} bytes)")
 
 
-def iter_chunks(source: Source, batch_rows: int) -> Iterator[RawChunk]:
-    """Read ``source`` in blocks of about ``batch_rows`` lines; yields one :class:`RawChunk` per block."""
+def iter_chunks(source: Source, batch_rows: int, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[RawChunk]:
+    """Read ``source`` in blocks of about ``batch_rows`` lines; yields one :class:`RawChunk` per block.
+
+    Lines that cannot be rows are rejected here, each on its own, never costing the rest of the block:
+    ``line_too_long`` (over ``max_line_bytes``; skipped in blocks, never held whole), ``not_utf8`` and
+    ``bad_row`` (a carriage return inside the row)."""
     probe = source.probe
     skip = source.header_lines
     consumed = 0
@@ -240,12 +247,18 @@ def iter_chunks(source: Source, batch_rows: int) -> Iterator[RawChunk]:
     carry = probe
     eof = False
     while not eof:
-        data = _read(source.stream, max(block_bytes - len(carry), 1), source.name)
+        # never fewer than _PROBE_BYTES at a time: a long line grows the carry, not the number of reads
+        data = _read(source.stream, max(block_bytes - len(carry), _PROBE_BYTES), source.name)
         eof = not data
         block = carry + data
         if not eof:
             cut = block.rfind(b"\n")
             if cut < 0:
+                if len(block) > max_line_bytes:
+                    carry, eof, length = _skip_line(source, block)
+                    yield _overlong(block[:_RAW_KEPT], line, length, max_line_bytes)
+                    line += 1
+                    continue
                 carry = block
                 continue
             block, carry = block[: cut + 1], block[cut + 1 :]
@@ -253,14 +266,78 @@ def iter_chunks(source: Source, batch_rows: int) -> Iterator[RawChunk]:
             carry = b""
         if not block:
             break
+        clean, screened = _screen(block, line, max_line_bytes)
         if source.fmt == "csv":
-            chunk = _parse_csv(block, line, source.columns, source.name)
+            chunk = _parse_csv(clean, line, source.columns, source.name)
         else:
-            chunk = _parse_jsonl(block, line)
+            chunk = _parse_jsonl(clean, line)
+        if screened:
+            chunk.block = block
+            chunk.rejected = screened + chunk.rejected
+            chunk.rows_read += len(screened)
         chunk.bytes_read = consumed + len(block)
         consumed = 0
         line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         yield chunk
+
+
+def _skip_line(source: Source, head: bytes) -> tuple[bytes, bool, int]:
+    """Read past the end of an overlong line that starts with ``head`` (no newline in it); returns what
+    follows the line, whether the input ended, and the line's length in bytes."""
+    length = len(head)
+    while True:
+        data = _read(source.stream, _SKIP_BYTES, source.name)
+        if not data:
+            return b"", True, length
+        cut = data.find(b"\n")
+        if cut >= 0:
+            return data[cut + 1:], False, length + cut
+        length += len(data)
+
+
+def _overlong(head: bytes, line: int, length: int, limit: int) -> RawChunk:
+    """The chunk of one overlong line: nothing but its rejection (the block keeps the line's start)."""
+    empty = pa.array([], pa.string())
+    detail = f"{length:,} bytes or more, longer than max_line_bytes {limit:,}"
+    return RawChunk(ts=empty, device=empty, sensor=empty, value=empty, lines=np.empty(0, np.int64), block=head,
+                    first_line=line, rejected=[(line, "", "line_too_long", detail)], rows_read=1)
+
+
+def _screen(block: bytes, first_line: int, max_line_bytes: int) -> tuple[bytes, list[tuple[int, str, str, str]]]:
+    """The block with every line that cannot be a row blanked out (its line break kept, so the line
+    numbers stay), and those lines' rejections."""
+    bad: dict[int, tuple[str, str]] = {}
+    starts, ends, lengths = _line_bounds(block)
+    if len(block) > max_line_bytes:
+        for big in np.flatnonzero(lengths > max_line_bytes).tolist():
+            bad[big] = ("line_too_long", f"{int(lengths[big]):,} bytes, longer than max_line_bytes {max_line_bytes:,}")
+    if b"\r" in block:
+        buf = np.frombuffer(block, np.uint8)
+        cr = np.flatnonzero(buf == 13)
+        inner = cr[(cr + 1 < len(buf)) & (buf[np.minimum(cr + 1, len(buf) - 1)] != 10)]
+        for row in np.unique(np.searchsorted(ends, inner)).tolist():
+            if row < len(starts) and lengths[row] > 0:
+                bad.setdefault(row, ("bad_row", "carriage return inside the row"))
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the slow way from the first bad line on: each line on its own
+        for k in range(int(np.searchsorted(ends, exc.start)), len(starts)):
+            try:
+                block[starts[k]:ends[k]].decode("utf-8")
+            except UnicodeDecodeError as line_exc:
+                bad.setdefault(k, ("not_utf8", f"byte 0x{block[starts[k] + line_exc.start]:02x} at column "
+                                               f"{line_exc.start + 1} is not UTF-8"))
+    if not bad:
+        return block, []
+    pieces, kept_from = [], 0
+    rejected = []
+    for line in sorted(bad):
+        pieces.append(block[kept_from:starts[line]])
+        kept_from = int(ends[line])
+        reason, detail = bad[line]
+        rejected.append((first_line + line, "", reason, detail))
+    pieces.append(block[kept_from:])
+    return b"".join(pieces), rejected
 
 
 def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,12 +24,17 @@ def parse_duration(text: str, name: str = "duration") -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
+
+
 def parse_time_option(text: str, name: str = "time") -> datetime:
-    """A flag or setting ``name`` holding an ISO-8601 time (``2018-08-29``, ``2018-08-29T01:00``, ``...Z``) as
-    naive UTC; anything else is a :class:`ConfigError` naming ``name``."""
+    """An ISO-8601 time (``2018-08-29``, ``2018-08-29T01:00``, ``...Z``) as naive UTC. Anything else,
+    ambiguous dates such as ``05/01/2026`` included, is refused."""
+    if not _ISO_TIME.match(str(text).strip()):
+        raise ConfigError(f"{name}: not an ISO 8601 time: {text!r} (e.g. 2018-08-29 or 2018-08-29T01:00:00)")
     try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError) as exc:
+        ts = pd.Timestamp(str(text).strip())
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{name}: not a time: {text!r} (use ISO 8601, e.g. 2018-08-29T01:00:00)") from exc
     if ts is pd.NaT:
         raise ConfigError(f"{name}: not a time: {text!r}")

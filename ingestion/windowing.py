@@ -3,8 +3,11 @@
 - A window is labelled by its start: with window ``w``, a reading at ``t`` belongs to the window
   ``floor(t / w) * w`` (aligned to the Unix epoch, naive UTC), holding ``ts <= t < ts + w``.
 - A row is rejected with the first reason that applies: ``missing_field``, ``empty_device``,
-  ``empty_sensor``, ``id_too_long`` (device or sensor over 64 characters), ``bad_timestamp``,
-  ``bad_value``, ``non_finite``, then ``too_late`` (see :class:`Lateness`).
+  ``empty_sensor``, ``id_too_long`` (device or sensor over 64 characters), ``bad_id`` (a control
+  character such as NUL in an id), ``bad_timestamp`` (not ISO 8601, or before 1677), ``bad_value``,
+  ``non_finite``; then, in :mod:`fleetscore.ingestion.ingest`, ``too_far_ahead`` (past the ``max_future``
+  horizon; a time past 2262 is always that), ``overflow`` (a window whose sum is not finite) and
+  ``too_late`` (see :class:`Lateness`).
 - ``aggregate`` turns readings into partial window aggregates (mean, min, max, count) that the store
   merges with what it holds.
 """
@@ -64,18 +67,63 @@ def _strip(array: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(array)
 
 
+NAT = np.iinfo(np.int64).min
+BEYOND = np.iinfo(np.int64).max  # a valid time after 2262 (past nanosecond range): always too far ahead
+
+
 def parse_times_or_nat(text: pa.Array) -> np.ndarray:
     """ISO-8601 text -> int64 ns, naive UTC (offsets such as ``Z`` or ``+02:00`` converted); unparseable
-    -> ``NaT`` (the int64 minimum)."""
+    or before 1677 -> ``NAT`` (the int64 minimum); a valid time after 2262 -> ``BEYOND``."""
     try:
         parsed = pc.cast(text, pa.timestamp("ns"))
         return np.asarray(parsed.to_numpy(zero_copy_only=False), dtype="datetime64[ns]").view(np.int64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    values = pd.to_datetime(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), format="ISO8601",
-                            utc=True, errors="coerce")
-    values = values.dt.tz_localize(None).astype("datetime64[ns]")
-    return values.to_numpy().view(np.int64)
+    series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+    try:
+        values = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce").dt.tz_localize(None)
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return np.array([_parse_one(str(t)) for t in series], dtype=np.int64)
+    out = np.array(_to_ns(values.to_numpy()), dtype=np.int64)  # a writable copy
+    missed = np.flatnonzero(out == NAT)
+    if len(missed):  # pandas versions that parse only the nanosecond range: a valid time past it is BEYOND
+        texts = series.to_numpy()
+        for i in missed:
+            out[i] = _beyond(str(texts[i]))
+    return out
+
+
+def _beyond(text: str) -> int:
+    """``BEYOND`` for a valid ISO time after 2262, else ``NAT``."""
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return int(NAT)
+    return int(BEYOND) if parsed.year >= 2262 else int(NAT)
+
+
+def _to_ns(values: np.ndarray) -> np.ndarray:
+    """datetime64 of any unit -> int64 ns, with times outside the nanosecond range mapped to NAT/BEYOND."""
+    if values.dtype == np.dtype("datetime64[ns]"):
+        return values.view(np.int64)
+    us = values.astype("datetime64[us]").view(np.int64)
+    nat = us == NAT
+    high = ~nat & (us > BEYOND // 1000 - 1)
+    low = ~nat & (us < NAT // 1000 + 1)
+    out = np.where(nat | high | low, 0, us) * 1000
+    out[nat | low] = NAT
+    out[high] = BEYOND
+    return out
+
+
+def _parse_one(text: str) -> int:
+    try:
+        ts = pd.to_datetime(pd.Series([text], dtype=object), format="ISO8601", utc=True, errors="coerce")
+        return int(_to_ns(ts.dt.tz_localize(None).to_numpy())[0])
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return int(NAT)
 
 
 def parse_values(text: pa.Array) -> np.ndarray:
@@ -132,8 +180,10 @@ def validate(chunk: RawChunk) -> tuple[Readings, Rejects]:
     reject(_is_empty(sensor), "empty_sensor", lambda index: [""] * len(index))
     too_long = _longer(device, MAX_ID_LENGTH) | _longer(sensor, MAX_ID_LENGTH)
     reject(too_long, "id_too_long", lambda index: [f"device or sensor over {MAX_ID_LENGTH} characters"] * len(index))
+    control = _has_control(device) | _has_control(sensor)
+    reject(control, "bad_id", lambda index: ["control character in device or sensor"] * len(index))
     ts = parse_times_or_nat(ts_text.fill_null(""))
-    reject(ts == np.iinfo(np.int64).min, "bad_timestamp",
+    reject(ts == NAT, "bad_timestamp",
            lambda index: [f"not a time: {ts_text[int(i)].as_py()!r}"[:200] for i in index])
     value = parse_values(value_text.fill_null(""))
     nan = np.isnan(value)
@@ -148,6 +198,11 @@ def validate(chunk: RawChunk) -> tuple[Readings, Rejects]:
 
 def _is_empty(array: pa.Array) -> np.ndarray:
     return np.asarray(pc.equal(array, "").fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _has_control(array: pa.Array) -> np.ndarray:
+    found = pc.match_substring_regex(array, "[\\x00-\\x1f\\x7f]")
+    return np.asarray(found.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _longer(array: pa.Array, limit: int) -> np.ndarray:

@@ -7,6 +7,7 @@ plan (``_run.json``) is written, when the gate passed and the run is no duplicat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from fleetscore.pipelines.run_planning import (
     RunSetup,
     build_plan,
     committed_location,
+    excluded_ids_of,
     excluded_of,
     find_duplicate,
     fingerprint,
@@ -48,7 +50,7 @@ from fleetscore.scoring.storage import Storage
 log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
 
 
-def score_during_gate(
+def score_during_gate(  # noqa: PLR0915  the overlapped run's steps in order: gate, plan, shards, finalize
     settings: Settings,
     start: datetime | None,
     end: datetime | None,
@@ -130,12 +132,23 @@ def score_during_gate(
         _stop_beating(heartbeat)
         _abort(storage, prefix, scoring)
         raise
-    plan = replace(provisional, data_hash=data_hash, validation_id=report.id, excluded=excluded_of(report))
-    setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
-                     release_version=setup.version, data_hash=data_hash, validation_id=report.id,
-                     shards_total=n_shards, shards_done=0, location=storage.display(prefix))
-    write_plan(storage, prefix, plan, report)  # the shards' signal to write
-    _stop_beating(heartbeat)
+    plan = replace(provisional, data_hash=data_hash, validation_id=report.id, excluded=excluded_of(report),
+                   excluded_ids=excluded_ids_of(report))
+    recorded = False
+    try:  # a store or storage error here must still release the waiting shards (else they wait for good)
+        setup.runs.start(setup.run_id, setup.start, setup.end, setup.release_ref, setup.now,
+                         release_version=setup.version, data_hash=data_hash, validation_id=report.id,
+                         shards_total=n_shards, shards_done=0, location=storage.display(prefix))
+        recorded = True
+        write_plan(storage, prefix, plan, report)  # the shards' signal to write
+    except BaseException as exc:
+        _abort(storage, prefix, scoring)
+        if recorded:
+            with contextlib.suppress(Exception):
+                setup.runs.update(setup.run_id, status="failed", error=f"plan not written: {exc}"[:500])
+        raise
+    finally:
+        _stop_beating(heartbeat)
     note(setup.journal, "run %s: %d devices in %d shards -> %s (scored during the gate)", setup.run_id,
          sum(len(d) for d in plan.shards), n_shards, storage.display(prefix))
     results = scoring.result()

@@ -18,6 +18,7 @@ from fleetscore.errors import ScoringError
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.records.run_log import RunLog
+from fleetscore.redact import redact
 from fleetscore.scoring import table
 
 TOP_DEVICES = 15
@@ -66,7 +67,7 @@ def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: li
         "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}"
         "img{max-width:100%}</style></head><body>",
         f"<h1>Scoring run {html.escape(record['run_id'])}</h1>",
-        "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(redact(v))}</td></tr>"
                             for k, v in summary) + "</table>",
         "<h2>Anomalies over time, per sensor</h2>", _img(_plot_over_time(predictions)),
         "<h2>Devices with most anomalies</h2>", _img(_plot_top_devices(by_device)),

@@ -153,6 +153,8 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
         raise ScoringError("nothing to score: the sensor store holds no windows (run fleetscore ingest first)")
     start, end = bounds
     device_filter = sorted(devices) if devices else None
+    if device_filter:
+        _check_devices(store, device_filter)
     storage = storage_for(settings)
     storage.ensure_root()
     # the gate (Great Expectations: seconds) runs in another process while this one resolves the release
@@ -167,7 +169,8 @@ def setup_run(settings: Settings, start: datetime | None, end: datetime | None, 
     try:
         setup.resolved = release_resolution.resolve_release(settings, setup.release_ref)
         setup.version = int(setup.resolved.version)
-        setup.bundle = load_bundle(str(setup.resolved.bundle_dir))
+        setup.bundle = load_bundle(str(setup.resolved.bundle_dir), _bundle_sha(setup.resolved.tags),
+                                   f"release v{setup.version}")
     except BaseException:
         if gate is not None:
             gate.cancel()
@@ -240,7 +243,7 @@ def build_plan(settings: Settings, setup: RunSetup, report: Any, data_hash: str,
         release_tags=dict(setup.resolved.tags), bundle_dir=str(setup.resolved.bundle_dir),
         data_hash=data_hash, devices=tuple(setup.device_filter) if setup.device_filter else None,
         validation_id=report.id if report else "", skip_validation=setup.skip_validation,
-        excluded=excluded_of(report) if report else {},
+        excluded=excluded_of(report) if report else {}, excluded_ids=excluded_ids_of(report) if report else (),
         csv=settings.scoring.csv if csv is None else csv,
         n_shards=n_shards, shards=tuple(tuple(d) for d in shard_devices(all_devices, n_shards)),
         created_at=setup.now, code_version=code_version(),
@@ -250,6 +253,11 @@ def build_plan(settings: Settings, setup: RunSetup, report: Any, data_hash: str,
 def excluded_of(report: Any) -> dict[str, str]:
     """The series a gate report excluded, as the plan stores them: ``{"device/sensor": reason}``."""
     return {f"{d}/{s}": reason for (d, s), reason in sorted(report.excluded.items())}
+
+
+def excluded_ids_of(report: Any) -> tuple[tuple[str, str], ...]:
+    """The series a gate report excluded as ``(device, sensor)`` values (what the shards read)."""
+    return tuple(sorted((str(d), str(s)) for d, s in report.excluded))
 
 
 def write_plan(storage: Storage, prefix: str, plan: RunPlan, report: Any) -> None:
@@ -267,8 +275,14 @@ def shard_task(settings: Settings, plan: RunPlan, shard: int, bundle: str | dict
         bundle=bundle if bundle is not None else plan.bundle_dir, release_version=plan.release_version,
         start=plan.start, end=plan.end, context_start=plan.context_start, storage=storage_spec_for(settings),
         prefix=writer.run_prefix(plan.start, plan.run_id), excluded=plan.excluded_series(),
-        csv=plan.csv, delay=part_delay,
+        csv=plan.csv, delay=part_delay, bundle_sha256=_bundle_sha(plan.release_tags),
     )
+
+
+def _bundle_sha(tags: Any) -> str:
+    from fleetscore.training.bundle import BUNDLE_SHA_TAG
+
+    return str((tags or {}).get(BUNDLE_SHA_TAG, ""))
 
 
 def planned_incomplete(storage: Storage, start: datetime) -> bool:
@@ -282,7 +296,8 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
     """An incomplete run of this window with the same plan (release, data, devices, shards), if any."""
     if force:
         return None
-    same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded")
+    same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded",
+            "excluded_series")
     wanted = plan.to_json()
     for run_id, complete in reversed(writer.list_runs(storage, start)):
         prefix = writer.run_prefix(start, run_id)
@@ -292,6 +307,16 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
         if all(old.get(k) == wanted.get(k) for k in same):
             return run_id
     return None
+
+
+def _check_devices(store: Any, devices: Sequence[str]) -> None:
+    """Refuse a --devices filter naming a device the store does not hold (before any record is written)."""
+    known = set(store.devices())
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ScoringError(f"--devices: no device {unknown[0]!r} in the sensor store{more}; "
+                           f"it holds {len(known):,} devices")
 
 
 

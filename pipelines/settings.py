@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fleetscore.data_checks.config import CheckConfig
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.config import IngestConfig
 from fleetscore.pipelines.azureml_config import AzureMLConfig
+from fleetscore.redact import redact
 from fleetscore.scoring.config import ScoringConfig
 from fleetscore.training.config import TrainingConfig
 
@@ -238,23 +238,5 @@ def _mask(value: Any, key: str = "") -> Any:
 
 def mask_url(value: str) -> str:
     """Hide the password of a URL (``postgresql://u:pw@h/db`` -> ``postgresql://u:****@h/db``) and
-    secret-looking query or connection-string parts."""
-    if ";" in value and "=" in value.split(";", 1)[0]:  # Azure connection string: AccountKey=...;
-        return ";".join(
-            f"{k}=****" if any(w in k.lower() for w in SECRET_WORDS) else f"{k}{sep}{v}"
-            for k, sep, v in (item.partition("=") for item in value.split(";"))
-        )
-    if "://" in value:
-        parts = urlsplit(value)
-        secret_query = any(any(w in k.lower() for w in SECRET_WORDS)
-                           for k, _, _ in (item.partition("=") for item in parts.query.split("&") if item))
-        if not parts.password and not secret_query:
-            return value  # urlunsplit would also drop the empty host of sqlite:///path
-        if parts.password:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":****@", 1))
-        query = "&".join(
-            f"{k}=****" if any(w in k.lower() for w in SECRET_WORDS) else f"{k}={v}" if sep else k
-            for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
-        )
-        return urlunsplit(parts._replace(query=query))
-    return value
+    secret-looking query or connection-string parts: :func:`fleetscore.redact.redact`."""
+    return redact(value)

@@ -20,6 +20,7 @@ from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables, make_engine
 from fleetscore.ingestion.schema import UtcDateTime
 from fleetscore.ingestion.schema import windows as windows_table
+from fleetscore.redact import redact
 
 metadata = MetaData()
 
@@ -130,8 +131,12 @@ def _add_missing_columns(engine: Any) -> None:
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: json.dumps(v, default=str) if k in _JSON_COLUMNS and not isinstance(v, str) else v
-            for k, v in fields.items()}
+    """Column values as stored: JSON columns dumped, and every text redacted (errors quote URLs)."""
+    out = {}
+    for k, v in fields.items():
+        value = json.dumps(v, default=str) if k in _JSON_COLUMNS and not isinstance(v, str) else v
+        out[k] = redact(value) if isinstance(value, str) else value
+    return out
 
 
 def _decode(row: Any) -> dict[str, Any]:

@@ -31,10 +31,15 @@ def _time(text: str | datetime) -> datetime:
     return text if isinstance(text, datetime) else datetime.fromisoformat(text)
 
 
-def series_key(key: str) -> tuple[str, str]:
-    """``"device/sensor"`` -> ``("device", "sensor")``."""
-    device, _, sensor = key.partition("/")
-    return device, sensor
+def display_key(device: str, sensor: str) -> str:
+    """``"device/sensor"``: how manifests show a series to people. Never parsed back (an id may hold
+    ``/``); the ids travel as values (:attr:`RunPlan.excluded_ids`)."""
+    return f"{device}/{sensor}"
+
+
+def excluded_pairs(data: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """The excluded ``(device, sensor)`` series of a plan as stored (``excluded_series``)."""
+    return frozenset((str(d), str(s)) for d, s in data.get("excluded_series") or ())
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,17 @@ class RunPlan:
     devices: tuple[str, ...] | None  # the --devices filter, None for all
     validation_id: str
     skip_validation: bool
-    excluded: Mapping[str, str]  # {"device/sensor": reason} the gate excluded
+    excluded: Mapping[str, str]  # {"device/sensor": reason} the gate excluded, for people (see excluded_ids)
     csv: bool
     n_shards: int  # at least 1; no devices -> one shard and no device lists
     shards: tuple[tuple[str, ...], ...]  # the devices of each shard
     created_at: datetime
     code_version: str
+    excluded_ids: tuple[tuple[str, str], ...] = ()  # the excluded (device, sensor) series, as values
 
     def excluded_series(self) -> frozenset[tuple[str, str]]:
         """The excluded series as ``(device, sensor)`` pairs."""
-        return frozenset(series_key(key) for key in self.excluded)
+        return frozenset(self.excluded_ids)
 
     def to_json(self) -> dict[str, Any]:
         """The plan as stored in ``_run.json``."""
@@ -73,7 +79,8 @@ class RunPlan:
             "bundle_dir": self.bundle_dir, "data_hash": self.data_hash,
             "devices": list(self.devices) if self.devices is not None else None,
             "validation_id": self.validation_id, "skip_validation": self.skip_validation,
-            "excluded": dict(self.excluded), "csv": self.csv, "n_shards": self.n_shards,
+            "excluded": dict(self.excluded), "excluded_series": [list(pair) for pair in self.excluded_ids],
+            "csv": self.csv, "n_shards": self.n_shards,
             "shards": [list(devices) for devices in self.shards],
             "created_at": self.created_at.isoformat(), "code_version": self.code_version,
         }
@@ -93,6 +100,7 @@ class RunPlan:
             n_shards=int(data["n_shards"]),
             shards=tuple(tuple(devices) for devices in data["shards"]),
             created_at=_time(data["created_at"]), code_version=str(data.get("code_version", "")),
+            excluded_ids=tuple(sorted(excluded_pairs(data))),
         )
 
 
@@ -118,6 +126,8 @@ class ShardTask:
     # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
     wait_for: str = ""
     parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
+    wait_timeout: float = 3600.0  # seconds to wait for that file before giving up (writing nothing)
+    bundle_sha256: str = ""  # the bundle's digest recorded at registration: checked before loading
     # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
     # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
     metrics_to: str = ""

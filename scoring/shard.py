@@ -13,7 +13,6 @@ the guilty series are recorded as failed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.errors import one_line
-from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, series_key
+from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, display_key, excluded_pairs
 from fleetscore.scoring.writer import EncodedPart, encode_part, read_json, to_predictions, write_part
 
 log = logging.getLogger(__name__)
@@ -38,21 +37,24 @@ _BUNDLES: dict[str, Any] = {}  # bundle location -> loaded ReleaseBundle, per pr
 
 
 
-def load_bundle(source: str | Mapping[str, bytes]) -> Any:
+def load_bundle(source: str | Mapping[str, bytes], sha256: str = "", label: str = "release") -> Any:
     """Load a release bundle once per process: from a folder (kept, by path), or from its files' bytes
     (a shard's own models, sent in its task: only the last one is kept, so a worker that runs many
-    shards holds one shard's models at a time)."""
-    from fleetscore.training.bundle import ReleaseBundle
+    shards holds one shard's models at a time).
+
+    A folder is checked against ``sha256`` (the digest recorded with the registered version) on its
+    first load; a mismatch is a one-line :class:`RegistryError` naming ``label``. Bytes are a shard's
+    cut of a bundle that the client verified before cutting it, so they carry no registered digest.
+    """
+    from fleetscore.training.bundle import ReleaseBundle, files_digest, verify_bundle
 
     if isinstance(source, str):
         if source not in _BUNDLES:
+            if sha256:
+                verify_bundle(Path(source), sha256, label)
             _BUNDLES[source] = ReleaseBundle.load(Path(source))
         return _BUNDLES[source]
-    digest = hashlib.sha256()
-    for name in sorted(source):
-        digest.update(name.encode())
-        digest.update(source[name])
-    key = "sha256:" + digest.hexdigest()
+    key = "sha256:" + files_digest(source)
     if key not in _BUNDLES:
         for old in [k for k in _BUNDLES if k.startswith("sha256:")]:
             del _BUNDLES[old]
@@ -73,7 +75,7 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    bundle = load_bundle(task.bundle)
+    bundle = load_bundle(task.bundle, task.bundle_sha256, f"release v{task.release_version}")
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -92,8 +94,9 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
     if task.excluded:
         windows = _drop_series(windows, task.excluded)
     windows, bad = _split_non_finite(windows)
-    failed.update({f"{d}/{s}": "non-finite values in the window" for d, s in bad})
-    unscored = {f"{d}/{s}": f"no model in release v{task.release_version}" for d, s in missing_series(bundle, windows)}
+    failed.update({display_key(d, s): "non-finite values in the window" for d, s in bad})
+    unscored = {display_key(d, s): f"no model in release v{task.release_version}"
+                for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
     try:
         scored = score_windows(bundle, windows, task.start)
@@ -113,10 +116,11 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
         timings["wait"] = time.perf_counter() - t0
         if plan is None:
             return ShardOutcome(task.shard, aborted=True, timings=timings)
-        late = frozenset(series_key(key) for key in plan.get("excluded", {}))
+        late = excluded_pairs(plan)
         if late:
-            failed = {k: v for k, v in failed.items() if series_key(k) not in late}
-            unscored = {k: v for k, v in unscored.items() if series_key(k) not in late}
+            late_keys = {display_key(d, s) for d, s in late}
+            failed = {k: v for k, v in failed.items() if k not in late_keys}
+            unscored = {k: v for k, v in unscored.items() if k not in late_keys}
             kept = _drop_series(scored, late)  # the same frame when none of its series is excluded
             if kept is not scored:
                 scored = kept
@@ -231,6 +235,6 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
         try:
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
-            failed[f"{device}/{sensor}"] = one_line(exc, with_type=True)
+            failed[display_key(device, sensor)] = one_line(exc, with_type=True)
     columns = ["device", "sensor", "ts", "value", "score", "prediction"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed

@@ -14,11 +14,14 @@ without support vectors has none), so joining, subsetting and saving work the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,7 @@ READABLE_FORMATS = (1, 2)  # format 1: no "detector" field, the family is ocsvm
 DEFAULT_DETECTOR = "ocsvm"
 ARRAYS_FILE = "bundle.npz"
 MANIFEST_FILE = "manifest.json"
+BUNDLE_SHA_TAG = "fleetscore.bundle_sha256"  # the model version tag holding the bundle's files_digest
 
 # per-model arrays (first axis = model) and per-support-vector arrays (first axis = support vector)
 _MODEL_ARRAYS = ("mean", "scale", "var", "n_samples", "intercept", "gamma", "nu", "n_iter")
@@ -277,8 +281,8 @@ class ReleaseBundle:
                 arrays = {name: data[name] for name in data.files}
         except FileNotFoundError as exc:
             raise RegistryError(f"{folder}: not a release bundle (missing {Path(exc.filename).name})") from exc
-        except (ValueError, OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"{folder}: unreadable release bundle: {exc}") from exc
+        except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+            raise RegistryError(f"{folder}: unreadable release bundle: {' '.join(str(exc).split())[:200]}") from exc
         if manifest.get("format") not in READABLE_FORMATS:
             raise RegistryError(f"{folder}: bundle format {manifest.get('format')!r}, expected one of "
                                 f"{list(READABLE_FORMATS)}")
@@ -299,3 +303,33 @@ def _series_records(bundle: ReleaseBundle) -> list[dict[str, Any]]:
     if len(records) != len(bundle.keys):
         records = [{"device": d, "sensor": s} for d, s in bundle.keys]
     return records
+
+
+# -- tamper evidence ----------------------------------------------------------------------------
+
+def files_digest(files: Mapping[str, bytes]) -> str:
+    """SHA-256 of a bundle's files (name, size and bytes of each, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def bundle_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a bundle folder's files, as recorded with its registered version."""
+    folder = Path(path)
+    try:
+        return files_digest({p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()})
+    except OSError as exc:
+        raise RegistryError(f"{folder}: unreadable release bundle: {exc.strerror or exc}") from exc
+
+
+def verify_bundle(path: str | os.PathLike[str], expected: str, label: str) -> None:
+    """Raise :class:`RegistryError` naming ``label`` (e.g. ``release v3``) unless the folder's digest is
+    ``expected``: a bundle edited, truncated or replaced after registration is never loaded."""
+    found = bundle_digest(path)
+    if found != expected:
+        raise RegistryError(f"{label}: the bundle at {path} does not match the SHA-256 recorded at registration "
+                            f"(edited, truncated or replaced): {found[:12]} != {expected[:12]}")

@@ -226,7 +226,7 @@ def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tupl
     return result
 
 
-def fit_shard(  # noqa: PLR0915  one pass over the shard's series; its state stays local on the hot path
+def fit_shard(
     windows: pd.DataFrame,
     config: TrainingConfig,
     exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
@@ -240,7 +240,7 @@ def fit_shard(  # noqa: PLR0915  one pass over the shard's series; its state sta
     return get_detector(config.detector).fit_shard(windows, config, frozenset(exclude), version, on_progress)
 
 
-def fit_ocsvm_shard(
+def fit_ocsvm_shard(  # noqa: PLR0915  one pass over the shard's series; its state stays local on the hot path
     windows: pd.DataFrame,
     config: TrainingConfig,
     exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleetscore.errors import RegistryError, ReleaseNotFound
+from fleetscore.errors import RegistryError, RegistryUnavailable, ReleaseNotFound
+from fleetscore.redact import redact
+from fleetscore.training.bundle import BUNDLE_SHA_TAG, bundle_digest, verify_bundle
 
 __all__ = ["ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release"]
 
@@ -60,7 +62,16 @@ class AliasMove:
     reason: str
 
 
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 by default (minutes against an
+# unreachable server): bounded here unless the user set them
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
+
+
 def _mlflow() -> Any:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     import mlflow
 
     return mlflow
@@ -105,6 +116,10 @@ def _probe_azureml(client: Any, tracking_uri: str) -> None:
     _REACHED.add(tracking_uri)
 
 
+def _tracking_uri_of(client: Any) -> str:
+    return str((getattr(client, "_tracking_client", None) and client._tracking_client.tracking_uri) or "")
+
+
 def _shown(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.password:
@@ -141,7 +156,7 @@ def log_run(
     client = _client(tracking_uri)
     try:
         run = client.create_run(_experiment_id(client, tracking_uri, experiment), run_name=run_name,
-                                tags={k: str(v) for k, v in tags.items()})
+                                tags={k: redact(v) for k, v in tags.items()})
         run_id = str(run.info.run_id)
         _log_batch(client, run_id, params, metrics)
         for name, path in (artifacts or {}).items():
@@ -159,7 +174,7 @@ def _log_batch(client: Any, run_id: str, params: Mapping[str, Any], metrics: Map
     from mlflow.entities import Metric, Param
 
     now = int(datetime.now(UTC).timestamp() * 1000)
-    param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    param_list = [Param(k, redact(v)[:6000]) for k, v in params.items()]
     metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for i in range(0, max(len(param_list), len(metric_list)), 100):
         client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
@@ -210,7 +225,8 @@ def register_release(
                     registered_model_name=model_name,
             )
         version = int(info.registered_model_version)
-        for key, value in version_tags.items():
+        tags = {**version_tags, BUNDLE_SHA_TAG: bundle_digest(bundle_dir)}
+        for key, value in tags.items():
             client.set_model_version_tag(model_name, str(version), key, str(value))
     except _mlflow_errors() as exc:
         raise RegistryError(f"model {model_name}: registration failed: {exc}") from exc
@@ -266,6 +282,9 @@ def _version_of(client: Any, model_name: str, release: str) -> Any:
             return client.get_model_version(model_name, release.lstrip("v"))
         return client.get_model_version_by_alias(model_name, release)
     except MlflowException as exc:
+        if getattr(exc, "error_code", "") not in _NOT_FOUND:
+            raise RegistryUnavailable(f"MLflow at {redact(_tracking_uri_of(client))} did not answer: "
+                                      f"{redact(' '.join(str(exc).split()))[:300]}") from exc
         what = f"version {release.lstrip('v')}" if release.lstrip("v").isdigit() else f"alias {release!r}"
         raise ReleaseNotFound(f"model {model_name}: no {what} in the registry") from exc
 
@@ -299,6 +318,12 @@ def resolve_release(tracking_uri: str, model_name: str, release: str, cache_dir:
             raise RegistryError(f"model {model_name} v{version}: cannot download the bundle: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    expected = (mv.tags or {}).get(BUNDLE_SHA_TAG)
+    if expected:  # on every resolve, the cached copy included
+        verify_bundle(target, expected, f"release v{version} of {model_name}")
+    else:
+        log.warning("model %s v%d: no %s tag (registered before it existed); bundle not verified", model_name,
+                    version, BUNDLE_SHA_TAG)
     return ResolvedRelease(version=version, bundle_dir=target, tags=dict(mv.tags or {}),
                            aliases=tuple(getattr(mv, "aliases", ()) or ()), run_id=run_id)
 

@@ -19,6 +19,7 @@ import click
 
 from fleetscore import __version__
 from fleetscore.errors import FleetscoreError
+from fleetscore.redact import install_log_redaction, redact
 
 # command name -> "module:attribute" (relative to pipelines.cli)
 COMMANDS: dict[str, str] = {
@@ -75,8 +76,15 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FleetscoreError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact(exc)}", err=True)
             ctx.exit(exc.exit_code)
+
+
+def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """A bug's traceback, with its secrets masked (an SQL driver's error may quote the URL)."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -98,6 +106,8 @@ def main(ctx: click.Context, config_file: str | None, home: str | None, database
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_redaction()
+    sys.excepthook = _redacted_excepthook
     if verbose == 0:
         # MLflow logs its store migrations at INFO through its own handler and draws download bars:
         # our terminal output is the summary lines; -v brings them back

@@ -81,7 +81,9 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
         try:
             report = ingest_files(settings.database_url, paths, window=window_td, aggregated=aggregated,
                                   allowed_lateness=lateness_td, max_bad_fraction=config.max_bad_fraction,
-                                  batch_rows=config.batch_rows, on_progress=on_progress)
+                                  batch_rows=config.batch_rows, on_progress=on_progress,
+                                  max_future=parse_duration(config.max_future, "ingest.max_future"),
+                                  max_line_bytes=config.max_line_bytes)
         except (InputsUnreadable, TooManyBadRows) as exc:
             _summary(exc.report)
             raise

@@ -21,15 +21,32 @@ def time_range_options(func: F) -> F:
 
 
 def devices_option(func: F) -> F:
-    """Add ``--devices D1,D2`` (repeatable, comma-separated)."""
+    """Add ``--devices D1,D2`` (repeatable, comma-separated; ``\\,`` is a comma inside an id)."""
     return click.option("--devices", multiple=True, metavar="IDS",
-                        help="Only these devices (comma-separated, repeatable).")(func)
+                        help="Only these devices (comma-separated, repeatable; write a comma inside an id "
+                             "as \\, and a backslash as \\\\).")(func)
 
 
 def split_ids(values: tuple[str, ...]) -> list[str] | None:
-    """``("1,2", "3")`` -> ``["1", "2", "3"]``; nothing given -> ``None`` (all)."""
-    ids = [v.strip() for value in values for v in value.split(",") if v.strip()]
-    return ids or None
+    """``("1,2", "3")`` -> ``["1", "2", "3"]``; ``"a\\,b"`` -> ``["a,b"]`` (``\\\\`` is a backslash);
+    nothing given -> ``None`` (all)."""
+    ids: list[str] = []
+    for value in values:
+        current, escaped = [], False
+        for char in value:
+            if escaped:
+                current.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == ",":
+                ids.append("".join(current))
+                current = []
+            else:
+                current.append(char)
+        ids.append("".join(current) + ("\\" if escaped else ""))
+    kept = [i.strip() for i in ids if i.strip()]
+    return kept or None
 
 
 def time_range(start: str | None, end: str | None, last: str | None) -> tuple[datetime | None, datetime | None]:

@@ -14,7 +14,7 @@ PLAN_FILE = {
     "context_start": "2018-08-28T22:55:00", "release_ref": "champion", "release_version": 3,
     "release_tags": {"ref": "champion"}, "bundle_dir": "/tmp/bundle-v3", "data_hash": "ab12",
     "devices": ["1", "2"], "validation_id": "v1", "skip_validation": False,
-    "excluded": {"2/1": "stuck"}, "csv": True, "n_shards": 2, "shards": [["1"], ["2"]],
+    "excluded": {"2/1": "stuck"}, "excluded_series": [["2", "1"]], "csv": True, "n_shards": 2, "shards": [["1"], ["2"]],
     "created_at": "2018-08-29T01:02:03.456000", "code_version": "0.1.0+gabc1234",
 }
 
