@@ -15,6 +15,7 @@ from typing import Any
 from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.pipelines import run_ops
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring import writer
 from fleetscore.scoring.shard import load_bundle
@@ -136,6 +137,10 @@ def finalize_run(
         "timings": timings,
         "completed_at": utcnow().isoformat(),
     }
+    t0 = time.perf_counter()
+    manifest.update(run_ops.summary(outcomes, settings.training.drift_threshold))
+    manifest["events"] = run_ops.record(settings, run_id, plan, outcomes)
+    timings["operations"] = time.perf_counter() - t0
     writer.publish(storage, start, run_id, manifest)
     runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
     if settings.scoring.log_to_mlflow:

@@ -40,6 +40,7 @@ from fleetscore.pipelines.shard_metrics import complete_from_shards, metrics_pat
 from fleetscore.scoring import writer
 from fleetscore.scoring.shard import ShardTask, bundle_files, load_bundle, score_shard
 from fleetscore.scoring.storage import Storage, storage_spec
+from fleetscore.training.coldstart import FLEET_DEVICE
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def _plan(settings: Settings, setup: _Setup, report: Any, data_hash: str, shards
     from fleetscore.ingestion.store import shard_devices
 
     bundle = setup.bundle
-    all_devices = sorted(set(setup.store.devices()) | {d for d, _ in bundle.keys})
+    all_devices = sorted((set(setup.store.devices()) | {d for d, _ in bundle.keys}) - {FLEET_DEVICE})
     if setup.device_filter:
         wanted_devices = set(setup.device_filter)
         all_devices = [d for d in all_devices if d in wanted_devices]

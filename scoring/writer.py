@@ -34,7 +34,7 @@ MANIFEST = "manifest.json"
 PLAN = "_run.json"
 ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
 LATEST = "latest.json"
-PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion"]
+PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
 
@@ -76,6 +76,8 @@ def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
         "Score": scored["score"].astype("float64"),
     })
     out["ModelVersion"] = pd.Series(model_version, index=out.index, dtype="int32")
+    # series: the series' own model; fleet: its sensor's fleet model (cold start, training.coldstart)
+    out["ModelScope"] = scored["scope"].astype(str) if "scope" in scored else "series"
     return out.reset_index(drop=True)
 
 
@@ -93,7 +95,8 @@ def encode_part(predictions: pd.DataFrame, csv: bool = False) -> dict[str, bytes
     # dictionary encoding where it pays (ids, version, label): tried on the float columns too, it is
     # given up page by page, which doubled the encoding time for the same size
     predictions[PREDICTION_COLUMNS].to_parquet(buffer, index=False, engine="pyarrow",
-                                               use_dictionary=["Device", "Sensor", "Prediction", "ModelVersion"])
+                                               use_dictionary=["Device", "Sensor", "Prediction", "ModelVersion",
+                                                                               "ModelScope"])
     files = {"parquet": buffer.getvalue()}
     if csv:
         files["csv"] = reference_csv(predictions)
@@ -238,7 +241,7 @@ def empty_predictions() -> pd.DataFrame:
         "TS": pd.Series([], dtype="datetime64[ns]"), "Device": pd.Series([], dtype=object),
         "Sensor": pd.Series([], dtype=object), "Val": pd.Series([], dtype="float64"),
         "Prediction": pd.Series([], dtype="int8"), "Score": pd.Series([], dtype="float64"),
-        "ModelVersion": pd.Series([], dtype="int32"),
+        "ModelVersion": pd.Series([], dtype="int32"), "ModelScope": pd.Series([], dtype=object),
     })
 
 

@@ -38,6 +38,9 @@ COMMANDS: dict[str, str] = {
     "scheduler": "schedule_cmd:scheduler",
     "publish": "publish_cmd:publish",
     "score-step": "shard_cmd:score_step",
+    "drift": "ops_cmd:drift",
+    "events": "ops_cmd:events",
+    "retrain-policy": "ops_cmd:retrain_policy",
 }
 
 
