@@ -8,15 +8,13 @@ The table is created on first use. All SQL of alias records lives here; callers 
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
-from fleetscore.ingestion.engine import make_engine
+from fleetscore.ingestion.engine import absolute_database_url, make_engine
 
 metadata = MetaData()
 
@@ -40,12 +38,7 @@ class AliasLog:
     """Alias moves in the database at ``database_url``."""
 
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            # the same file must mean the same engine in this process (as SensorStore does)
-            url = url.set(database=str(Path(url.database).resolve()))
-            database_url = url.render_as_string(hide_password=False)
-        self.database_url = database_url
+        self.database_url = absolute_database_url(database_url)
         self._ready = False
 
     def _engine(self) -> Any:

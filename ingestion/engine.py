@@ -131,14 +131,23 @@ def make_engine(url: str) -> Engine:
     directory first, so the same file always gets the same engine and a later change of directory never
     sends a pooled connection to the previous directory's file.
     """
+    return _engine(absolute_database_url(url))
+
+
+def absolute_database_url(url: str) -> str:
+    """``url`` with a relative SQLite file resolved against the current directory (other URLs as they are).
+
+    The one place a database URL is parsed and made absolute: the same file must mean the same engine
+    in this process, and a later change of directory must not send a connection to another file.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"database_url: not a SQLAlchemy URL: {url!r}") from exc
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
             and not parsed.database.startswith("file:"):
-        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
-    return _engine(parsed.render_as_string(hide_password=False))
+        return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+    return url
 
 
 @functools.lru_cache(maxsize=16)

@@ -22,10 +22,10 @@ from fleetscore.ingestion.sources import RawChunk, iter_chunks, open_source
 from fleetscore.ingestion.store import SensorStore
 from fleetscore.ingestion.windowing import Lateness, Readings, Rejects, aggregate, validate, window_starts
 from fleetscore.ingestion.writer import StoreWriter, open_writer
+from fleetscore.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 RawLookup = Callable[[np.ndarray], list[str]]
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -36,6 +36,7 @@ import pyarrow.csv as pa_csv
 
 from fleetscore.errors import ConfigError, IngestError
 from fleetscore.ingestion.windowing import Readings
+from fleetscore.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from fleetscore.ingestion.ingest import InputReport
@@ -49,7 +50,6 @@ TRAIN_SPAN = timedelta(hours=1)  # no anomalies in the first hour
 _BLOCK_READINGS = 500_000
 _NS = 1_000_000_000
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

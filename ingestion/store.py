@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from fleetscore.errors import ConfigError, StoreError
-from fleetscore.ingestion.engine import make_engine, single_sqlite_copy
+from fleetscore.errors import StoreError
+from fleetscore.ingestion.engine import absolute_database_url, make_engine, single_sqlite_copy
 from fleetscore.ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from fleetscore.ingestion.sharding import shard_devices
 from fleetscore.ingestion.timeutil import utcnow
@@ -65,21 +64,14 @@ class SensorStore:
     """
 
     def __init__(self, database_url: str, *, _generic: bool = False) -> None:
-        self.database_url = database_url
-        try:
-            url = make_url(database_url)
-        except ArgumentError as exc:
-            raise ConfigError(f"database_url: not a SQLAlchemy URL: {database_url!r}") from exc
+        self.database_url = absolute_database_url(database_url)
+        url = make_url(self.database_url)
         self.dialect = url.get_backend_name()
         # native paths: SQLite (sqlite3 + ADBC reads), PostgreSQL (ADBC); everything else is generic.
         # ``_generic`` forces the generic path on SQLite/PostgreSQL: for tests and benchmarks only.
         self.generic = _generic or self.dialect not in ("sqlite", "postgresql")
         if self.dialect == "sqlite" and (not url.database or url.database == ":memory:"):
             raise StoreError("database_url: an in-memory SQLite database cannot be shared; give a file path")
-        if self.dialect == "sqlite" and not Path(url.database).is_absolute():  # type: ignore[arg-type]
-            # resolve now: the engine cache and the ADBC connection must open the same file
-            url = url.set(database=str(Path(url.database).resolve()))  # type: ignore[arg-type]
-            self.database_url = url.render_as_string(hide_password=False)
         self._url = url
         self._schema_ready = False
         if self.dialect not in ("sqlite", "postgresql"):

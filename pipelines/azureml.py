@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 import logging
-import subprocess
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,9 +49,10 @@ from azure.ai.ml.entities._job.parallel.retry_settings import RetrySettings
 from azure.ai.ml.parallel import RunFunction, parallel_run_function
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from fleetscore import __version__
+from fleetscore import __version__, provenance
 from fleetscore.errors import PublishError
 from fleetscore.pipelines.azureml_plan import ScheduleSpec, TriggerSpec, job_environment, trigger_for
+from fleetscore.pipelines.release_resolution import release_ref
 
 log = logging.getLogger(__name__)
 # The SDK warns about its own experimental classes on every load; that says nothing to a fleetscore user.
@@ -132,19 +133,17 @@ def spec_from_settings(settings: Any, image_tag: str = "", schedule: ScheduleSpe
         idle_seconds_before_scaledown=cfg.idle_seconds_before_scaledown, tier=cfg.tier,
         processes_per_node=cfg.processes_per_node, shards=shards, retries=cfg.shard_retries,
         shard_timeout_s=cfg.shard_timeout_s, experiment=cfg.experiment, pipeline=cfg.pipeline,
-        schedule_name=cfg.schedule_name, storage_url=settings.storage_url, release=settings.scoring.release,
+        schedule_name=cfg.schedule_name, storage_url=settings.storage_url, release=release_ref(settings, None),
         job_env=job_environment(settings), schedule=schedule,
     )
 
 
 def git_commit(cwd: str | None = None) -> str:
     """The commit of the checkout (the image tag by default)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             timeout=10, cwd=cwd)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise PublishError("no image tag: not in a git checkout; set azureml.image_tag or --image-tag") from exc
-    return out.stdout.strip()
+    commit = provenance.git_commit(cwd or os.getcwd())
+    if commit is None:
+        raise PublishError("no image tag: not in a git checkout; set azureml.image_tag or --image-tag")
+    return commit
 
 
 # -- building the entities (no Azure access) -------------------------------------------------------------------
@@ -479,7 +478,7 @@ def submit_scoring_job(settings: Any, start: datetime | None, end: datetime | No
         shards=cfg.shards or settings.scoring.shards or cfg.max_nodes * cfg.processes_per_node,
         retries=cfg.shard_retries, shard_timeout_s=cfg.shard_timeout_s, experiment=cfg.experiment,
         pipeline=cfg.pipeline, schedule_name=cfg.schedule_name, storage_url=settings.storage_url,
-        release=settings.scoring.release, job_env=job_environment(settings),
+        release=release_ref(settings, None), job_env=job_environment(settings),
     )
     job = build_pipeline(spec, components, start=start.isoformat(), end=end.isoformat(), release=release,
                          devices=",".join(devices) if devices else None, force="true" if force else "false")

@@ -9,6 +9,7 @@ from fleetscore.ingestion.labels import detection_quality as _quality
 from fleetscore.ingestion.labels import label_windows, read_labels
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import parse_time
+from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring.writer import read_predictions
 
@@ -23,7 +24,7 @@ def latest_run_id(settings: Settings) -> str:
 
 def detection_quality(settings: Settings, labels_path: Path, start: str, end: str) -> dict[str, dict[str, float]]:
     """Recall per kind and false-alarm rate of the latest predictions in ``[start, end)`` against the labels."""
-    predictions = read_predictions(settings.storage_url)
+    predictions = read_predictions(storage_spec_for(settings))
     inside = (predictions["TS"] >= parse_time(start)) & (predictions["TS"] < parse_time(end))
     predictions = predictions[inside]
     kinds = label_windows(predictions, read_labels(labels_path), device="Device", sensor="Sensor", ts="TS")

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetscore.errors import ConfigError
+from fleetscore.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,10 +20,12 @@ from typing import Any
 
 import pandas as pd
 
+from fleetscore import provenance
 from fleetscore.errors import ReleaseNotFound, TrainingError
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
 from fleetscore.pipelines.executors import ShardFailure, default_workers, run_shards
 from fleetscore.pipelines.settings import Settings
+from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.coldstart import FLEET_DEVICE
 from fleetscore.training.config import TrainingConfig
@@ -33,7 +33,6 @@ from fleetscore.training.fit import ShardFit, fit_shard
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -235,12 +234,7 @@ def split_fleet(bundle: ReleaseBundle) -> tuple[ReleaseBundle, ReleaseBundle]:
 
 def git_commit() -> str:
     """The commit of the code that runs (``unknown`` outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+    return provenance.git_commit() or "unknown"
 
 
 def _champion(settings: Settings) -> tuple[ReleaseBundle | None, int | None]:
@@ -504,7 +498,3 @@ def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
         "features": list(bundle.features),
     }
 
-
-def manifest_json(bundle: ReleaseBundle) -> str:
-    """The bundle manifest as indented JSON (for ``fleetscore train``'s output)."""
-    return json.dumps(bundle.manifest, indent=1, default=str)

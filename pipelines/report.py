@@ -16,7 +16,7 @@ import pandas as pd
 
 from fleetscore.errors import ScoringError
 from fleetscore.ingestion.run_log import RunLog
-from fleetscore.pipelines.scoring_pipeline import storage_for
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring import writer
 

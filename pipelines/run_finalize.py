@@ -1,7 +1,7 @@
 """The end of a scoring run: collect the shards' outcomes, write the manifest, record the run.
 
-Split from :mod:`pipelines.scoring_pipeline` (which re-exports these names): :func:`finalize_run` is
-also the last step of the Azure ML pipeline (``pipelines.azureml_steps``).
+:func:`finalize_run` is the last step of every way a run is scored (in process, overlapped with the
+gate, and the Azure ML pipeline's ``finalize`` step, ``pipelines.azureml_steps``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines import run_ops
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring import writer
+from fleetscore.scoring.contracts import FAILED, RUN_LOG, RunPlan, ShardOutcome
 from fleetscore.scoring.shard import load_bundle
-from fleetscore.scoring.storage import Storage, storage_spec
 
 log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
 
@@ -48,16 +49,10 @@ def note(journal: list[str], message: str, *args: Any) -> None:
     journal.append(f"{utcnow().isoformat(timespec='milliseconds')} {message % args if args else message}")
 
 
-def storage_for(settings: Settings) -> Storage:
-    """The predictions storage of these settings (folder or ``az://``)."""
-    return storage_spec(settings.storage_url, settings.scoring.storage_account,
-                        settings.scoring.storage_connection_string).open()
-
-
 def finalize_run(
     settings: Settings,
     run_id: str,
-    plan: dict[str, Any],
+    plan: RunPlan,
     *,
     shard_failures: dict[int, str] | None = None,
     timings: dict[str, float] | None = None,
@@ -67,31 +62,31 @@ def finalize_run(
 ) -> ScoringResult:
     """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
     storage = storage_for(settings)
-    start, end = parse_time(plan["start"]), parse_time(plan["end"])
+    start, end = plan.start, plan.end
     prefix = writer.run_prefix(start, run_id)
     runs = RunLog(settings.database_url)
-    version = int(plan["release_version"])
-    outcomes = writer.shard_outcomes(storage, prefix)
+    version = plan.release_version
+    outcomes = {shard: ShardOutcome.from_json(data) for shard, data in writer.shard_outcomes(storage, prefix).items()}
     failures = dict(shard_failures or {})
-    for shard in range(plan["n_shards"]):
+    for shard in range(plan.n_shards):
         if shard not in outcomes and shard not in failures:
             failures[shard] = "no part written"
     failed_series: dict[str, str] = {}
     for outcome in outcomes.values():
-        failed_series.update(outcome["failed"])
-    bundle = load_bundle(plan["bundle_dir"])
+        failed_series.update(outcome.failed)
+    bundle = load_bundle(plan.bundle_dir)
     sensors_of: dict[str, int] = {}
     for device, _ in bundle.keys:
         sensors_of[device] = sensors_of.get(device, 0) + 1
-    lost = sum(max(1, sensors_of.get(d, 1)) for shard in failures for d in plan["shards"][shard])
-    scored = sum(o["series"] for o in outcomes.values())
+    lost = sum(max(1, sensors_of.get(d, 1)) for shard in failures for d in plan.shards[shard])
+    scored = sum(o.series for o in outcomes.values())
     total = scored + len(failed_series) + lost
     fraction = (len(failed_series) + lost) / total if total else 0.0
-    rows = sum(o["rows"] for o in outcomes.values())
-    anomalies = sum(o["anomalies"] for o in outcomes.values())
+    rows = sum(o.rows for o in outcomes.values())
+    anomalies = sum(o.anomalies for o in outcomes.values())
     per_sensor: dict[str, list[int]] = {}
     for outcome in outcomes.values():
-        for sensor, (n, a) in outcome["per_sensor"].items():
+        for sensor, (n, a) in outcome.per_sensor.items():
             acc = per_sensor.setdefault(sensor, [0, 0])
             acc[0] += n
             acc[1] += a
@@ -108,18 +103,19 @@ def finalize_run(
                    + "; ".join(f"{k}: {v}" for k, v in list(all_failures.items())[:5])
                    + (f"; and {len(all_failures) - 5} more" if len(all_failures) > 5 else ""))
         note(journal, "%s", message)
-        storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
-        writer.write_json(storage, f"{prefix}/_failed.json", {"run_id": run_id, "error": message,
+        storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
+        writer.write_json(storage, f"{prefix}/{FAILED}", {"run_id": run_id, "error": message,
                                                                "failures": all_failures})
         runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
         raise ScoringError(message)
     note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
          run_id, rows, anomalies, len(failed_series) + lost)
-    storage.write_bytes(f"{prefix}/run.log", ("\n".join(journal) + "\n").encode())
+    storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
     timings["total"] = time.perf_counter() - started if started is not None else 0.0
+    stored = plan.to_json()
     manifest = {
-        **{k: v for k, v in plan.items() if k not in ("shards",)},
-        "window": {"start": plan["start"], "end": plan["end"]},
+        **{k: v for k, v in stored.items() if k not in ("shards",)},
+        "window": {"start": stored["start"], "end": stored["end"]},
         "status": "complete", "resumed": resumed,
         "rows": rows, "anomalies": anomalies,
         "anomaly_rate": anomalies / rows if rows else 0.0,
@@ -127,13 +123,13 @@ def finalize_run(
         "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
         "series_scored": scored,
         "parts": [writer.part_name(i) for i in sorted(outcomes)],
-        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan["csv"] else [],
-        "shards": {str(i): {"devices": o.get("devices", 0), "rows": o["rows"], "anomalies": o["anomalies"],
-                            "timings": o["timings"]} for i, o in sorted(outcomes.items())},
+        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan.csv else [],
+        "shards": {str(i): {"devices": o.devices, "rows": o.rows, "anomalies": o.anomalies,
+                            "timings": dict(o.timings)} for i, o in sorted(outcomes.items())},
         "failures": all_failures,
         "failed_fraction": fraction,
-        "unscored": {k: v for o in outcomes.values() for k, v in o["unscored"].items()},
-        "kernel_evaluations": sum(o["kernel_evaluations"] for o in outcomes.values()),
+        "unscored": {k: v for o in outcomes.values() for k, v in o.unscored.items()},
+        "kernel_evaluations": sum(o.kernel_evaluations for o in outcomes.values()),
         "timings": timings,
         "completed_at": utcnow().isoformat(),
     }
@@ -168,7 +164,3 @@ def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[st
         return
     runs.update(run_id, mlflow_run_id=mlflow_id)
 
-
-def parse_time(text: str | datetime) -> datetime:
-    """A plan's ISO time (or a datetime, as it is)."""
-    return text if isinstance(text, datetime) else datetime.fromisoformat(text)

@@ -15,15 +15,16 @@ from typing import Any
 
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines.settings import Settings
+from fleetscore.scoring.contracts import RunPlan, ShardOutcome
 
 TOP = 20  # drifted series listed in the manifest by name beyond the count (all of them are in SQL)
 
 
-def summary(outcomes: Mapping[int, Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+def summary(outcomes: Mapping[int, ShardOutcome], threshold: float) -> dict[str, Any]:
     """The manifest's ``cold_start`` and ``drift`` sections from the shards' outcomes."""
-    fleet = sorted(k for o in outcomes.values() for k in o.get("fleet_scored", []))
-    unscored = sorted(k for o in outcomes.values() for k in o.get("unscored", {}))
-    rows = [r for o in outcomes.values() for r in o.get("drift", [])]
+    fleet = sorted(k for o in outcomes.values() for k in o.fleet_scored)
+    unscored = sorted(k for o in outcomes.values() for k in o.unscored)
+    rows = [r for o in outcomes.values() for r in o.drift]
     known = [r for r in rows if r[2] is not None]
     drifted = sorted((r for r in known if r[2] > threshold), key=lambda r: -r[2])
     return {
@@ -40,7 +41,7 @@ def summary(outcomes: Mapping[int, Mapping[str, Any]], threshold: float) -> dict
     }
 
 
-def record(settings: Settings, run_id: str, plan: Mapping[str, Any], outcomes: Mapping[int, Mapping[str, Any]],
+def record(settings: Settings, run_id: str, plan: RunPlan, outcomes: Mapping[int, ShardOutcome],
            now: datetime | None = None) -> dict[str, Any]:
     """Write the run's drift rows to SQL and its anomalies as events (notifying the sinks); returns
     the manifest's ``events`` section."""
@@ -49,16 +50,12 @@ def record(settings: Settings, run_id: str, plan: Mapping[str, Any], outcomes: M
     from fleetscore.pipelines.events import record_events
 
     now = now or utcnow()
-    start, end = _time(plan["start"]), _time(plan["end"])
     drift = [{"device": d, "sensor": s, "drift": float("nan") if v is None else v, "feature": f, "rows": n,
               "anomalies": a, "model_scope": scope}
-             for o in outcomes.values() for d, s, v, f, n, a, scope in o.get("drift", [])]
-    OpsStore(settings.database_url).record_drift(run_id, int(plan["release_version"]), start, end, now, drift)
-    anomalous = [r for o in outcomes.values() for r in o.get("anomalous", [])]
+             for o in outcomes.values() for d, s, v, f, n, a, scope in o.drift]
+    OpsStore(settings.database_url).record_drift(run_id, plan.release_version, plan.start, plan.end, now, drift)
+    anomalous = [r for o in outcomes.values() for r in o.anomalous]
     outcome = record_events(settings.database_url, settings.alerts, run_id, anomalous,
                             sinks_from(settings.alerts), now)
     return outcome.as_dict()
 
-
-def _time(text: str | datetime) -> datetime:
-    return text if isinstance(text, datetime) else datetime.fromisoformat(text)

@@ -70,11 +70,6 @@ class Settings:
                 f"executor: expected 'local', 'dask://HOST:PORT' or 'azureml', got {self.executor!r}"
             )
 
-    @property
-    def artifact_location(self) -> str:
-        """Where the local MLflow store keeps artifacts (next to its SQLite file)."""
-        return str(Path(self.home) / "mlartifacts")
-
     def as_dict(self, mask_secrets: bool = True) -> dict[str, Any]:
         """The resolved settings as plain data, secrets masked unless told otherwise."""
         data = dataclasses.asdict(self)

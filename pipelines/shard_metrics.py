@@ -20,16 +20,15 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.data_checks import PendingValidation, ValidationReport, complete_validation
+from fleetscore.scoring.contracts import SERIES_FOLDER
 from fleetscore.scoring.storage import Storage
 
 log = logging.getLogger(__name__)
 
-METRICS_FOLDER = "_series"  # under the run's folder; "_": Parquet dataset readers skip it
-
 
 def metrics_path(prefix: str, shard: int) -> str:
     """Where shard ``shard`` of the run at ``prefix`` writes its series metrics."""
-    return f"{prefix}/{METRICS_FOLDER}/shard-{shard:05d}.parquet"
+    return f"{prefix}/{SERIES_FOLDER}/shard-{shard:05d}.parquet"
 
 
 def complete_from_shards(pending: PendingValidation, storage: Storage, prefix: str,
@@ -64,5 +63,5 @@ def complete_from_shards(pending: PendingValidation, storage: Storage, prefix: s
     metrics = pd.concat(frames, ignore_index=True) if frames else None
     stats = others.result() if others is not None else None
     report = complete_validation(pending, stats, metrics=metrics, sql_devices=failed)
-    storage.remove_tree(f"{prefix}/{METRICS_FOLDER}")
+    storage.remove_tree(f"{prefix}/{SERIES_FOLDER}")
     return report

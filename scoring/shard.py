@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,40 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fleetscore.scoring.storage import StorageSpec
-from fleetscore.scoring.writer import encode_part, to_predictions, write_part
+from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, series_key
+from fleetscore.scoring.writer import encode_part, read_json, to_predictions, write_part
 from fleetscore.training.coldstart import SCOPE_FLEET, SCOPE_SERIES, with_fallback
 
 log = logging.getLogger(__name__)
 
 _BUNDLES: dict[str, Any] = {}  # bundle location -> loaded ReleaseBundle, per process
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """Everything one shard needs, as picklable plain data."""
-
-    shard: int
-    devices: tuple[str, ...]
-    database_url: str
-    bundle: str | Mapping[str, bytes]  # a folder the worker can read, or the bundle's files as bytes
-    model_version: int
-    start: datetime
-    end: datetime
-    context_start: datetime
-    storage: StorageSpec
-    prefix: str  # the run's folder under the storage root
-    excluded: frozenset[tuple[str, str]] = field(default_factory=frozenset)
-    csv: bool = False
-    delay: float = 0.0  # seconds to sleep after writing the part (tests: a window to kill the run in)
-    # when set: the shard reads and scores at once, but writes its part only once this file (the run's
-    # plan, written when the gate passed) exists under the storage root, leaving out the series the
-    # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
-    wait_for: str = ""
-    parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
-    # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
-    # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks
-    metrics_to: str = ""
 
 
 def bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -94,13 +67,10 @@ def load_bundle(source: str | Mapping[str, bytes]) -> Any:
     return _BUNDLES[key]
 
 
-def score_shard(task: ShardTask) -> dict[str, Any]:
-    """Score one shard and write its part; returns what happened as plain data.
+def score_shard(task: ShardTask) -> ShardOutcome:
+    """Score one shard and write its part (and its outcome beside it); returns the outcome.
 
-    Keys: shard, rows, anomalies, series, failed ({"device/sensor": reason}), unscored (series with
-    no model in the release), per_sensor ({sensor: [rows, anomalies]}), kernel_evaluations and
-    timings (load, read, metrics when asked for, score, encode and, when it waited for the plan, wait
-    seconds; the writes come after the outcome is saved, so they are not in it).
+    The timings stop before the writes: the outcome is written with the part.
     """
     from fleetscore.ingestion.store import SensorStore
     from fleetscore.training.kernel import kernel_evaluations, missing_series, score_windows
@@ -129,7 +99,7 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
     failed.update({f"{d}/{s}": "non-finite values in the window" for d, s in bad})
     # cold start: a series with no model of its own is scored by its sensor's fleet model, if any
     bundle, fleet_scored = with_fallback(bundle, missing_series(bundle, windows))
-    unscored = {f"{d}/{s}": f"no model in release v{task.model_version}" for d, s in missing_series(bundle, windows)}
+    unscored = {f"{d}/{s}": f"no model in release v{task.release_version}" for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
     try:
         scored = score_windows(bundle, windows, task.start)
@@ -155,23 +125,22 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
         plan = _wait_for_plan(storage, task)
         timings["wait"] = time.perf_counter() - t0
         if plan is None:
-            return {"shard": task.shard, "aborted": True, "timings": timings}
-        late = frozenset((key.split("/", 1)[0], key.split("/", 1)[1]) for key in plan.get("excluded", {}))
+            return ShardOutcome(task.shard, aborted=True, timings=timings)
+        late = frozenset(series_key(key) for key in plan.get("excluded", {}))
         if late:
-            failed = {k: v for k, v in failed.items() if tuple(k.split("/", 1)) not in late}
-            unscored = {k: v for k, v in unscored.items() if tuple(k.split("/", 1)) not in late}
+            failed = {k: v for k, v in failed.items() if series_key(k) not in late}
+            unscored = {k: v for k, v in unscored.items() if series_key(k) not in late}
             kept = _drop_series(scored, late)  # the same frame when none of its series is excluded
             if kept is not scored:
                 scored = kept
                 part = _build_part(scored, task)
 
-    if late:
-        ops = {"drift": [r for r in ops["drift"] if (r[0], r[1]) not in late],
-               "anomalous": [r for r in ops["anomalous"] if (r[0], r[1]) not in late]}
-    outcome = {"shard": task.shard, "devices": len(task.devices), **part.summary, "failed": failed,
-               "unscored": unscored, "fleet_scored": [f"{d}/{s}" for d, s in fleet_scored if (d, s) not in late],
-               "kernel_evaluations": int(evaluations), "timings": timings, **ops}
-    write_part(storage, task.prefix, task.shard, outcome=outcome, encoded=part.files)
+    outcome = ShardOutcome(task.shard, devices=len(task.devices), **part.summary, failed=failed,
+                           unscored=unscored, kernel_evaluations=int(evaluations), timings=timings,
+                           fleet_scored=tuple(f"{d}/{s}" for d, s in fleet_scored if (d, s) not in late),
+                           drift=tuple(tuple(r) for r in ops["drift"] if (r[0], r[1]) not in late),
+                           anomalous=tuple(tuple(r) for r in ops["anomalous"] if (r[0], r[1]) not in late))
+    write_part(storage, task.prefix, task.shard, outcome=outcome.to_json(), encoded=part.files)
     if task.delay:
         time.sleep(task.delay)
     return outcome
@@ -186,7 +155,7 @@ class _Part:
 
 
 def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
-    predictions = to_predictions(scored, task.model_version)
+    predictions = to_predictions(scored, task.release_version)
     per_sensor = predictions.groupby("Sensor", sort=True)["Prediction"].agg(["size", "sum"])
     device, sensor = predictions["Device"], predictions["Sensor"]
     # rows are grouped by series (the kernel keeps the read order), so a series starts where either id changes
@@ -195,7 +164,7 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
         "rows": len(predictions),
         "anomalies": int(predictions["Prediction"].sum()),
         "series": int(starts.sum()),
-        "per_sensor": {str(k): [int(v["size"]), int(v["sum"])] for k, v in per_sensor.iterrows()},
+        "per_sensor": {str(k): (int(v["size"]), int(v["sum"])) for k, v in per_sensor.iterrows()},
     }
     return _Part(encode_part(predictions, task.csv), summary)
 
@@ -264,8 +233,6 @@ def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None
 def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
     """Poll storage until the run's plan (``task.wait_for``) or its abort marker appears; the plan, or
     None when the run was aborted (gate failed, duplicate) or its parent process died."""
-    from fleetscore.scoring.writer import ABORT, read_json
-
     abort = f"{task.prefix}/{ABORT}"
     delay = 0.02
     while True:

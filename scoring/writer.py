@@ -27,13 +27,9 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.errors import StorageError
+from fleetscore.scoring.contracts import LATEST, MANIFEST, PREDICTIONS
 from fleetscore.scoring.storage import Storage, StorageSpec
 
-PREDICTIONS = "predictions"
-MANIFEST = "manifest.json"
-PLAN = "_run.json"
-ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
-LATEST = "latest.json"
 PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
@@ -273,10 +269,3 @@ def read_predictions(storage_url: str | StorageSpec, window_start: datetime | st
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else empty_predictions()
 
-
-def find_run(storage: Storage, run_id: str) -> str | None:
-    """The window label of a run id, or None."""
-    for window in list_windows(storage):
-        if any(r == run_id for r, _ in list_runs(storage, window)):
-            return window
-    return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
@@ -28,13 +27,13 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.svm import _libsvm
 
 from fleetscore.errors import ConfigError
+from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.features import check_features, compute_features, series_starts
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 
 _ONE_CLASS = 2  # libsvm's svm_type: sklearn.svm._base.LIBSVM_IMPL.index("one_class")
 _EMPTY = np.empty(0, dtype=np.float64)

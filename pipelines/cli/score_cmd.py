@@ -44,10 +44,11 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
     device_ids = split_ids(devices)
     if settings.executor == "azureml":
         from fleetscore.pipelines.azureml import submit_scoring_job
+        from fleetscore.pipelines.release_resolution import release_ref
 
         if window_start is None or window_end is None:
             raise click.UsageError("--executor azureml needs a range (--start/--end or --last)")
-        job = submit_scoring_job(settings, window_start, window_end, release or settings.scoring.release, device_ids,
+        job = submit_scoring_job(settings, window_start, window_end, release_ref(settings, release), device_ids,
                                  force=force)
         click.echo(f"submitted Azure ML job {job}")
         return

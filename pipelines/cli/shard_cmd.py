@@ -61,9 +61,13 @@ def shard(state: CliState, task: Path) -> None:
     from fleetscore.pipelines.azureml_steps import read_task, shard_step
 
     settings = state.settings()
-    result = shard_step(settings, read_task(task))
-    keys = ("shard", "rows", "anomalies", "series", "failed")
-    click.echo(json.dumps({k: result[k] for k in keys if k in result}, sort_keys=True, default=str))
+    outcome = shard_step(settings, read_task(task))
+    if outcome is None:
+        summary: dict[str, object] = {"shard": None, "rows": 0}
+    else:
+        summary = {k: v for k, v in outcome.to_json().items() if k in ("shard", "rows", "anomalies", "series",
+                                                                       "failed")}
+    click.echo(json.dumps(summary, sort_keys=True, default=str))
 
 
 @score_step.command(name="finalize")

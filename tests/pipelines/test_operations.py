@@ -14,6 +14,8 @@ from click.testing import CliRunner, Result
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.ingestion.ops_store import OpsStore
+from fleetscore.pipelines import release_resolution
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.release import run_release, show_release
 from fleetscore.pipelines.settings import Settings
@@ -50,7 +52,7 @@ def test_cold_start_drift_and_selective_release(loop: dict) -> None:
     settings = loop["settings"]
     first = run_release(settings, START, T1, skip_validation=True)
     assert first.version == 1 and first.counts["new"] == 8
-    bundle = ReleaseBundle.load(Path(sp._resolve_release(settings, "champion").bundle_dir))
+    bundle = ReleaseBundle.load(Path(release_resolution.resolve_release(settings, "champion").bundle_dir))
     assert {k for k in bundle.keys if k[0] == FLEET_DEVICE} == {(FLEET_DEVICE, "1"), (FLEET_DEVICE, "2")}
 
     # the new device gets fleet-scope predictions; the manifest and the CLI say so
@@ -62,7 +64,7 @@ def test_cold_start_drift_and_selective_release(loop: dict) -> None:
     scope = got.groupby("Device")["ModelScope"].unique().map(list).to_dict()
     assert scope == {"1": ["series"], "2": ["series"], "3": ["series"], "4": ["series"], NEW_DEVICE: ["fleet"]}
     assert len(got) == len(loop["later"])  # every series scored
-    run_id = writer.latest_run(sp.storage_for(settings), T1)
+    run_id = writer.latest_run(storage_for(settings), T1)
     manifest = json.loads((Path(settings.storage_url) / writer.run_prefix(T1, run_id) / "manifest.json").read_text())
     assert manifest["cold_start"] == {"fleet_scored_series": 2, "fleet_scored": ["5/1", "5/2"], "unscored_series": 0}
 

@@ -10,6 +10,7 @@ import pytest
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import StorageError
+from fleetscore.pipelines import release_resolution
 from fleetscore.scoring import writer
 from fleetscore.scoring.storage import Storage, storage_spec
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
@@ -23,7 +24,8 @@ def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     train = fleet_windows(4, 2, 100, seed=1, start=START - timedelta(seconds=500))
     store_windows(settings.database_url, pd.concat([train, fleet_windows(4, 2, 60, seed=2)]))
     fit_release(train).save(tmp_path / "bundle")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(1, tmp_path / "bundle", {}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(1, tmp_path / "bundle", {}))
     return tmp_path
 
 

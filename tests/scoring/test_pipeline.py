@@ -13,7 +13,10 @@ import pytest
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import ScoringError
 from fleetscore.ingestion.run_log import RunLog
+from fleetscore.pipelines import overlapped_run, release_resolution, run_planning
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.scoring import writer
+from fleetscore.scoring.contracts import ShardOutcome, ShardTask
 from fleetscore.scoring.shard import score_shard
 from fleetscore.training.kernel import score_windows
 from tests.scoring.fleet import START, Resolved, fit_release, fleet_windows, settings_for, store_windows
@@ -30,7 +33,8 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
     bundle = fit_release(train)
     bundle.save(tmp_path / "bundle-v3")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
     return {"settings": settings, "bundle": bundle, "data": data, "train": train}
 
 
@@ -66,7 +70,8 @@ def test_context_windows_before_the_range_are_read_not_returned(fleet: dict, mon
     settings = fleet["settings"]
     bundle = fit_release(fleet["train"], features=("value", "rolling_std"))
     bundle.save(Path(settings.home) / "bundle-v4")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(4, Path(settings.home) / "bundle-v4", {}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(4, Path(settings.home) / "bundle-v4", {}))
     result = sp.score_window(settings, START, END, skip_validation=True, shards=2)
     got = writer.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
     everything = pd.concat([fleet["train"], fleet["data"]]).sort_values(["device", "sensor", "ts"])
@@ -82,7 +87,7 @@ def test_same_window_release_and_data_is_skipped_unless_forced(fleet: dict) -> N
     assert again.status == "skipped" and again.duplicate_of == first.run_id
     forced = sp.score_window(settings, START, END, skip_validation=True, force=True)
     assert forced.status == "done" and forced.run_id != first.run_id
-    storage = sp.storage_for(settings)
+    storage = storage_for(settings)
     assert [ok for _, ok in writer.list_runs(storage, START)] == [True, True]
     assert writer.latest_run(storage, START) == forced.run_id
     statuses = [r["status"] for r in RunLog(settings.database_url).list()]
@@ -118,7 +123,7 @@ def test_run_fails_past_max_failed_fraction_and_leaves_no_manifest(fleet: dict) 
     assert not list(Path(settings.storage_url).rglob("manifest.json"))
 
 
-def _fail_shard_one(task: sp.ShardTask) -> dict:
+def _fail_shard_one(task: ShardTask) -> ShardOutcome:
     if task.shard == 1:
         raise RuntimeError("disk on fire")
     return score_shard(task)
@@ -137,9 +142,9 @@ def test_a_failing_shard_does_not_stop_the_others(fleet: dict, monkeypatch: pyte
 def test_incomplete_run_is_resumed(fleet: dict) -> None:
     settings = settings_for(Path(fleet["settings"].home), **{"scoring.max_failed_fraction": 0.5})
     # a crash after shards 0 and 2 were written: prepare + two shards, no finalize
-    prepared = sp.prepare_run(settings, START, END, skip_validation=True, shards=3)
+    prepared = run_planning.prepare_run(settings, START, END, skip_validation=True, shards=3)
     for shard in (0, 2):
-        score_shard(sp.shard_task(settings, prepared.plan, shard))
+        score_shard(run_planning.shard_task(settings, prepared.plan, shard))
     assert writer.read_predictions(settings.storage_url).empty
     result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
     assert result.resumed and result.run_id == prepared.run_id
@@ -177,7 +182,8 @@ def stuck_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     settings = settings_for(tmp_path)
     store_windows(settings.database_url, pd.concat([train, data], ignore_index=True))
     fit_release(train).save(tmp_path / "bundle-v3")
-    monkeypatch.setattr(sp, "_resolve_release", lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
+    monkeypatch.setattr(release_resolution, "resolve_release",
+                        lambda s, ref: Resolved(3, tmp_path / "bundle-v3", {"ref": ref}))
     return {"settings": settings, "data": data}
 
 
@@ -200,7 +206,7 @@ def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_
     # the same window, release and data again: skipped, and the aborted attempt left no folder behind
     again = sp.score_window(settings, START, END, shards=3)
     assert again.status == "skipped" and again.duplicate_of == result.run_id
-    assert writer.list_runs(sp.storage_for(settings), START) == [(result.run_id, True)]
+    assert writer.list_runs(storage_for(settings), START) == [(result.run_id, True)]
 
 
 def test_the_shards_metrics_give_the_gate_the_same_report_as_its_own_query(stuck_fleet: dict) -> None:
@@ -227,7 +233,7 @@ def test_a_run_killed_before_its_plan_leaves_nothing_to_resume(stuck_fleet: dict
     """Killed during the gate, a run leaves at most its shards' series metrics (no plan): the next run of
     the window is scored during the gate as usual, and readers never see the leftover."""
     settings = stuck_fleet["settings"]
-    storage = sp.storage_for(settings)
+    storage = storage_for(settings)
     dead = writer.run_prefix(START, "20240101T000000000-dead00")
     storage.write_bytes(f"{dead}/_series/shard-00000.parquet", b"PAR1")
     result = sp.score_window(settings, START, END, shards=3)
@@ -237,7 +243,7 @@ def test_a_run_killed_before_its_plan_leaves_nothing_to_resume(stuck_fleet: dict
     assert len(writer.read_predictions(settings.storage_url)) == 11 * 120
 
 
-def _fail_shard_zero_before_its_metrics(task: sp.ShardTask) -> dict:
+def _fail_shard_zero_before_its_metrics(task: ShardTask) -> ShardOutcome:
     if task.shard == 0:
         assert task.metrics_to  # the shard the gate waits for
         raise RuntimeError("disk on fire")
@@ -250,7 +256,7 @@ def test_a_shard_failing_before_its_metrics_does_not_hang_the_gate(stuck_fleet: 
     from fleetscore.data_checks import gate as checks_gate
 
     settings = settings_for(Path(stuck_fleet["settings"].home), workers=1, **{"scoring.max_failed_fraction": 0.6})
-    monkeypatch.setattr(sp, "score_shard", _fail_shard_zero_before_its_metrics)
+    monkeypatch.setattr(overlapped_run, "score_shard", _fail_shard_zero_before_its_metrics)
     monkeypatch.setattr(checks_gate, "KEYED_QUERY_MAX", named_max)
     result = sp.score_window(settings, START, END, shards=2)  # one worker: shard 1 waits behind shard 0
     assert result.failures == {"shard 0": "RuntimeError: disk on fire"}
