@@ -138,6 +138,9 @@ def finalize_run(
     manifest["events"] = run_ops.record(settings, run_id, plan, outcomes)
     timings["operations"] = time.perf_counter() - t0
     writer.publish(storage, start, run_id, manifest)
+    from fleetscore.pipelines import telemetry
+
+    telemetry.record_run(manifest)
     runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
     if settings.scoring.log_to_mlflow:
         _log_mlflow(settings, runs, run_id, manifest)

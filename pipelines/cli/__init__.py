@@ -74,11 +74,18 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
+        from fleetscore.pipelines import telemetry
+
+        telemetry.configure(os.environ)  # the environment picks the exporter (none by default)
+        command = ctx.protected_args[0] if ctx.protected_args else ""
         try:
-            return super().invoke(ctx)
+            with telemetry.command_span(command):
+                return super().invoke(ctx)
         except FleetscoreError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        finally:
+            telemetry.shutdown()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
