@@ -68,6 +68,7 @@ bench: install
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/release.py
 	$(BIN)/python benchmarks/score.py
+	$(BIN)/python benchmarks/detection.py
 
 image:
 	docker build -f environments/scoring/Dockerfile -t fleetscore-scoring:$$(git rev-parse --short HEAD) .

@@ -32,7 +32,7 @@ SERIES = (100, 5)  # devices x sensors
 
 
 def _simulate(readings: int, path: Path) -> None:
-    from fleetscore.ingestion.simulate import SimulationSpec, plan_anomalies, write_readings
+    from fleetscore.simulation.simulate import SimulationSpec, plan_anomalies, write_readings
 
     steps = max(1, readings // (SERIES[0] * SERIES[1]))
     spec = SimulationSpec(devices=SERIES[0], sensors=SERIES[1], duration=timedelta(seconds=steps),

@@ -10,7 +10,6 @@ Public API used by the later stages:
 - ``ingestion.sharding.shard_devices(devices, n_shards)`` (also importable from ``ingestion.store``):
   deterministic, balanced, sorted shards of devices.
 - ``ingestion.ingest.ingest_files(...)``: the library function behind ``fleetscore ingest``.
-- ``ingestion.simulate``: the simulator behind ``fleetscore simulate`` and its anomaly labels.
 - ``ingestion.eventhub``: the Event Hubs source (needs the ``azure`` extra).
 
 A window is labelled by its start: window ``ts`` holds readings with ``ts <= t < ts + window``; all

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetscore.errors import ScoringError
-from fleetscore.ingestion.labels import detection_quality as _quality
-from fleetscore.ingestion.labels import label_windows, read_labels
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import parse_time
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.scoring.writer import read_predictions
+from fleetscore.simulation.labels import DetectionQuality, match_labels, read_labels
+from fleetscore.simulation.labels import detection_quality as _quality
 
 
 def latest_run_id(settings: Settings) -> str:
@@ -22,10 +22,10 @@ def latest_run_id(settings: Settings) -> str:
     return str(runs[0]["run_id"])
 
 
-def detection_quality(settings: Settings, labels_path: Path, start: str, end: str) -> dict[str, dict[str, float]]:
-    """Recall per kind and false-alarm rate of the latest predictions in ``[start, end)`` against the labels."""
+def detection_quality(settings: Settings, labels_path: Path, start: str, end: str) -> DetectionQuality:
+    """Recall per kind and false-alarm rates of the latest predictions in ``[start, end)`` against the labels."""
     predictions = read_predictions(storage_spec_for(settings))
     inside = (predictions["TS"] >= parse_time(start)) & (predictions["TS"] < parse_time(end))
     predictions = predictions[inside]
-    kinds = label_windows(predictions, read_labels(labels_path), device="Device", sensor="Sensor", ts="TS")
-    return _quality(kinds, predictions["Prediction"].to_numpy() == 1)
+    labels = match_labels(predictions, read_labels(labels_path), device="Device", sensor="Sensor", ts="TS")
+    return _quality(labels, predictions["Prediction"].to_numpy() == 1)

@@ -121,6 +121,6 @@ def test_install_puts_only_the_fleetscore_package_in_site_packages(tmp_path: Pat
     top = sorted(p.name for p in target.iterdir() if p.name != "bin")
     assert [name for name in top if not name.startswith("fleetscore-")] == ["fleetscore"]
     layers = sorted(p.name for p in (target / "fleetscore").iterdir() if (p / "__init__.py").is_file())
-    assert layers == ["data_checks", "ingestion", "pipelines", "scoring", "training"]
+    assert layers == ["data_checks", "ingestion", "pipelines", "scoring", "simulation", "training"]
     assert (target / "fleetscore" / "pipelines" / "cli" / "__init__.py").is_file()
     assert not any(p.is_symlink() for p in (target / "fleetscore").rglob("*"))

@@ -110,42 +110,55 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
 
 
 @click.command(name="simulate")
-@click.option("--devices", type=click.IntRange(min=1), default=3, show_default=True, help="Number of devices.")
-@click.option("--sensors", type=click.IntRange(min=1), default=5, show_default=True, help="Sensors per device.")
+@click.option("--profile", type=click.Choice(["uniform", "industrial"]), default="uniform", show_default=True,
+              help="uniform: the reference simulator's uniform readings; industrial: a plant of pumps "
+                   "(temperature, pressure, vibration, flow_rate) with realistic timing and legitimate events.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Number of devices (default: 3 uniform, 12 industrial).")
+@click.option("--sensors", type=click.IntRange(min=1), default=None,
+              help="Sensors per device (default: 5 uniform; industrial has 4).")
 @click.option("--duration", default="2h", show_default=True, metavar="DURATION", help="Time span simulated.")
 @click.option("--interval", default="1s", show_default=True, metavar="DURATION", help="Time between readings.")
 @click.option("--start", default="2024-01-01T00:00:00", show_default=True, metavar="TIME",
               help="Time of the first reading (ISO 8601, UTC).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same output).")
-@click.option("--anomaly-rate", type=float, default=0.01, show_default=True,
-              help="Expected share of anomalous windows after the first hour.")
+@click.option("--anomaly-rate", type=float, default=None,
+              help="Expected share of anomalous windows after the clean span (default: 0.01 uniform, "
+                   "0.05 industrial).")
+@click.option("--clean", default=None, metavar="DURATION",
+              help="Span at the start without anomalies, for training (default: 1h uniform, 2h industrial).")
 @click.option("--window", default=None, metavar="DURATION",
               help="Window the anomalies are placed on (default: the ingest window, 5s).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write readings to this file (.csv, .jsonl, optionally .gz).")
 @click.option("--ingest", "to_store", is_flag=True, help="Ingest the readings straight into the store.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the anomaly labels (CSV Device,Sensor,Kind,Start,End) here.")
+              help="Write the labels (CSV Device,Sensor,Kind,Start,End,Label,Visible) here.")
 @click.pass_obj
-def simulate(state: CliState, devices: int, sensors: int, duration: str, interval: str, start: str, seed: int,
-             anomaly_rate: float, window: str | None, out: Path | None, to_store: bool,
-             labels: Path | None) -> None:
-    """Simulate fleet readings with labelled anomalies (spike, level_shift, stuck).
+def simulate(state: CliState, profile: str, devices: int | None, sensors: int | None, duration: str,
+             interval: str, start: str, seed: int, anomaly_rate: float | None, clean: str | None,
+             window: str | None, out: Path | None, to_store: bool, labels: Path | None) -> None:
+    """Simulate fleet readings with labelled anomalies.
 
-    Normal readings are uniform per sensor as in the reference simulator (sensor 1 in [10, 15], 2 in
-    [30, 40], 3 in [60, 65], 4 in [80, 85], 5 in [100, 110], then again). The first hour has no anomalies.
+    uniform: readings uniform per sensor as in the reference simulator (sensor 1 in [10, 15], 2 in
+    [30, 40], 3 in [60, 65], 4 in [80, 85], 5 in [100, 110], then again); anomalies spike, level_shift,
+    stuck.
+
+    industrial: pumps with jittered, dropped and gapped readings; anomalies spike, level_shift, variance,
+    stuck, drift, device; legitimate events setpoint_change, micro_stop, dropout labelled normal.
     """
     if out is None and not to_store:
         raise click.UsageError("give --out FILE and/or --ingest")
     settings = state.settings(**{"ingest.window": window})
-    from fleetscore.ingestion.simulate import SimulationSpec, simulate_fleet
     from fleetscore.ingestion.timeutil import parse_duration, parse_time
+    from fleetscore.simulation.simulate import SimulationSpec, simulate_fleet
 
-    spec = SimulationSpec(devices=devices, sensors=sensors, start=parse_time(start, "--start"),
-                          duration=parse_duration(duration, "--duration"),
-                          interval=parse_duration(interval, "--interval"),
-                          window=parse_duration(settings.ingest.window, "--window"), seed=seed,
-                          anomaly_rate=anomaly_rate)
+    spec = SimulationSpec.for_profile(
+        profile, devices=devices, sensors=sensors, anomaly_rate=anomaly_rate,
+        clean=None if clean is None else parse_duration(clean, "--clean"),
+        start=parse_time(start, "--start"), duration=parse_duration(duration, "--duration"),
+        interval=parse_duration(interval, "--interval"), window=parse_duration(settings.ingest.window, "--window"),
+        seed=seed)
     with _progress("simulating") as on_progress:
         result = simulate_fleet(spec, out=out, labels=labels,
                                 database_url=settings.database_url if to_store else None,
@@ -156,6 +169,9 @@ def simulate(state: CliState, devices: int, sensors: int, duration: str, interva
     click.echo(f"simulated {result.readings:,} readings: {result.devices} devices x {result.sensors} sensors, "
                f"{result.anomalies} anomalies ({kinds}) over {result.anomalous_windows:,} of "
                f"{result.windows:,} windows")
+    if result.normal_events:
+        events = ", ".join(f"{kind} {count}" for kind, count in result.normal_events.items())
+        click.echo(f"legitimate events (labelled normal): {events}")
     if out is not None:
         click.echo(f"readings: {out}")
     if labels is not None:

@@ -83,7 +83,7 @@ def test_simulate_to_files_and_store(home: Path) -> None:
     assert lines[1:3] == ["readings: sim.csv.gz", "labels: labels.csv"]
     assert lines[3] == ("simulate:seed=4,devices=2,sensors=3: 32,400 rows read, 6,480 windows written, "
                         "0 late updates, 0 quarantined")
-    assert Path("labels.csv").read_text().startswith("Device,Sensor,Kind,Start,End\n")
+    assert Path("labels.csv").read_text().startswith("Device,Sensor,Kind,Start,End,Label,Visible\n")
     code, out, _ = _run(["ingest", "sim.csv.gz", "--allowed-lateness", "2h"])  # the same readings again: late
     assert code == 0 and "32,400 rows read, 0 windows written, 6,480 late updates" in out
     assert int(SensorStore(DB).read_windows().value_count.max()) == 10

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 import fleetscore.pipelines.release as release
-from fleetscore.ingestion.simulate import SimulationSpec, simulate_fleet
 from fleetscore.pipelines.settings import load_settings
+from fleetscore.simulation.simulate import SimulationSpec, simulate_fleet
 from fleetscore.training.fit import fit_shard
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.ingestion.labels import label_windows, read_labels
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.settings import load_settings
 from fleetscore.scoring import writer
+from fleetscore.simulation.labels import label_windows, read_labels
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
 

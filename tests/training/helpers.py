@@ -51,8 +51,8 @@ def simulated_windows(spec: object) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``fleetscore simulate`` readings aggregated into windows in memory, and their labels."""
     import pyarrow as pa
 
-    from fleetscore.ingestion.simulate import block_readings, generate, labels_frame, plan_anomalies
     from fleetscore.ingestion.windowing import aggregate
+    from fleetscore.simulation.simulate import block_readings, generate, labels_frame, plan_anomalies
 
     anomalies = plan_anomalies(spec)  # type: ignore[arg-type]
     window_ns = int(spec.window.total_seconds() * 1e9)  # type: ignore[attr-defined]

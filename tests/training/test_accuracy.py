@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from fleetscore.ingestion.labels import label_windows
-from fleetscore.ingestion.simulate import SimulationSpec
+from fleetscore.simulation.labels import label_windows
+from fleetscore.simulation.simulate import SimulationSpec
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.fit import fit_shard
 from fleetscore.training.kernel import score_windows

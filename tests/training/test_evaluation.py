@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from fleetscore.ingestion.simulate import SimulationSpec
+from fleetscore.simulation.simulate import SimulationSpec
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.evaluation import KINDS, perturb, run_gate

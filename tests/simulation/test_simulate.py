@@ -11,8 +11,8 @@ import pytest
 
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.ingest import ingest_files
-from fleetscore.ingestion.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
 from fleetscore.ingestion.store import SensorStore
+from fleetscore.simulation.simulate import SENSOR_RANGES, SimulationSpec, simulate_fleet
 
 SPEC = SimulationSpec(devices=4, sensors=6, start=datetime(2024, 5, 1, 0, 0, 2), duration=timedelta(hours=5),
                       interval=timedelta(seconds=1), seed=11, anomaly_rate=0.05)
@@ -41,7 +41,8 @@ def _label_windows(windows: pd.DataFrame, labels: pd.DataFrame) -> pd.Series:
 
 def test_labels_match_the_windows(simulated: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
     windows, labels, _ = simulated
-    assert list(labels.columns) == ["Device", "Sensor", "Kind", "Start", "End"]
+    assert list(labels.columns) == ["Device", "Sensor", "Kind", "Start", "End", "Label", "Visible"]
+    assert (labels.Label == "anomaly").all() and labels.Visible.all()
     assert set(labels.Kind) == {"spike", "level_shift", "stuck"}
     assert (labels.Start >= pd.Timestamp(SPEC.start) + pd.Timedelta("1h")).all()  # first hour is clean
     kind = _label_windows(windows, labels)
