@@ -159,6 +159,12 @@ class OpsStore:
             series_drift.c.device, series_drift.c.sensor)
         return [dict(r) for r in self._run("cannot read drift", lambda c: c.execute(query).mappings().all())]
 
+    def drift_of_run(self, run_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """One run's drift rows, most drifted first."""
+        query = select(series_drift).where(series_drift.c.run_id == run_id, series_drift.c.drift.is_not(None)) \
+            .order_by(series_drift.c.drift.desc()).limit(limit)
+        return [dict(r) for r in self._run("cannot read drift", lambda c: c.execute(query).mappings().all())]
+
     # -- events ----------------------------------------------------------------------------------------
 
     def events_of(self, series: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -45,12 +45,15 @@ def select_series(settings: Settings, champion: Any, champion_version: int | Non
     now = now or utcnow()
     records = {(r["device"], r["sensor"]): r for r in (champion.manifest.get("series", []) if champion else [])
                if r.get("device") != FLEET_DEVICE}
-    stored = SensorStore(settings.database_url).list_series(start, end)
-    present = {(str(d), str(s)) for d, s in zip(stored["device"], stored["sensor"], strict=True)}
+    present: set[tuple[str, str]] = set(records)
+    if "new" in kinds or "failed" in kinds:  # only these need the store's series (a scan of the range)
+        stored = SensorStore(settings.database_url).list_series(start, end)
+        present = {(str(d), str(s)) for d, s in zip(stored["device"], stored["sensor"], strict=True)}
     wanted = set(devices) if devices else None
     selected: dict[tuple[str, str], str] = {}
 
     def add(key: tuple[str, str], why: str) -> None:
+        # drifted and stale series are the champion's; a series gone from the store finds no rows to fit
         if key in present and (wanted is None or key[0] in wanted):
             selected.setdefault(key, why)
 

@@ -77,6 +77,11 @@ def test_cold_start_drift_and_selective_release(loop: dict) -> None:
     assert len(everything) == 10 and max(r["drift"] for r in everything if r["device"] != "2" or r["sensor"] != "1") \
         < settings.training.drift_threshold
 
+    report = _cli(settings, ["report", run_id, "--out", str(Path(settings.home) / "r.html")])
+    assert report.exit_code == 0, report.output
+    page = (Path(settings.home) / "r.html").read_text()
+    assert "Most drifted series" in page and "(drifted)" in page
+
     # release --only drifted,new retrains exactly the drifted series and the new device's
     second = run_release(settings, START, T2, skip_validation=True, only=["drifted", "new"])
     trained = set(second.candidate.bundle.keys)
