@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -183,13 +184,17 @@ class OpsStore:
     def save_events(self, new: Sequence[Mapping[str, Any]], changed: Sequence[Mapping[str, Any]]) -> list[int]:
         """Insert ``new`` events and update ``changed`` ones (by id) in one transaction; the new ids."""
         def write(conn: Any) -> list[int]:
-            ids = []
-            for row in new:
-                result = conn.execute(insert(anomaly_events).values(**_encode_event(row)))
-                ids.append(int(result.inserted_primary_key[0]))
-            for row in changed:
-                values = _encode_event(row)
-                conn.execute(update(anomaly_events).where(anomaly_events.c.id == row["id"]).values(**values))
+            ids: list[int] = []
+            if new:  # one statement for all rows, ids in the rows' order (insertmanyvalues)
+                returning = insert(anomaly_events).returning(anomaly_events.c.id, sort_by_parameter_order=True)
+                ids = [int(r[0]) for r in conn.execute(returning, [_encode_event(row) for row in new])]
+            if changed:  # one executemany for all updated rows
+                # acked_at and label belong to `events ack` and `events label`: never written back here
+                fields = [c for c in EVENT_COLUMNS if c not in ("id", "created_at", "acked_at", "label")]
+                statement = update(anomaly_events).where(anomaly_events.c.id == bindparam("event_id")).values(
+                    **{c: bindparam(c) for c in fields})
+                rows = [{**{c: _encode_event(row).get(c) for c in fields}, "event_id": row["id"]} for row in changed]
+                conn.execute(statement, rows)
             return ids
 
         result: list[int] = self._run("cannot save events", write)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fleetscore.ingestion.ops_store import OpsStore
@@ -66,17 +67,16 @@ def episodes(anomalous: Sequence[Sequence[Any]], gap: timedelta) -> list[Episode
     frame["ts"] = pd.to_datetime(frame["ts"])
     frame = frame.sort_values(["device", "sensor", "ts"], kind="stable").reset_index(drop=True)
     same = (frame["device"] == frame["device"].shift()) & (frame["sensor"] == frame["sensor"].shift())
-    cut = ~same | ((frame["ts"] - frame["ts"].shift()) > gap)
-    out = []
-    for _, group in frame.groupby(cut.cumsum(), sort=True):
-        peak = group["score"].idxmin()
-        out.append(Episode(
-            device=str(group["device"].iat[0]), sensor=str(group["sensor"].iat[0]),
-            start=group["ts"].iat[0].to_pydatetime(), end=group["ts"].iat[-1].to_pydatetime(),
-            windows=tuple(t.to_pydatetime() for t in group["ts"]), peak_score=float(group.at[peak, "score"]),
-            peak_ts=group.at[peak, "ts"].to_pydatetime(), reason=str(group.at[peak, "reason"]),
-        ))
-    return out
+    cut = (~same | ((frame["ts"] - frame["ts"].shift()) > gap)).to_numpy()
+    bounds = np.append(np.flatnonzero(cut), len(frame))
+    group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    peak = frame.assign(group=group).groupby("group", sort=True)["score"].idxmin().to_numpy()
+    ts = frame["ts"].dt.to_pydatetime()
+    devices, sensors = frame["device"].astype(str).to_numpy(), frame["sensor"].astype(str).to_numpy()
+    scores, reasons = frame["score"].to_numpy(dtype=float), frame["reason"].astype(str).to_numpy()
+    return [Episode(device=devices[a], sensor=sensors[a], start=ts[a], end=ts[b - 1], windows=tuple(ts[a:b]),
+                    peak_score=float(scores[p]), peak_ts=ts[p], reason=reasons[p])
+            for a, b, p in zip(bounds[:-1], bounds[1:], peak, strict=True)]
 
 
 def merge_episodes(existing: list[dict[str, Any]], found: Sequence[Episode], run_id: str, gap: timedelta,
@@ -149,11 +149,15 @@ def record_events(database_url: str, config: AlertsConfig, run_id: str, anomalou
     store = OpsStore(database_url)
     existing = store.events_of(sorted({(e.device, e.sensor) for e in found}))
     new, changed, notify = merge_episodes(existing, found, run_id, gap, config.escalate_factor, now)
+    for event, _ in notify:  # saved with the events: one transaction, whether or not a sink is configured
+        event["notified_peak"] = event["peak_score"]
+    changed_ids = {e["id"] for e in changed}
+    changed += [e for e, _ in notify if "id" in e and e["id"] not in changed_ids]
     ids = store.save_events(new, changed)
     for event, event_id in zip(new, ids, strict=True):
         event["id"] = event_id
     notified = dead = 0
-    for event, kind in notify:
+    for event, kind in notify if sinks else []:
         body = payload(event, kind)
         for sink in sinks:
             error = deliver(sink, body)
@@ -163,7 +167,6 @@ def record_events(database_url: str, config: AlertsConfig, run_id: str, anomalou
                 dead += 1
                 log.warning("event %d: %s sink failed: %s (dead-lettered)", event["id"], sink.name, error)
                 store.dead_letter(event["id"], sink.name, utcnow(), json.dumps(body, sort_keys=True), error)
-        store.set_event(event["id"], notified_peak=event["peak_score"])
     return EventsOutcome(len(new), len(changed), notified, dead)
 
 
