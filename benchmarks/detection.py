@@ -70,7 +70,7 @@ def _cli(home: Path, args: list[str], config: Path | None) -> str:
 def run_flow(workdir: Path, seed: int, devices: int, detector: str | None) -> Run:
     """simulate -> release -> score in a fresh home; the scored windows with labels, flags and baselines."""
     from fleetscore.ingestion.store import SensorStore
-    from fleetscore.scoring.writer import read_predictions
+    from fleetscore.scoring.table import read_predictions
     from fleetscore.simulation.labels import match_labels, read_labels
 
     home = workdir / f"seed{seed}-devices{devices}"
@@ -96,6 +96,7 @@ def run_flow(workdir: Path, seed: int, devices: int, detector: str | None) -> Ru
     store = SensorStore(f"sqlite:///{home / 'fleetscore.db'}")
     every = store.read_windows(start=pd.Timestamp(START).to_pydatetime(), end=pd.Timestamp(END).to_pydatetime())
     predictions = read_predictions(str(home / "blob"))
+    predictions["TS"] = predictions["TS"].dt.tz_convert(None)  # the table's UTC times as the store's naive UTC
     scored = every[every.ts >= pd.Timestamp(TRAIN_END)].reset_index(drop=True)
     merged = scored.merge(predictions[["Device", "Sensor", "TS", "Prediction", "Score"]],
                           left_on=["device", "sensor", "ts"], right_on=["Device", "Sensor", "TS"], how="left")

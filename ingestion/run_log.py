@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, func, select, update
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, func, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError
@@ -46,6 +46,7 @@ scoring_runs = Table(
     Column("mlflow_run_id", String(64), nullable=False, default=""),
     Column("timings", Text, nullable=False, default="{}"),
     Column("error", Text, nullable=False, default=""),
+    Column("table_version", Integer, nullable=True),  # the predictions table version the run committed
 )
 Index("ix_scoring_runs_window", scoring_runs.c.window_start)
 
@@ -60,6 +61,7 @@ class RunLog:
         self.database_url = database_url
         self.engine = make_engine(database_url)
         ensure_tables(database_url, metadata, "scoring_runs")
+        _add_missing_columns(self.engine)
 
     def start(self, run_id: str, window_start: datetime, window_end: datetime, release_ref: str,
               started_at: datetime, **fields: Any) -> None:
@@ -104,6 +106,27 @@ class RunLog:
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit)).mappings().all()
         return [_decode(row) for row in rows]
+
+
+_MIGRATED: set[str] = set()
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Add the columns of ``scoring_runs`` that a store created by an older fleetscore lacks."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key in _MIGRATED:
+        return
+    try:
+        present = {c["name"] for c in inspect(engine).get_columns("scoring_runs")}
+        for column in scoring_runs.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                add = "ADD" if engine.dialect.name == "mssql" else "ADD COLUMN"
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE scoring_runs {add} {column.name} {kind}"))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"scoring_runs: cannot add the new columns: {_one_line(exc)}") from exc
+    _MIGRATED.add(key)
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[str, Any]:

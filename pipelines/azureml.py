@@ -7,7 +7,7 @@ plain :class:`PublishSpec` data:
 - three **components** running ``fleetscore score-step ...`` in that image: ``plan`` (gate, resolve the
   release once, write one task file per shard), the **parallel** ``score_shards`` (one mini-batch = one
   shard, fanned out over ``instance_count`` nodes x ``max_concurrency_per_instance`` processes) and
-  ``finalize`` (manifest last, ``latest`` pointer, run records);
+  ``finalize`` (one commit to the predictions table, the manifest, run records);
 - the scoring **pipeline job** over them (inputs: window start/end, release, devices, storage URL...);
 - a **schedule** (cron or recurrence) that submits that pipeline;
 - the **compute cluster** (AmlCompute, min 0 nodes: it scales to zero when idle).
@@ -214,7 +214,7 @@ def _components(spec: PublishSpec, env_ref: str, code_dir: Path) -> dict[str, An
     ).component
     finalize = CommandComponent(
         name="fleetscore_finalize", display_name="finalize the scoring run",
-        description="Checks the parts, writes the manifest last, moves the latest pointer, records the run.",
+        description="Checks the parts, commits them to the predictions table, writes the manifest, records it.",
         environment=env_ref,
         command=("fleetscore --storage-url ${{inputs.storage_url}} score-step finalize "
                  "--tasks ${{inputs.tasks}} --results ${{inputs.results}}"),

@@ -24,7 +24,9 @@ from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run, note
 from fleetscore.pipelines.run_planning import (
     RunSetup,
     build_plan,
+    committed_location,
     excluded_of,
+    find_duplicate,
     fingerprint,
     gate_verdict,
     planned_incomplete,
@@ -105,14 +107,14 @@ def score_during_gate(
         report = gate_verdict(setup, lambda pending: complete_from_shards(
             pending, storage, prefix, provisional.shards, range(at_once), finished, scoring, others))
         data_hash = fingerprint(setup, report)
-        duplicate = writer.find_duplicate(storage, setup.start, setup.end, setup.version, data_hash,
+        duplicate = find_duplicate(settings, storage, setup.start, setup.end, setup.version, data_hash,
                                           setup.device_filter)
         if duplicate and not force:
             _abort(storage, prefix, scoring)
             record_skipped(setup, data_hash, str(duplicate["run_id"]))
             return ScoringResult(setup.run_id, "skipped", setup.start, setup.end, setup.version,
                                  duplicate_of=str(duplicate["run_id"]),
-                                 location=storage.display(writer.run_prefix(setup.start, str(duplicate["run_id"]))))
+                                 location=committed_location(settings, str(duplicate["run_id"])))
     except BaseException:
         _abort(storage, prefix, scoring)
         raise

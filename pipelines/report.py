@@ -16,9 +16,9 @@ import pandas as pd
 
 from fleetscore.errors import ScoringError
 from fleetscore.ingestion.run_log import RunLog
-from fleetscore.pipelines.adapters import storage_for
+from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table
 
 TOP_DEVICES = 15
 
@@ -34,8 +34,7 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
         raise ScoringError(f"no scoring run {run_id} in the run log")
     if record["status"] != "done":
         raise ScoringError(f"run {run_id} is {record['status']}: only complete runs have a report")
-    storage = storage_for(settings)
-    predictions = writer.read_run(storage, record["window_start"], run_id)
+    predictions = table.read_run(storage_spec_for(settings), run_id)
     history = [r for r in runs.list(limit=200, status="done") if r["rows"]]
     from fleetscore.ingestion.ops_store import OpsStore
 

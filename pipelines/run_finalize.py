@@ -16,9 +16,9 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines import run_ops
-from fleetscore.pipelines.adapters import storage_for
+from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, RUN_LOG, RunPlan, ShardOutcome
 from fleetscore.scoring.shard import load_bundle
 
@@ -41,6 +41,8 @@ class ScoringResult:
     resumed: bool = False
     failures: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    table_version: int | None = None  # the predictions table's version this run committed
+    run_folder: str = ""  # the run's plan, manifest, log and CSV export
 
 
 def note(journal: list[str], message: str, *args: Any) -> None:
@@ -60,8 +62,10 @@ def finalize_run(
     resumed: bool = False,
     journal: list[str] | None = None,
 ) -> ScoringResult:
-    """Collect the shards' outcomes, apply ``max_failed_fraction``, write the manifest and record the run."""
-    storage = storage_for(settings)
+    """Collect the shards' outcomes, apply ``max_failed_fraction``, commit the staged data files to the
+    predictions table in one transaction, write the manifest and record the run."""
+    spec = storage_spec_for(settings)
+    storage = spec.open()
     start, end = plan.start, plan.end
     prefix = writer.run_prefix(start, run_id)
     runs = RunLog(settings.database_url)
@@ -108,8 +112,16 @@ def finalize_run(
                                                                "failures": all_failures})
         runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
         raise ScoringError(message)
-    note(journal, "run %s: %d rows, %d anomalies, %d series failed; writing the manifest",
-         run_id, rows, anomalies, len(failed_series) + lost)
+    staged = writer.staged_files(prefix, outcomes)
+    t0 = time.perf_counter()
+    version_of_table = table.commit_run(
+        spec, staged, start, end, plan.devices,
+        {"run_id": run_id, "release_version": version, "data_hash": plan.data_hash,
+         "code_version": plan.code_version, "validation_id": plan.validation_id})
+    timings["commit"] = time.perf_counter() - t0
+    location = f"{table.table_uri(spec)}@v{version_of_table}"
+    note(journal, "run %s: %d rows, %d anomalies, %d series failed; committed as table version %d",
+         run_id, rows, anomalies, len(failed_series) + lost, version_of_table)
     storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
     timings["total"] = time.perf_counter() - started if started is not None else 0.0
     stored = plan.to_json()
@@ -122,7 +134,8 @@ def finalize_run(
         "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
         "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
         "series_scored": scored,
-        "parts": [writer.part_name(i) for i in sorted(outcomes)],
+        "table": table.table_uri(spec), "table_version": version_of_table,
+        "files": [table.data_path(run_id, item) for item in staged],  # added to the table, under its root
         "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan.csv else [],
         "shards": {str(i): {"devices": o.devices, "rows": o.rows, "anomalies": o.anomalies,
                             "timings": dict(o.timings)} for i, o in sorted(outcomes.items())},
@@ -141,11 +154,13 @@ def finalize_run(
     from fleetscore.pipelines import telemetry
 
     telemetry.record_run(manifest)
-    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], **common)
+    runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], location=location,
+                table_version=version_of_table, **common)
     if settings.scoring.log_to_mlflow:
         _log_mlflow(settings, runs, run_id, manifest)
-    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, storage.display(prefix),
-                         resumed=resumed, failures=all_failures, manifest=manifest)
+    return ScoringResult(run_id, "done", start, end, version, rows, anomalies, location,
+                         resumed=resumed, failures=all_failures, manifest=manifest, table_version=version_of_table,
+                         run_folder=storage.display(prefix))
 
 
 def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
@@ -157,7 +172,7 @@ def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[st
     metrics.update({f"seconds.{k}": v for k, v in manifest["timings"].items()})
     params = {"window_start": manifest["start"], "window_end": manifest["end"],
               "release_version": manifest["release_version"], "n_shards": manifest["n_shards"],
-              "data_hash": manifest["data_hash"]}
+              "data_hash": manifest["data_hash"], "table_version": manifest["table_version"]}
     tags = {"fleetscore.run_id": run_id, "fleetscore.validation_id": manifest["validation_id"],
             "fleetscore.code_version": manifest["code_version"], "fleetscore.kind": "scoring"}
     try:

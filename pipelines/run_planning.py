@@ -28,7 +28,7 @@ from fleetscore.pipelines.adapters import storage_for, storage_spec_for
 from fleetscore.pipelines.executors import default_workers, run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask
 from fleetscore.scoring.shard import load_bundle
 from fleetscore.scoring.storage import Storage
@@ -80,7 +80,7 @@ def prepare_run(
     report = gate_verdict(setup)
     data_hash = fingerprint(setup, report)
     start, end, version = setup.start, setup.end, setup.version
-    duplicate = writer.find_duplicate(setup.storage, start, end, version, data_hash, setup.device_filter)
+    duplicate = find_duplicate(settings, setup.storage, start, end, version, data_hash, setup.device_filter)
     if duplicate and not force:
         record_skipped(setup, data_hash, str(duplicate["run_id"]))
         return PreparedRun(setup.run_id, start, end, version, None, [], str(setup.resolved.bundle_dir),
@@ -298,3 +298,20 @@ def _resolve_range(store: Any, start: datetime | None, end: datetime | None,
     return start or first, end or (last + window)
 
 
+def find_duplicate(settings: Settings, storage: Storage, start: datetime, end: datetime, release_version: int,
+                   data_hash: str, devices: Sequence[str] | None) -> dict[str, Any] | None:
+    """The manifest of a complete run of the same window, release, devices and data whose rows are still
+    the table's current ones (a later run that replaced some of them makes the window worth scoring)."""
+    duplicate = writer.find_duplicate(storage, start, end, release_version, data_hash, devices)
+    if duplicate is None or "table_version" not in duplicate:
+        return None
+    if table.superseded(storage_spec_for(settings), int(duplicate["table_version"]), start, end, devices):
+        return None
+    return duplicate
+
+
+def committed_location(settings: Settings, run_id: str) -> str:
+    """``TABLE@vN`` of a committed run (the table alone if its version is not found)."""
+    spec = storage_spec_for(settings)
+    version = table.run_version(spec, run_id)
+    return table.table_uri(spec) + (f"@v{version}" if version is not None else "")

@@ -4,10 +4,11 @@
 scored while the gate runs (:mod:`pipelines.overlapped_run`); a run that may resume an incomplete one,
 or one without the gate, takes the sequential way here: :func:`~pipelines.run_planning.prepare_run`
 (gate, release, plan or resume), the shards on the executor, then
-:func:`~pipelines.run_finalize.finalize_run` (manifest last, run records). The Azure ML pipeline runs
+:func:`~pipelines.run_finalize.finalize_run` (one commit to the predictions table, the manifest, run
+records). The Azure ML pipeline runs
 the same three steps on separate nodes (:mod:`pipelines.azureml_steps`).
 
-A run killed at any point leaves a folder without a manifest, which readers ignore; running the same
+A run killed before its commit leaves only its run folder, which no table reader sees; running the same
 command again finds that plan and completes it (only the shards without a part are scored).
 """
 
@@ -17,14 +18,12 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.executors import ShardFailure, run_shards
 from fleetscore.pipelines.overlapped_run import score_during_gate
 from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run
-from fleetscore.pipelines.run_planning import prepare_run, shard_task
+from fleetscore.pipelines.run_planning import committed_location, prepare_run, shard_task
 from fleetscore.pipelines.settings import Settings
 from fleetscore.progress import ProgressCallback
-from fleetscore.scoring import writer
 from fleetscore.scoring.shard import bundle_files, score_shard
 
 
@@ -64,7 +63,7 @@ def score_window(
     if plan is None:
         return ScoringResult(prepared.run_id, "skipped", w_start, w_end, prepared.release_version,
                              duplicate_of=prepared.duplicate_of,
-                             location=storage_for(settings).display(writer.run_prefix(w_start, prepared.duplicate_of)))
+                             location=committed_location(settings, prepared.duplicate_of))
     total = plan.n_shards
     already = total - len(prepared.todo)
     if on_progress is not None:

@@ -15,14 +15,14 @@ from typing import Any
 
 from fleetscore.scoring.storage import StorageSpec
 
-# The files of a run's folder (``predictions/window_start=.../run=<id>/``) and of a window's folder.
-PREDICTIONS = "predictions"
+# The folder of the runs (``runs/window_start=.../run=<id>/``, beside the ``predictions/`` Delta table)
+# and the files of a run's folder.
+RUNS = "runs"
 PLAN = "_run.json"  # the run's plan, written first (once the gate passed)
 ABORT = "_abort.json"  # a run given up before its plan was written (gate failed, duplicate)
 FAILED = "_failed.json"  # a run that failed (more than max_failed_fraction): never resumed
 SERIES_FOLDER = "_series"  # the shards' series metrics for the gate; "_": Parquet dataset readers skip it
-MANIFEST = "manifest.json"  # written LAST: a run without it is incomplete and never read
-LATEST = "latest.json"  # per window: the newest complete run
+MANIFEST = "manifest.json"  # written after the run's table commit: a run without it is incomplete
 RUN_LOG = "run.log"
 VALIDATION = "validation.json"  # the gate's report
 
@@ -150,6 +150,8 @@ class ShardOutcome:
     drift: tuple[tuple[Any, ...], ...] = ()
     # every anomalous window: (device, sensor, ts ISO, score, reason), for the run's anomaly events
     anomalous: tuple[tuple[Any, ...], ...] = ()
+    # the data files it staged for the table commit: {"name", "partition", "size", "rows", "stats"}
+    files: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The outcome as stored in ``part-NNNNN.json``."""
@@ -160,7 +162,7 @@ class ShardOutcome:
                 "failed": dict(self.failed), "unscored": dict(self.unscored),
                 "kernel_evaluations": self.kernel_evaluations, "timings": dict(self.timings),
                 "fleet_scored": list(self.fleet_scored), "drift": [list(r) for r in self.drift],
-                "anomalous": [list(r) for r in self.anomalous]}
+                "anomalous": [list(r) for r in self.anomalous], "files": [dict(f) for f in self.files]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardOutcome:
@@ -171,7 +173,7 @@ class ShardOutcome:
             failed=dict(data.get("failed") or {}), unscored=dict(data.get("unscored") or {}),
             per_sensor={str(s): (int(v[0]), int(v[1])) for s, v in (data.get("per_sensor") or {}).items()},
             kernel_evaluations=int(data.get("kernel_evaluations", 0)), timings=dict(data.get("timings") or {}),
-            aborted=bool(data.get("aborted", False)),
+            aborted=bool(data.get("aborted", False)), files=tuple(dict(f) for f in data.get("files") or ()),
             fleet_scored=tuple(data.get("fleet_scored") or ()),
             drift=tuple(tuple(r) for r in data.get("drift") or ()),
             anomalous=tuple(tuple(r) for r in data.get("anomalous") or ()),

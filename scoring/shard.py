@@ -1,9 +1,10 @@
-"""The scoring worker: score one shard of devices end to end and write its Parquet part.
+"""The scoring worker: score one shard of devices end to end and stage its data files.
 
 :func:`score_shard` is a top-level function of plain data (a :class:`ShardTask`), so any executor can
 run it: a local process, a Dask worker, an Azure ML parallel job. It loads the release bundle once per
 process (cached), reads the shard's windows from SQL (with the context windows the features need
-before the range), scores every series at once with the vectorised kernel and writes one part.
+before the range), scores every series at once with the vectorised kernel and stages its part: one
+Parquet data file per hour under the run's folder, for the run's table commit.
 
 One failing series does not stop the others: series with non-finite values are set aside before the
 kernel runs; if the kernel itself raises, the shard is scored again series by series so that only
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, series_key
-from fleetscore.scoring.writer import encode_part, read_json, to_predictions, write_part
+from fleetscore.scoring.writer import EncodedPart, encode_part, read_json, to_predictions, write_part
 from fleetscore.training.coldstart import SCOPE_FLEET, SCOPE_SERIES, with_fallback
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def score_shard(task: ShardTask) -> ShardOutcome:
 class _Part:
     """A shard's predictions, encoded, with the counts its outcome reports."""
 
-    files: dict[str, bytes]
+    files: EncodedPart
     summary: dict[str, Any]
 
 

@@ -35,6 +35,29 @@ class StorageSpec:
         """Open the storage this spec names."""
         return Storage(self.url, self.options)
 
+    def table_location(self, rel: str) -> tuple[str, dict[str, str]]:
+        """The URI and delta-rs (object_store) storage options of the table at ``rel`` under the root.
+
+        Derived from the same URL and credentials as the fsspec side: a local absolute path, or
+        ``az://container/prefix/rel`` with the account name/key, SAS token or endpoint taken from the
+        connection string (this spec's, else ``AZURE_STORAGE_CONNECTION_STRING``). With an account name
+        alone, delta-rs uses its own credential chain (workload identity, managed identity, env vars).
+        """
+        protocol, sep, rest = self.url.partition("://")
+        if not sep or protocol == "file":
+            return os.path.join(os.path.abspath(rest if sep else self.url), rel), {}
+        if protocol not in AZURE_PROTOCOLS:
+            return f"{self.url.rstrip('/')}/{rel}", dict(self.options)
+        uri = f"az://{rest.strip('/')}/{rel}"
+        options: dict[str, str] = {}
+        connection = self.options.get("connection_string") or os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+        if connection:
+            options.update(_object_store_options(connection))
+        account = self.options.get("account_name")
+        if account and "account_name" not in options:
+            options["account_name"] = account
+        return uri, options
+
 
 def storage_spec(url: str, account_name: str = "", connection_string: str = "") -> StorageSpec:
     """Build a :class:`StorageSpec`; empty credentials are left out so adlfs falls back to its env vars."""
@@ -148,6 +171,35 @@ class Storage:
         names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         return sorted(n for n in names if n and ".tmp-" not in n)
 
+    def move(self, src: str, dst: str) -> None:
+        """Move the file ``src`` to ``dst`` (a rename on a folder, copy then delete on Azure Blob Storage).
+
+        Done already (``src`` gone, ``dst`` there) is not an error, so a retried commit can move again.
+        """
+        source, target = self.path(src), self.path(dst)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
+            else:
+                self.fs.mv(source, target)
+        except FileNotFoundError as exc:
+            if not self.exists(dst):
+                raise StorageError(f"{self.display(src)}: not found (nor {self.display(dst)})") from exc
+        except Exception as exc:
+            if self.exists(dst) and not self.exists(src):
+                return
+            raise StorageError(f"{self.display(src)}: cannot move to {self.display(dst)}: {_one_line(exc)}") from exc
+
+    def remove(self, rel: str) -> None:
+        """Delete the file ``rel``; nothing if it is absent."""
+        try:
+            self.fs.rm_file(self.path(rel))
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(f"{self.display(rel)}: cannot remove: {_one_line(exc)}") from exc
+
     def remove_tree(self, rel: str) -> None:
         """Delete the folder (or blob prefix) ``rel`` and everything under it; nothing if it is absent."""
         try:
@@ -164,6 +216,21 @@ class Storage:
             return self.fs.open(self.path(rel), "rb")
         except FileNotFoundError as exc:
             raise StorageError(f"{self.display(rel)}: not found") from exc
+
+
+def _object_store_options(connection_string: str) -> dict[str, str]:
+    """An Azure Storage connection string as object_store options (delta-rs takes no connection string)."""
+    parts = dict(item.split("=", 1) for item in connection_string.split(";") if "=" in item)
+    if parts.get("UseDevelopmentStorage", "").lower() == "true":
+        return {"azure_storage_use_emulator": "true"}
+    options = {}
+    for key, option in (("AccountName", "account_name"), ("AccountKey", "account_key"),
+                        ("SharedAccessSignature", "sas_token"), ("BlobEndpoint", "endpoint")):
+        if parts.get(key):
+            options[option] = parts[key].rstrip("/")
+    if options.get("endpoint", "").startswith("http://") or parts.get("DefaultEndpointsProtocol") == "http":
+        options["allow_http"] = "true"
+    return options
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,34 +1,41 @@
-"""Versioned predictions: Parquet parts, a manifest written last, a ``latest`` pointer per window.
+"""A scoring run's folder: its plan, the shards' staged parts, its manifest (beside the predictions table).
 
 Layout under the storage root::
 
-    predictions/window_start=YYYY-MM-DDTHH-MM/
-        latest.json                      -> {"run_id": ...}, written after the run's manifest
+    predictions/                         the Delta table (scoring.table): _delta_log/, window_start=.../
+    runs/window_start=YYYY-MM-DDTHH-MM/  the runs of a requested window (the start of its range)
         run=<run_id>/
             _run.json                    the run's plan, written first (release, data hash, shards)
-            part-00000.parquet ...       one per shard, each written atomically
+            part-00000.<hour>.parquet    a shard's data files, one per hour, staged here until the run's
+                                         commit moves them into the table
+            part-00000.json              the shard's outcome (rows, anomalies, failures, timings, its
+                                         files and their statistics), written after its data files
             part-00000.csv ...           with --csv: the reference format TS,Device,Sensor,Val,Prediction
             validation.json, run.log     the gate's report and the run's log
-            manifest.json                written LAST: a run without it is incomplete and never read
+            manifest.json                written after the table commit, naming its version
 
-Readers (:func:`read_predictions`) only ever look at runs that have a manifest, so a run killed at any
-point leaves nothing they take for a result.
+The table commit (:func:`scoring.table.commit_run`) is what makes a run's predictions visible; the
+folder is bookkeeping (resume, duplicate detection, reports) that no table reader looks at.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from fleetscore.errors import StorageError
-from fleetscore.scoring.contracts import LATEST, MANIFEST, PREDICTIONS
-from fleetscore.scoring.storage import Storage, StorageSpec
+from fleetscore.scoring.contracts import MANIFEST, RUNS, ShardOutcome
+from fleetscore.scoring.storage import Storage
+from fleetscore.scoring.table import DataFile, StagedFile, encode_files
+
+log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
@@ -40,9 +47,9 @@ def window_label(start: datetime) -> str:
 
 
 def window_prefix(start: datetime | str) -> str:
-    """``predictions/window_start=...`` for a window start (a datetime or an existing label)."""
+    """``runs/window_start=...`` for a window start (a datetime or an existing label)."""
     label = start if isinstance(start, str) else window_label(start)
-    return f"{PREDICTIONS}/window_start={label}"
+    return f"{RUNS}/window_start={label}"
 
 
 def run_prefix(start: datetime | str, run_id: str) -> str:
@@ -64,7 +71,7 @@ def part_name(shard: int, ext: str = "parquet") -> str:
 def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
     """The kernel's output (device, sensor, ts, value, score, prediction) in the predictions columns."""
     out = pd.DataFrame({
-        "TS": pd.to_datetime(scored["ts"]).astype("datetime64[ns]"),
+        "TS": pd.to_datetime(scored["ts"], utc=True).astype("datetime64[us, UTC]"),
         "Device": scored["device"].astype(str),
         "Sensor": scored["sensor"].astype(str),
         "Val": scored["value"].astype("float64"),
@@ -85,25 +92,29 @@ def reference_csv(predictions: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
-def encode_part(predictions: pd.DataFrame, csv: bool = False) -> dict[str, bytes]:
-    """One shard's files as bytes, by extension: ``parquet`` and (when ``csv``) the reference ``csv``."""
-    buffer = io.BytesIO()
-    # dictionary encoding where it pays (ids, version, label): tried on the float columns too, it is
-    # given up page by page, which doubled the encoding time for the same size
-    predictions[PREDICTION_COLUMNS].to_parquet(buffer, index=False, engine="pyarrow",
-                                               use_dictionary=["Device", "Sensor", "Prediction", "ModelVersion",
-                                                                               "ModelScope"])
-    files = {"parquet": buffer.getvalue()}
-    if csv:
-        files["csv"] = reference_csv(predictions)
-    return files
+@dataclass(frozen=True)
+class EncodedPart:
+    """One shard's output as bytes: the table's data files (one per hour) and the optional reference CSV."""
+
+    files: list[DataFile]
+    csv: bytes | None = None
+
+
+def encode_part(predictions: pd.DataFrame, csv: bool = False) -> EncodedPart:
+    """One shard's files as bytes: Delta data files and (when ``csv``) the reference CSV."""
+    return EncodedPart(encode_files(predictions), reference_csv(predictions) if csv else None)
+
+
+def data_file_name(shard: int, partition: str) -> str:
+    """``part-00003.2026-01-05T01-00.parquet``: a shard's staged data file of one hour."""
+    return f"part-{shard:05d}.{partition}.parquet"
 
 
 def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFrame | None = None,
                csv: bool = False, outcome: Mapping[str, Any] | None = None,
-               encoded: Mapping[str, bytes] | None = None) -> None:
-    """Write one shard's predictions under a run prefix: the reference CSV (when ``csv``) and the
-    shard's outcome JSON first, the Parquet part last (its presence is what marks the shard done).
+               encoded: EncodedPart | None = None) -> None:
+    """Write one shard's output under a run prefix: the reference CSV (when ``csv``), its data files,
+    then its outcome JSON, which lists the files with their statistics (its presence marks the shard done).
 
     ``encoded`` (from :func:`encode_part`) is written as it is, instead of encoding ``predictions``.
     """
@@ -111,18 +122,33 @@ def write_part(storage: Storage, prefix: str, shard: int, predictions: pd.DataFr
         if predictions is None:
             raise ValueError("write_part: give the predictions or their encoded files")
         encoded = encode_part(predictions, csv)
-    if "csv" in encoded:
-        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", encoded["csv"])
-    if outcome is not None:
-        write_json(storage, f"{prefix}/{part_name(shard, 'json')}", outcome)
-    storage.write_bytes(f"{prefix}/{part_name(shard)}", encoded["parquet"])
+    if encoded.csv is not None:
+        storage.write_bytes(f"{prefix}/{part_name(shard, 'csv')}", encoded.csv)
+    files = []
+    for item in encoded.files:
+        name = data_file_name(shard, item.partition)
+        storage.write_bytes(f"{prefix}/{name}", item.data)
+        files.append({"name": name, "partition": item.partition, "size": len(item.data), "rows": item.rows,
+                      "stats": item.stats})
+    write_json(storage, f"{prefix}/{part_name(shard, 'json')}", {"shard": shard, **(outcome or {}), "files": files})
 
 
 def shard_outcomes(storage: Storage, prefix: str) -> dict[int, dict[str, Any]]:
-    """The outcome JSON of every shard whose part is written, by shard index."""
+    """The outcome JSON of every shard that is done, by shard index."""
     return {shard: read_json(storage, f"{prefix}/{part_name(shard, 'json')}")
-            for shard in sorted(done_shards(storage, prefix))
-            if storage.exists(f"{prefix}/{part_name(shard, 'json')}")}
+            for shard in sorted(done_shards(storage, prefix))}
+
+
+def read_staged(storage: Storage, prefix: str) -> list[StagedFile]:
+    """The data files staged by the shards of a run that are done, read from their outcomes."""
+    return staged_files(prefix, {shard: ShardOutcome.from_json(data)
+                                 for shard, data in shard_outcomes(storage, prefix).items()})
+
+
+def staged_files(prefix: str, outcomes: Mapping[int, ShardOutcome]) -> list[StagedFile]:
+    """The data files the shards of a run staged (paths under the storage root), shard by shard."""
+    return [StagedFile(f"{prefix}/{f['name']}", f["partition"], int(f["size"]), f["stats"])
+            for _, outcome in sorted(outcomes.items()) for f in outcome.files]
 
 
 def write_json(storage: Storage, rel: str, obj: Mapping[str, Any]) -> None:
@@ -141,38 +167,19 @@ def read_json(storage: Storage, rel: str) -> dict[str, Any]:
 
 
 def done_shards(storage: Storage, prefix: str) -> set[int]:
-    """Shards of a run whose Parquet part is written."""
+    """Shards of a run whose outcome (written after their data files) is there."""
     return {int(name[5:10]) for name in storage.listdir(prefix)
-            if name.startswith("part-") and name.endswith(".parquet")}
+            if name.startswith("part-") and name.endswith(".json") and name[5:10].isdigit()}
 
 
 def publish(storage: Storage, start: datetime, run_id: str, manifest: Mapping[str, Any]) -> None:
-    """Complete a run: write its manifest (last of its files), then move the window's ``latest`` pointer.
-
-    The pointer only moves forward: it keeps naming the newest complete run by creation time. Storage
-    has no compare-and-swap, so after writing it the complete runs are listed again: a newer run that
-    published between this one's check and its write is named instead (whichever writer comes last).
-    """
-    prefix = run_prefix(start, run_id)
-    write_json(storage, f"{prefix}/{MANIFEST}", manifest)
-    latest_rel = f"{window_prefix(start)}/{LATEST}"
-    if storage.exists(latest_rel):
-        current = read_json(storage, latest_rel).get("run_id", "")
-        if current > run_id and storage.exists(f"{run_prefix(start, current)}/{MANIFEST}"):
-            return
-    write_json(storage, latest_rel, _pointer(run_id))
-    newest = max((rid for rid, complete in list_runs(storage, start) if complete), default=run_id)
-    if newest > run_id:
-        write_json(storage, latest_rel, _pointer(newest))
-
-
-def _pointer(run_id: str) -> dict[str, str]:
-    return {"run_id": run_id, "manifest": f"run={run_id}/{MANIFEST}"}
+    """Complete a run's folder once its table commit is made: write its manifest."""
+    write_json(storage, f"{run_prefix(start, run_id)}/{MANIFEST}", manifest)
 
 
 def list_windows(storage: Storage) -> list[str]:
     """Window labels that have any run folder, oldest first."""
-    return [name.split("=", 1)[1] for name in storage.listdir(PREDICTIONS) if name.startswith("window_start=")]
+    return [name.split("=", 1)[1] for name in storage.listdir(RUNS) if name.startswith("window_start=")]
 
 
 def list_runs(storage: Storage, window: datetime | str) -> list[tuple[str, bool]]:
@@ -204,68 +211,4 @@ def find_duplicate(storage: Storage, start: datetime, end: datetime, release_ver
             return manifest
     return None
 
-
-def latest_run(storage: Storage, window: datetime | str) -> str | None:
-    """The run id the window's ``latest`` pointer names, or the newest complete run; None if none."""
-    latest_rel = f"{window_prefix(window)}/{LATEST}"
-    if storage.exists(latest_rel):
-        run_id = str(read_json(storage, latest_rel).get("run_id", ""))
-        if run_id and storage.exists(f"{run_prefix(window, run_id)}/{MANIFEST}"):
-            return run_id
-    complete = [run_id for run_id, ok in list_runs(storage, window) if ok]
-    return complete[-1] if complete else None
-
-
-def read_run(storage: Storage, window: datetime | str, run_id: str) -> pd.DataFrame:
-    """The predictions of one COMPLETE run (its manifest lists the parts); incomplete runs raise."""
-    prefix = run_prefix(window, run_id)
-    if not storage.exists(f"{prefix}/{MANIFEST}"):
-        raise StorageError(f"{storage.display(prefix)}: run {run_id} is incomplete (no manifest)")
-    manifest = read_json(storage, f"{prefix}/{MANIFEST}")
-    frames = []
-    for part in manifest.get("parts", []):
-        with storage.open_read(f"{prefix}/{part}") as handle:
-            frames.append(pd.read_parquet(handle, engine="pyarrow"))
-    if not frames:
-        return empty_predictions()
-    return pd.concat(frames, ignore_index=True)
-
-
-def empty_predictions() -> pd.DataFrame:
-    """A predictions frame with no rows and the right column types."""
-    return pd.DataFrame({
-        "TS": pd.Series([], dtype="datetime64[ns]"), "Device": pd.Series([], dtype=object),
-        "Sensor": pd.Series([], dtype=object), "Val": pd.Series([], dtype="float64"),
-        "Prediction": pd.Series([], dtype="int8"), "Score": pd.Series([], dtype="float64"),
-        "ModelVersion": pd.Series([], dtype="int32"), "ModelScope": pd.Series([], dtype=object),
-    })
-
-
-def read_predictions(storage_url: str | StorageSpec, window_start: datetime | str | None = None,
-                     run_id: str | None = None, storage_options: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Read complete predictions only.
-
-    - ``window_start`` and ``run_id``: that run (it must be complete).
-    - ``window_start`` only: the run the window's ``latest`` pointer names.
-    - ``run_id`` only: that run, wherever its window is.
-    - neither: the latest run of every window, concatenated, oldest window first.
-
-    Runs without a manifest (in progress, killed, failed) are never read.
-    """
-    spec = storage_url if isinstance(storage_url, StorageSpec) else StorageSpec(storage_url, storage_options or {})
-    storage = spec.open()
-    windows = [window_start] if window_start is not None else list_windows(storage)
-    frames = []
-    for window in windows:
-        if run_id is not None:
-            if any(r == run_id for r, _ in list_runs(storage, window)):
-                return read_run(storage, window, run_id)
-            continue
-        chosen = latest_run(storage, window)
-        if chosen is not None:
-            frames.append(read_run(storage, window, chosen))
-    if run_id is not None:
-        raise StorageError(f"{storage.display(PREDICTIONS)}: no run {run_id}")
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else empty_predictions()
 

@@ -60,7 +60,9 @@ def match_labels(windows: pd.DataFrame, labels: pd.DataFrame, device: str = "dev
                  ts: str = "ts") -> WindowLabels:
     """Label each row of ``windows`` (columns ``device``, ``sensor``, ``ts`` by default) from ``labels``."""
     rows = pd.DataFrame({"d": windows[device].astype(str).to_numpy(), "s": windows[sensor].astype(str).to_numpy(),
-                         "t": pd.to_datetime(windows[ts]).to_numpy().astype("datetime64[ns]"),
+                         # naive UTC, whether the rows' times are naive (windows) or UTC-aware (predictions)
+                         "t": pd.to_datetime(windows[ts], utc=True).dt.tz_convert(None).to_numpy()
+                         .astype("datetime64[ns]"),
                          "i": np.arange(len(windows))})
     label = labels["Label"] if "Label" in labels.columns else pd.Series("anomaly", index=labels.index)
     visible = labels["Visible"] if "Visible" in labels.columns else pd.Series(True, index=labels.index)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# pandas 3's defaults on the pinned pandas 2.3 (as fleetscore/__init__.py sets them), before any plugin or
+# test module imports pandas: tests assert what the CLI gives
+os.environ.setdefault("PANDAS_FUTURE_INFER_STRING", "1")
+os.environ.setdefault("PANDAS_COPY_ON_WRITE", "1")
 
 import pytest
 

@@ -215,13 +215,13 @@ def _hash_rows(ts: np.ndarray, values: np.ndarray) -> str:
 
 def _train_flag_rates(bundle: ReleaseBundle, feats: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """Per model, the share of its own training windows it flags (vectorised kernel, all models at once)."""
-    from fleetscore.training.kernel import decision_function
+    from fleetscore.training.kernel import decision_function, predictions
 
     lengths = np.array([b - a for a, b in spans], dtype=np.int64)
     begins = np.array([a for a, _ in spans], dtype=np.int64)
     rows = np.repeat(begins - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
     owner = np.repeat(np.arange(len(spans)), lengths)
-    flagged = (decision_function(bundle, feats[rows], owner) < 0).astype(np.float64)
+    flagged = predictions(decision_function(bundle, feats[rows], owner)).astype(np.float64)
     result: np.ndarray = np.add.reduceat(flagged, np.concatenate([[0], np.cumsum(lengths)[:-1]])) / lengths
     return result
 

@@ -16,6 +16,7 @@ per row or per model; scratch arrays are reused (fresh large arrays cost page fa
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime
 
@@ -24,6 +25,8 @@ import pandas as pd
 
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.features import compute_features, series_starts
+
+log = logging.getLogger(__name__)
 
 # padded kernel values (rows x support vectors x models) per block, whose rows are gathered at once, and
 # per chunk of it, whose exponents go through their three passes at once: 512 KB of float64 stays in
@@ -93,7 +96,8 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
     total = int(run_len.sum())
     scores = np.empty(total, dtype=np.float64)
     if total:
-        _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge value: handled in the kernel (fmax/fmin)
+            _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
     columns = ["device", "sensor", "ts", "value"]
     if total == len(windows):
         out = windows[columns].reset_index(drop=True)
@@ -101,8 +105,22 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
         rows = np.repeat(run_start - out_start, run_len) + np.arange(total)
         out = windows.take(rows)[columns].reset_index(drop=True)
     out["score"] = scores
-    out["prediction"] = (scores < 0).astype(np.int8)
+    out["prediction"] = predictions(scores)
+    if total and not np.isfinite(scores).all():
+        bad = out.loc[~np.isfinite(scores), ["device", "sensor"]].drop_duplicates()
+        first = bad.iloc[0]
+        log.warning("%d non-finite scores in %d series (first %s/%s): flagged as anomalies",
+                    int((~np.isfinite(scores)).sum()), len(bad), first["device"], first["sensor"])
     return out
+
+
+def predictions(scores: np.ndarray) -> np.ndarray:
+    """Labels of decision values (int8, 1 = anomaly): negative, and NaN too, is an anomaly.
+
+    The kernel gives no NaN for finite features; should one come (a feature that overflows), the
+    window is flagged, never written as a normal prediction."""
+    with np.errstate(invalid="ignore"):
+        return np.logical_not(scores >= 0).astype(np.int8)
 
 
 def decision_function(bundle: ReleaseBundle, features: np.ndarray, row_model: np.ndarray) -> np.ndarray:
@@ -147,6 +165,7 @@ def _score_runs(
     """
     n_feat = feats.shape[1]
     w_all, coef_all, reach_sv = _support_terms(bundle)
+    pad_row = len(w_all) - 1  # the zero row of W, with coefficient 0
     # one contiguous array per feature (free when the features are column-major, as computed)
     columns = feats.T if feats.flags.f_contiguous else np.ascontiguousarray(feats.T)
     order = np.argsort(bundle.n_support[run_model], kind="stable")
@@ -202,10 +221,13 @@ def _score_runs(
                 if f:
                     norm += square
             zt[n_feat] = 1.0
+            # padded slots point at the zero row appended to W (exponent 0, kernel value 1) and a zero
+            # coefficient: never at another model's support vector, whose exponent for this model's rows
+            # can pass 709 (exp = inf, 0 * inf = NaN) when the two series' scales differ a lot
             sv_mask = s_all[None, :max_sv] < n_sv[a:b, None]
-            sv_idx = np.where(sv_mask, sv_first[a:b, None] + s_all[None, :max_sv], 0)
+            sv_idx = np.where(sv_mask, sv_first[a:b, None] + s_all[None, :max_sv], pad_row)
             w_block, z_block = w_all[sv_idx], zt.transpose(1, 0, 2)  # (B, S, F + 2), (B, F + 2, R)
-            coef = np.where(sv_mask, coef_all[sv_idx], 0.0)[:, None, :]  # (B, 1, S)
+            coef = coef_all[sv_idx][:, None, :]  # (B, 1, S)
             # exp() of a result below ~1e-308 (exponent < -708) takes a slow path (100x slower); such terms
             # are far below the tolerance: clip the exponents, only in blocks where a row can be that far
             far = np.sqrt(norm.max(axis=1)) + reach[a:b]
@@ -217,8 +239,10 @@ def _score_runs(
                 d = min(c + step, n_runs)
                 expo = exponents[: d - c]
                 np.matmul(w_block[c:d], z_block[c:d], out=expo)  # (b, S, R): -g ||z - v||^2 <= 0
-                if clip:
-                    np.maximum(expo, _FLOOR, out=expo)
+                if clip:  # a far row: the exponent is -g|z - v|^2 <= 0; fmax/fmin also map the NaN of
+                    # inf - inf (|z|^2 overflowing for a huge finite value) to the floor
+                    np.fmax(expo, _FLOOR, out=expo)
+                    np.fmin(expo, 0.0, out=expo)
                 np.exp(expo, out=expo)
                 np.matmul(coef[c:d], expo, out=sums[c:d])  # the dual-coefficient-weighted sum
             block = sums[:, 0, :]
@@ -277,24 +301,27 @@ class _Workspace:
 
 
 def _support_terms(bundle: ReleaseBundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``W = [2 g v / s, -g |v|^2, -g]`` of every support vector (``(S, F + 2)``, ``s`` its model's scale,
-    so that ``W`` applies to ``u = x - mean``), the dual coefficients, and per model the largest ``|v|``
-    (to know when an exponent can underflow)."""
+    """``W = [2 g v / s, -g |v|^2, -g]`` of every support vector (``(S + 1, F + 2)``, ``s`` its model's
+    scale, so that ``W`` applies to ``u = x - mean``; the last row is zero, for padded slots), the dual
+    coefficients (``(S + 1,)``, the last one 0), and per model the largest ``|v|`` (to know when an
+    exponent can underflow)."""
     sv = bundle.support_vectors
     n_feat = sv.shape[1]
     n_support = bundle.n_support
     gamma = np.repeat(bundle.gamma, n_support)
     scale = np.repeat(bundle.scale, n_support, axis=0)
-    w = np.empty((len(sv), n_feat + 2), dtype=np.float64)
+    w = np.zeros((len(sv) + 1, n_feat + 2), dtype=np.float64)
     sv_norm = np.zeros(len(sv), dtype=np.float64)
     for f in range(n_feat):  # column by column: broadcasting over a short inner axis is slow
         v = sv[:, f]
         sv_norm += v * v
-        w[:, f] = 2.0 * gamma * v / scale[:, f]
-    w[:, n_feat] = -gamma * sv_norm
-    w[:, n_feat + 1] = -gamma
+        w[:-1, f] = 2.0 * gamma * v / scale[:, f]
+    w[:-1, n_feat] = -gamma * sv_norm
+    w[:-1, n_feat + 1] = -gamma
     reach = np.zeros(len(bundle.keys), dtype=np.float64)
     has = n_support > 0
     if has.any():
         reach[has] = np.sqrt(np.maximum.reduceat(sv_norm, bundle.sv_offsets[:-1][has]))
-    return w, np.asarray(bundle.dual_coef, dtype=np.float64), reach
+    coef = np.zeros(len(sv) + 1, dtype=np.float64)
+    coef[:-1] = bundle.dual_coef
+    return w, coef, reach

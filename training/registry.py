@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,16 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-import pandas as pd
-from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
-
 from fleetscore.errors import RegistryError, ReleaseNotFound
-from fleetscore.training.bundle import ReleaseBundle
-from fleetscore.training.kernel import score_windows
 
-__all__ = ["BundleModel", "ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release", "set_model"]
+__all__ = ["ReleaseNotFound", "ResolvedRelease", "log_run", "resolve_release"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +78,31 @@ def _client(tracking_uri: str) -> Any:
     mlflow = _mlflow()
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri.startswith("azureml://"):
+        _probe_azureml(client, tracking_uri)
+    return client
+
+
+_REACHED: set[str] = set()
+
+
+def _probe_azureml(client: Any, tracking_uri: str) -> None:
+    """One cheap registry call per process, so that an unreachable workspace or a missing credential is one
+    line naming the URI rather than the azureml-mlflow plugin's traceback at the first real call."""
+    if tracking_uri in _REACHED:
+        return
+    from azure.core.exceptions import AzureError
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.search_registered_models(max_results=1)
+    except (AzureError, MlflowException, OSError) as exc:
+        raise RegistryError(
+            f"tracking_uri {_shown(tracking_uri)}: cannot reach the Azure ML workspace's MLflow "
+            f"({type(exc).__name__}); log in (az login, or the workflow's azure/login) and check the URI"
+        ) from exc
+    _REACHED.add(tracking_uri)
 
 
 def _shown(uri: str) -> str:
@@ -183,18 +199,16 @@ def register_release(
             _log_batch(client, run_id, params, metrics)
             for name, path in (tables or {}).items():
                 client.log_artifact(run_id, str(path), artifact_path=name)
-            with warnings.catch_warnings():
-                # the signature is given explicitly; an input example would only cost a model load
-                warnings.filterwarnings("ignore", message=".*An input example was not provided.*")
-                info = mlflow.pyfunc.log_model(
+            info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(PYFUNC_CODE),
                     artifacts={"bundle": str(bundle_dir)},
                     code_paths=[str(p) for p in _PACKAGE_DIRS],
                     pip_requirements=pip_requirements(),
                     signature=_readings_signature(),
+                    input_example=_input_example(bundle_dir),
                     registered_model_name=model_name,
-                )
+            )
         version = int(info.registered_model_version)
         for key, value in version_tags.items():
             client.set_model_version_tag(model_name, str(version), key, str(value))
@@ -205,12 +219,32 @@ def register_release(
 
 def _readings_signature() -> Any:
     """The pyfunc's input: readings. Ids and times as "any", so that integer device ids or string
-    times (as ``pd.read_csv`` gives them) are accepted; the model normalises them itself."""
+    times (as ``pd.read_csv`` gives them) are accepted; the model normalises them itself. Output: the
+    readings with ``Score``, ``Prediction`` (null without a model) and ``Status``."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
-    return ModelSignature(inputs=Schema([ColSpec(AnyType(), "TS"), ColSpec(AnyType(), "Device"),
-                                         ColSpec(AnyType(), "Sensor"), ColSpec("double", "Value")]))
+    readings: list[ColSpec | TensorSpec] = [ColSpec(AnyType(), "TS"), ColSpec(AnyType(), "Device"),
+                                            ColSpec(AnyType(), "Sensor"), ColSpec("double", "Value")]
+    scored: list[ColSpec | TensorSpec] = [ColSpec("double", "Score", required=False),
+                                          ColSpec("integer", "Prediction", required=False), ColSpec("string", "Status")]
+    return ModelSignature(inputs=Schema(readings), outputs=Schema(readings + scored))
+
+
+def _input_example(bundle_dir: Path) -> Any:
+    """Three readings of the release's first series (or of a made-up one for an empty release)."""
+    import pandas as pd
+
+    manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    series = manifest.get("series") or [{}]
+    first = series[0] if isinstance(series, list) and isinstance(series[0], dict) else {}
+    device, sensor = str(first.get("device", "device-1")), str(first.get("sensor", "sensor-1"))
+    ts = pd.date_range("2026-01-01", periods=3, freq="1s").strftime("%Y-%m-%dT%H:%M:%S")
+    example = pd.DataFrame({"TS": list(ts), "Device": device, "Sensor": sensor, "Value": [1.0, 1.5, 2.0]})
+    # object dtypes, columns included: mlflow 3.15 cannot serialise pandas' "str" dtype (infer_string)
+    example = example.astype({"TS": object, "Device": object, "Sensor": object})
+    example.columns = pd.Index(list(example.columns), dtype=object)
+    return example
 
 
 def set_version_tags(tracking_uri: str, model_name: str, version: int, tags: Mapping[str, Any]) -> None:
@@ -343,46 +377,3 @@ def list_versions(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
             "tags": dict(mv.tags or {}),
         })
     return out
-
-
-# -- the pyfunc model (built by training/pyfunc_model.py when MLflow loads a release) ----------------
-
-READING_COLUMNS = ("TS", "Device", "Sensor", "Value")
-
-
-def readings_to_windows(readings: pd.DataFrame, window_seconds: float) -> tuple[pd.DataFrame, np.ndarray]:
-    """Aggregate readings into windows (the ingestion shape); also each reading's window row."""
-    ts = pd.to_datetime(readings["TS"])
-    frame = pd.DataFrame({
-        "device": readings["Device"].astype(str).to_numpy(), "sensor": readings["Sensor"].astype(str).to_numpy(),
-        "ts": ts.dt.floor(pd.Timedelta(seconds=window_seconds)).to_numpy(),
-        "v": pd.to_numeric(readings["Value"]).to_numpy(dtype=np.float64),
-    })
-    grouped = frame.groupby(["device", "sensor", "ts"], sort=True)
-    windows = grouped["v"].agg(value="mean", value_min="min", value_max="max", value_count="count").reset_index()
-    windows["value_count"] = windows["value_count"].astype(np.int64)
-    row = grouped.ngroup().to_numpy()
-    return windows, row
-
-
-class BundleModel(PythonModel):  # type: ignore[misc]
-    """Scores readings with every (device, sensor) model of a release bundle."""
-
-    def load_context(self, context: Any) -> None:
-        """Load the bundle artifact (npz + json, no pickle)."""
-        self.bundle = ReleaseBundle.load(context.artifacts["bundle"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Readings in, the same readings with ``Score`` and ``Prediction`` out (NaN/-1 for unknown series)."""
-        missing = [c for c in READING_COLUMNS if c not in model_input.columns]
-        if missing:
-            raise ValueError(f"model input: missing column(s) {', '.join(missing)}; expected TS, Device, Sensor, Value")
-        window_seconds = float(self.bundle.manifest.get("window_seconds", 5.0))
-        windows, row = readings_to_windows(model_input, window_seconds)
-        scored = score_windows(self.bundle, windows)
-        keyed = windows.merge(scored[["device", "sensor", "ts", "score", "prediction"]],
-                              on=["device", "sensor", "ts"], how="left")
-        out = model_input.copy()
-        out["Score"] = keyed["score"].to_numpy()[row]
-        out["Prediction"] = keyed["prediction"].fillna(-1).astype(np.int8).to_numpy()[row]
-        return out

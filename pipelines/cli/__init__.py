@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "score": "score_cmd:score",
     "runs": "score_cmd:runs",
     "report": "score_cmd:report",
+    "predictions": "predictions_cmd:predictions",
     "schedule": "schedule_cmd:schedule",
     "scheduler": "schedule_cmd:scheduler",
     "publish": "publish_cmd:publish",
@@ -111,6 +112,10 @@ def main(ctx: click.Context, config_file: str | None, home: str | None, database
         # MLflow logs its store migrations at INFO through its own handler and draws download bars:
         # our terminal output is the summary lines; -v brings them back
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # azure-identity and the azureml-mlflow plugin log each failed credential and retry at WARNING;
+        # the failure itself is the one-line error, -v brings the details back
+        logging.getLogger("azure").setLevel(logging.ERROR)
+        logging.getLogger("azureml").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its level on import
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = {"home": home, "database_url": database_url, "tracking_uri": tracking_uri,

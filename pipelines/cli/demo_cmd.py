@@ -70,6 +70,7 @@ def demo(ctx: click.Context, devices: int, reference_csv: str | None) -> None:
         click.echo(f"  reference data   {reference_db}")
     click.echo(f"  model registry   {settings.tracking_uri}")
     click.echo(f"  predictions      {settings.storage_url}/predictions/")
+    click.echo(f"  scoring runs     {settings.storage_url}/runs/")
     click.echo(f"  report           {report}")
     click.echo(f"  simulated input  {readings} (labels: {labels})")
 

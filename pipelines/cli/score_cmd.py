@@ -32,8 +32,9 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
           skip_validation: bool, part_delay: float) -> None:
     """Score a window of stored data into versioned predictions.
 
-    Without a range, the whole stored range is scored. Predictions go to
-    STORAGE_URL/predictions/window_start=.../run=RUN_ID/ with a manifest written last.
+    Without a range, the whole stored range is scored. The run commits its predictions to the Delta
+    table STORAGE_URL/predictions/ in one new version, replacing that range's rows; its manifest is
+    in STORAGE_URL/runs/window_start=.../run=RUN_ID/.
     """
     if executor != "azureml":
         from fleetscore.pipelines.executors import start_worker_server
@@ -53,6 +54,7 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
         click.echo(f"submitted Azure ML job {job}")
         return
     from fleetscore.pipelines.scoring_pipeline import score_window
+    from fleetscore.scoring import writer
 
     with _ShardProgress("shards") as on_progress:
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
@@ -71,6 +73,7 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
         click.echo(f"warning: {len(result.failures)} failed (within max_failed_fraction): "
                    + "; ".join(f"{k}: {v}" for k, v in list(result.failures.items())[:5]), err=True)
     click.echo(f"predictions: {result.location}")
+    click.echo(f"manifest: {result.run_folder}/{writer.MANIFEST}")
     cold = result.manifest.get("cold_start", {})
     if cold.get("fleet_scored_series") or cold.get("unscored_series"):
         click.echo(f"cold start: {cold.get('fleet_scored_series', 0):,} series scored by a fleet model "
@@ -134,7 +137,7 @@ def runs_show(state: Any, run_id: str, as_json: bool) -> None:
         return
     for key in ("run_id", "status", "window_start", "window_end", "release_ref", "release_version", "rows",
                 "anomalies", "shards_done", "shards_total", "series_failed", "started_at", "finished_at",
-                "seconds", "data_hash", "validation_id", "location", "mlflow_run_id", "error"):
+                "seconds", "data_hash", "validation_id", "location", "table_version", "mlflow_run_id", "error"):
         value = record[key]
         if value in (None, ""):
             continue

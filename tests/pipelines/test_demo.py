@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fleetscore.ingestion.store import SensorStore
-from fleetscore.scoring.writer import read_predictions
+from fleetscore.scoring.table import read_predictions
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
 
@@ -40,6 +40,7 @@ def test_demo_runs_the_whole_flow_and_says_where_everything_went(home: Path, ref
     assert (home / ".fleetscore" / "demo" / "report.html").read_text().startswith("<!DOCTYPE html>")
 
     predictions = read_predictions(".fleetscore/blob")
+    predictions["TS"] = predictions["TS"].dt.tz_convert(None)  # the table's UTC times, as the labels' naive UTC
     scored = SensorStore("sqlite:///.fleetscore/fleetscore.db").read_windows(
         start=datetime(2026, 1, 5, 2), end=datetime(2026, 1, 5, 3))
     assert len(predictions) == len(scored) > 0.9 * 12 * 720  # every window of the scored hour (gaps have none)

@@ -15,11 +15,10 @@ from click.testing import CliRunner, Result
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.ingestion.ops_store import OpsStore
 from fleetscore.pipelines import release_resolution
-from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.release import run_release, show_release
 from fleetscore.pipelines.settings import Settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.coldstart import FLEET_DEVICE
 from tests.scoring.fleet import START, fleet_windows, settings_for, store_windows
@@ -60,12 +59,13 @@ def test_cold_start_drift_and_selective_release(loop: dict) -> None:
                                        "--skip-validation"])
     assert result.exit_code == 0, result.output
     assert "cold start: 2 series scored by a fleet model (no model of their own), 0 unscored" in result.output
-    got = writer.read_predictions(settings.storage_url)
+    got = table.read_predictions(settings.storage_url)
     scope = got.groupby("Device")["ModelScope"].unique().map(list).to_dict()
     assert scope == {"1": ["series"], "2": ["series"], "3": ["series"], "4": ["series"], NEW_DEVICE: ["fleet"]}
     assert len(got) == len(loop["later"])  # every series scored
-    run_id = writer.latest_run(storage_for(settings), T1)
-    manifest = json.loads((Path(settings.storage_url) / writer.run_prefix(T1, run_id) / "manifest.json").read_text())
+    manifest_path = next(line for line in result.output.splitlines() if line.startswith("manifest: "))[10:]
+    manifest = json.loads(Path(manifest_path).read_text())
+    run_id = manifest["run_id"]
     assert manifest["cold_start"] == {"fleet_scored_series": 2, "fleet_scored": ["5/1", "5/2"], "unscored_series": 0}
 
     # drift: only the shifted series is past the threshold, in the manifest, SQL and `fleetscore drift`
@@ -116,8 +116,8 @@ def test_one_event_per_episode_across_overlapping_runs_and_a_rescore(loop: dict)
     events = OpsStore(settings.database_url).list_events(limit=10_000)
 
     # every anomalous window of the two windows' predictions is in exactly one event
-    frames = [writer.read_predictions(settings.storage_url, start) for start in (T1, T1 + timedelta(minutes=5))]
-    preds = pd.concat(frames).drop_duplicates(["Device", "Sensor", "TS"])
+    preds = table.read_predictions(settings.storage_url)  # the current table: one row per series and window
+    preds["TS"] = preds["TS"].dt.tz_convert(None)
     flagged = preds[preds["Prediction"] == 1]
     assert sum(e["windows"] for e in events) == len(flagged)
     gap = timedelta(seconds=15)

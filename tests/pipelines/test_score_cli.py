@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import polars as pl
 import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.settings import load_settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from tests.scoring.fleet import fit_release, store_windows
 
 REF_START, REF_END = "2018-08-28T23:00:00", "2018-08-29T03:15:00"
@@ -53,7 +55,8 @@ def test_reference_data_scored_end_to_end_in_the_reference_format(reference_home
     assert match, lines[0]
     run_id = match.group(1)
     run_dir = reference_home / ".fleetscore" / "blob" / writer.run_prefix(pd.Timestamp(REF_START), run_id)
-    assert lines[1] == f"predictions: {run_dir}"
+    assert lines[1] == f"predictions: {reference_home / '.fleetscore' / 'blob' / 'predictions'}@v0"
+    assert lines[2] == f"manifest: {run_dir / 'manifest.json'}"
 
     source = pd.read_csv(reference_data / "sensor_data.csv", dtype={"Device": str, "Sensor": str})
     csv = pd.concat([pd.read_csv(p, dtype={"Device": str, "Sensor": str}) for p in sorted(run_dir.glob("*.csv"))])
@@ -77,6 +80,7 @@ def test_reference_data_scored_end_to_end_in_the_reference_format(reference_home
     assert [line.split()[6] for line in listed[1:]] == ["skipped", "done"]
     shown = runner.invoke(main, ["runs", "show", run_id]).output
     assert "status:           done\n" in shown and "rows:             17768\n" in shown
+    assert "table_version:    0\n" in shown
 
     out = reference_home / "r.html"
     report = runner.invoke(main, ["report", run_id, "--out", str(out)])
@@ -110,13 +114,14 @@ def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path
                             start_new_session=True)
     blob = reference_home / ".fleetscore" / "blob"
     deadline = time.monotonic() + 120
-    while not list(blob.rglob("part-00000.parquet")) and time.monotonic() < deadline:
+    while not list(blob.rglob("part-00000.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and any worker
     proc.wait()
-    assert writer.read_predictions(str(blob)).empty  # nothing a reader takes for a result
-    assert not list(blob.rglob("manifest.json")) and not list(blob.rglob("latest.json"))
+    assert table.read_predictions(str(blob)).empty  # nothing a reader takes for a result
+    assert not DeltaTable.is_deltatable(str(blob / "predictions"))  # no commit: no table for any Delta reader
+    assert not list(blob.rglob("manifest.json")) and not (blob / "predictions").exists()
 
     resumed = subprocess.run([FLEETSCORE, *args], cwd=reference_home, env=env,
                              capture_output=True, text=True, timeout=300)
@@ -127,7 +132,10 @@ def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path
     assert clean.returncode == 0, clean.stderr
     output = (resumed.stdout + clean.stdout).splitlines()
     run_ids = [line.split()[1].rstrip(":") for line in output if line.startswith("run ")]
-    a, b = (writer.read_predictions(str(blob), pd.Timestamp(REF_START), r).sort_values(["Device", "Sensor", "TS"])
-            .reset_index(drop=True) for r in run_ids)
+    a, b = (table.read_run(str(blob), r).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
+            for r in run_ids)
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 17_768
+    current = pl.read_delta(str(blob / "predictions"))  # the rescore replaced the resumed run's rows
+    assert current.height == 17_768 and current.select(["Device", "Sensor", "TS"]).is_unique().all()
+    assert [v.run_id for v in table.history(str(blob))] == list(reversed(run_ids))

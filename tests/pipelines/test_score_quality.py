@@ -10,7 +10,7 @@ import pytest
 
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines.settings import load_settings
-from fleetscore.scoring import writer
+from fleetscore.scoring import table
 from fleetscore.simulation.labels import label_windows, read_labels
 
 FLEETSCORE = str(Path(sys.executable).with_name("fleetscore"))
@@ -30,7 +30,7 @@ def test_recall_and_false_alarms_through_fleetscore_score(home: Path) -> None:
     run_id = output.split()[1].rstrip(":")
 
     settings = load_settings({}, environ={})
-    got = writer.read_predictions(settings.storage_url)
+    got = table.read_predictions(settings.storage_url)
     assert len(got) == 8 * 5 * 2 * 720 and set(got["ModelVersion"]) == {1}
     labels = read_labels("labels.csv")
     assert set(labels["Kind"]) == {"spike", "level_shift", "stuck"}

@@ -15,7 +15,7 @@ from fleetscore.errors import ScoringError
 from fleetscore.ingestion.run_log import RunLog
 from fleetscore.pipelines import overlapped_run, release_resolution, run_planning
 from fleetscore.pipelines.adapters import storage_for
-from fleetscore.scoring import writer
+from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import ShardOutcome, ShardTask
 from fleetscore.scoring.shard import score_shard
 from fleetscore.training.kernel import score_windows
@@ -44,7 +44,7 @@ def test_scores_every_window_like_the_kernel(fleet: dict) -> None:
     result = sp.score_window(settings, START, END, skip_validation=True, shards=3,
                              on_progress=lambda d, t: seen.append((d, t)))
     assert result.status == "done" and result.release_version == 3
-    got = writer.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
+    got = table.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
     expected = score_windows(fleet["bundle"], fleet["data"], START)
     assert len(got) == len(fleet["data"]) == 6 * 2 * 120
     np.testing.assert_allclose(got["Score"].to_numpy(), expected["score"].to_numpy(), rtol=0, atol=1e-12)
@@ -53,7 +53,8 @@ def test_scores_every_window_like_the_kernel(fleet: dict) -> None:
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)
 
     manifest = result.manifest
-    assert manifest["parts"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert manifest["files"] == [f"window_start=2018-08-28T23-00/{result.run_id}-part-{i:05d}.2018-08-28T23-00.parquet"
+                                 for i in range(3)]  # one hour: one data file per shard, moved into the table
     assert manifest["rows"] == len(got) and manifest["anomalies"] == int(got["Prediction"].sum())
     assert manifest["skip_validation"] is True and manifest["release_version"] == 3
     assert set(manifest["shards"]) == {"0", "1", "2"} and "score" in manifest["shards"]["0"]["timings"]
@@ -73,10 +74,10 @@ def test_context_windows_before_the_range_are_read_not_returned(fleet: dict, mon
     monkeypatch.setattr(release_resolution, "resolve_release",
                         lambda s, ref: Resolved(4, Path(settings.home) / "bundle-v4", {}))
     result = sp.score_window(settings, START, END, skip_validation=True, shards=2)
-    got = writer.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
+    got = table.read_predictions(settings.storage_url).sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True)
     everything = pd.concat([fleet["train"], fleet["data"]]).sort_values(["device", "sensor", "ts"])
     expected = score_windows(bundle, everything.reset_index(drop=True), START)
-    assert got["TS"].min() == pd.Timestamp(START) and result.rows == len(fleet["data"])
+    assert got["TS"].min() == pd.Timestamp(START, tz="UTC") and result.rows == len(fleet["data"])
     np.testing.assert_allclose(got["Score"].to_numpy(), expected["score"].to_numpy(), rtol=0, atol=1e-12)
 
 
@@ -89,7 +90,8 @@ def test_same_window_release_and_data_is_skipped_unless_forced(fleet: dict) -> N
     assert forced.status == "done" and forced.run_id != first.run_id
     storage = storage_for(settings)
     assert [ok for _, ok in writer.list_runs(storage, START)] == [True, True]
-    assert writer.latest_run(storage, START) == forced.run_id
+    assert [v.run_id for v in table.history(settings.storage_url)] == [forced.run_id, first.run_id]
+    assert RunLog(settings.database_url).get(forced.run_id)["table_version"] == 1
     statuses = [r["status"] for r in RunLog(settings.database_url).list()]
     assert sorted(statuses) == ["done", "done", "skipped"]
     # new data in the window: not a duplicate any more
@@ -103,7 +105,7 @@ def test_failing_series_are_recorded_and_the_rest_scored(fleet: dict) -> None:
     store_windows(settings.database_url, bad)  # device 1 sensor 1 gets an infinite value
     result = sp.score_window(settings, START, END, skip_validation=True)
     assert result.failures == {"1/1": "non-finite values in the window"}
-    got = writer.read_predictions(settings.storage_url)
+    got = table.read_predictions(settings.storage_url)
     assert ("1", "1") not in set(zip(got["Device"], got["Sensor"], strict=True))
     assert len(got) == 11 * 120
     assert result.manifest["failed_fraction"] == pytest.approx(1 / 12)
@@ -119,7 +121,7 @@ def test_run_fails_past_max_failed_fraction_and_leaves_no_manifest(fleet: dict) 
     assert str(err.value) == (f"run {run['run_id']}: 1 of 12 series failed (8.3% > max_failed_fraction 5.0%): "
                               "1/1: non-finite values in the window")
     assert run["status"] == "failed" and run["error"] == str(err.value)
-    assert writer.read_predictions(settings.storage_url).empty
+    assert table.read_predictions(settings.storage_url).empty
     assert not list(Path(settings.storage_url).rglob("manifest.json"))
 
 
@@ -134,7 +136,7 @@ def test_a_failing_shard_does_not_stop_the_others(fleet: dict, monkeypatch: pyte
     monkeypatch.setattr(sp, "score_shard", _fail_shard_one)
     result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
     assert result.failures == {"shard 1": "RuntimeError: disk on fire"}
-    assert result.manifest["parts"] == ["part-00000.parquet", "part-00002.parquet"]
+    assert [f.split("-part-")[1][:5] for f in result.manifest["files"]] == ["00000", "00002"]
     assert result.rows == 4 * 2 * 120  # 2 of 6 devices were in shard 1
     assert result.manifest["failed_fraction"] == pytest.approx(4 / 12)
 
@@ -145,13 +147,13 @@ def test_incomplete_run_is_resumed(fleet: dict) -> None:
     prepared = run_planning.prepare_run(settings, START, END, skip_validation=True, shards=3)
     for shard in (0, 2):
         score_shard(run_planning.shard_task(settings, prepared.plan, shard))
-    assert writer.read_predictions(settings.storage_url).empty
+    assert table.read_predictions(settings.storage_url).empty
     result = sp.score_window(settings, START, END, skip_validation=True, shards=3)
     assert result.resumed and result.run_id == prepared.run_id
     assert result.rows == 6 * 2 * 120
     clean = sp.score_window(settings, START, END, skip_validation=True, shards=3, force=True)
-    a = writer.read_predictions(settings.storage_url, START, result.run_id)
-    b = writer.read_predictions(settings.storage_url, START, clean.run_id)
+    a = table.read_run(settings.storage_url, result.run_id)
+    b = table.read_run(settings.storage_url, clean.run_id)
     pd.testing.assert_frame_equal(a.sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True),
                                   b.sort_values(["Device", "Sensor", "TS"]).reset_index(drop=True))
 
@@ -197,7 +199,7 @@ def test_validated_run_scores_during_the_gate_without_the_excluded_series(stuck_
     assert manifest["validation_id"] and manifest["skip_validation"] is False
     # the gate's scan gives the same fingerprint as the separate query it replaces
     assert manifest["data_hash"] == window_fingerprint(settings.database_url, START, END)
-    got = writer.read_predictions(settings.storage_url)
+    got = table.read_predictions(settings.storage_url)
     assert ("6", "2") not in set(zip(got["Device"], got["Sensor"], strict=True))
     assert len(got) == result.rows == 11 * 120
     run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
@@ -239,8 +241,8 @@ def test_a_run_killed_before_its_plan_leaves_nothing_to_resume(stuck_fleet: dict
     result = sp.score_window(settings, START, END, shards=3)
     run_dir = Path(settings.storage_url) / writer.run_prefix(START, result.run_id)
     assert "scored during the gate" in (run_dir / "run.log").read_text()
-    assert writer.latest_run(storage, START) == result.run_id
-    assert len(writer.read_predictions(settings.storage_url)) == 11 * 120
+    assert table.history(settings.storage_url)[0].run_id == result.run_id
+    assert len(table.read_predictions(settings.storage_url)) == 11 * 120
 
 
 def _fail_shard_zero_before_its_metrics(task: ShardTask) -> ShardOutcome:
@@ -276,3 +278,55 @@ def test_gate_failure_publishes_nothing(stuck_fleet: dict) -> None:
         sp.score_window(settings, later, later + timedelta(minutes=10), shards=3)
     assert not list(Path(settings.storage_url).rglob("part-*")) and not list(Path(settings.storage_url).rglob("run=*"))
     assert [r["status"] for r in RunLog(settings.database_url).list()] == ["failed"]
+
+
+def test_overlapping_rescores_and_a_killed_run_leave_one_row_per_key(fleet: dict) -> None:
+    """Scoring 23:00-23:10, then 23:05-23:10, then a run killed before its commit: the table holds each
+    (Device, Sensor, TS) once, for readers with no fleetscore code, and every committed result by version."""
+    import polars as pl
+    from deltalake import DeltaTable
+
+    settings = fleet["settings"]
+    first = sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    second = sp.score_window(settings, START + timedelta(minutes=5), END, skip_validation=True, shards=2)
+    killed = run_planning.prepare_run(settings, START, END, skip_validation=True, shards=2, force=True)
+    for shard in killed.todo:  # its shards staged their parts; the run died before finalize
+        score_shard(run_planning.shard_task(settings, killed.plan, shard))
+    uri = str(Path(settings.storage_url) / "predictions")
+    readers = (DeltaTable(uri).to_pandas(), pl.read_delta(uri).to_pandas(),
+               table.read_predictions(settings.storage_url))
+    for frame in readers:
+        assert len(frame) == 6 * 2 * 120 and not frame.duplicated(["Device", "Sensor", "TS"]).any()
+        assert str(frame["TS"].dtype) == "datetime64[us, UTC]"
+    versions = [(v.version, v.run_id) for v in table.history(settings.storage_url)]
+    assert versions == [(1, second.run_id), (0, first.run_id)]
+    assert (first.table_version, second.table_version) == (0, 1)
+    assert len(DeltaTable(uri, version=0).to_pandas()) == 6 * 2 * 120
+    assert len(table.read_run(settings.storage_url, second.run_id)) == 6 * 2 * 60
+    assert second.location == f"{uri}@v1"
+    assert writer.done_shards(storage_for(settings), writer.run_prefix(START, killed.run_id)) == {0, 1}
+
+
+def test_a_run_that_died_after_its_commit_is_not_committed_twice(fleet: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = fleet["settings"]
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed between the commit and the manifest")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer, "publish", crash)
+        with pytest.raises(RuntimeError, match="killed between"):
+            sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    assert table.current_version(settings.storage_url) == 0
+    result = sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    assert result.resumed and result.table_version == 0 and table.current_version(settings.storage_url) == 0
+    assert len(table.read_predictions(settings.storage_url)) == 6 * 2 * 120
+
+
+def test_a_window_partly_rescored_since_is_no_duplicate(fleet: dict) -> None:
+    settings = fleet["settings"]
+    first = sp.score_window(settings, START, END, skip_validation=True, shards=2)
+    assert sp.score_window(settings, START, END, skip_validation=True, shards=2).status == "skipped"
+    sp.score_window(settings, START + timedelta(minutes=5), END, skip_validation=True, shards=2)
+    again = sp.score_window(settings, START, END, skip_validation=True, shards=2)  # same release and data
+    assert again.status == "done" and again.run_id != first.run_id and again.table_version == 2

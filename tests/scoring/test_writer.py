@@ -1,4 +1,4 @@
-"""The predictions layout: parts, manifest last, latest pointer, readers that never see a partial run."""
+"""A run's folder: staged parts, the reference CSV, the manifest, duplicate detection."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from fleetscore.errors import StorageError
 from fleetscore.scoring import writer
 from fleetscore.scoring.storage import Storage
 
@@ -30,59 +30,26 @@ def _complete_run(storage: Storage, run_id: str, devices: list[str]) -> None:
     prefix = writer.run_prefix(START, run_id)
     for shard, device in enumerate(devices):
         writer.write_part(storage, prefix, shard, _predictions(device), csv=True)
-    parts = [writer.part_name(i) for i in range(len(devices))]
-    writer.publish(storage, START, run_id, {"run_id": run_id, "parts": parts})
+    writer.publish(storage, START, run_id, {"run_id": run_id})
 
 
-def test_layout_and_reader_sees_only_complete_runs(tmp_path: Path) -> None:
+def test_run_folder_layout_outside_the_table(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     _complete_run(storage, "20180829T000000-aaaaaa", ["1", "2"])
-    # a second run that was killed before its manifest: parts exist, no manifest
-    killed = writer.run_prefix(START, "20180829T010000-bbbbbb")
+    killed = writer.run_prefix(START, "20180829T010000-bbbbbb")  # killed before its manifest
     writer.write_part(storage, killed, 0, _predictions("9"))
 
-    assert sorted(p.name for p in (tmp_path / "predictions" / "window_start=2018-08-28T23-00").iterdir()) == [
-        "latest.json", "run=20180829T000000-aaaaaa", "run=20180829T010000-bbbbbb"]
-    got = writer.read_predictions(str(tmp_path))
-    assert list(got.columns) == writer.PREDICTION_COLUMNS
-    assert sorted(got["Device"].unique()) == ["1", "2"]  # device 9 of the killed run is never read
-    assert len(got) == 6
-    with pytest.raises(StorageError, match="run 20180829T010000-bbbbbb is incomplete"):
-        writer.read_predictions(str(tmp_path), START, "20180829T010000-bbbbbb")
+    window = tmp_path / "runs" / "window_start=2018-08-28T23-00"
+    assert sorted(p.name for p in window.iterdir()) == ["run=20180829T000000-aaaaaa", "run=20180829T010000-bbbbbb"]
+    assert sorted(p.name for p in (window / "run=20180829T000000-aaaaaa").iterdir()) == [
+        "manifest.json", "part-00000.2018-08-28T23-00.parquet", "part-00000.csv", "part-00000.json",
+        "part-00001.2018-08-28T23-00.parquet", "part-00001.csv", "part-00001.json"]
+    staged = writer.read_staged(storage, writer.run_prefix(START, "20180829T000000-aaaaaa"))
+    assert [(f.partition, json.loads(f.stats)["numRecords"]) for f in staged] == [("2018-08-28T23-00", 3)] * 2
+    assert writer.list_runs(storage, START) == [("20180829T000000-aaaaaa", True), ("20180829T010000-bbbbbb", False)]
+    assert writer.done_shards(storage, killed) == {0}
+    assert not (tmp_path / "predictions").exists()  # nothing of a run folder is in the table's folder
     assert not list(tmp_path.rglob("*.tmp-*"))
-
-
-def test_latest_pointer_moves_forward_only(tmp_path: Path) -> None:
-    storage = Storage(str(tmp_path))
-    _complete_run(storage, "20180829T020000-cccccc", ["1"])
-    _complete_run(storage, "20180829T010000-bbbbbb", ["2"])  # older run finishing later
-    latest = json.loads((tmp_path / writer.window_prefix(START) / "latest.json").read_text())
-    assert latest["run_id"] == "20180829T020000-cccccc"
-    assert writer.read_predictions(str(tmp_path), START)["Device"].unique().tolist() == ["1"]
-    assert writer.read_predictions(str(tmp_path), run_id="20180829T010000-bbbbbb")["Device"].unique().tolist() == ["2"]
-
-
-class _MissesThePointerOnce(Storage):
-    """Storage whose first look for the latest pointer finds none: the check a run makes before another
-    run publishes, as when two runs of a window finish at the same moment."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.missed = False
-
-    def exists(self, rel: str) -> bool:
-        if rel.endswith(writer.LATEST) and not self.missed:
-            self.missed = True
-            return False
-        return super().exists(rel)
-
-
-def test_latest_pointer_names_the_newest_run_when_two_publish_at_once(tmp_path: Path) -> None:
-    _complete_run(Storage(str(tmp_path)), "20180829T020000-cccccc", ["1"])  # the newer run, done first
-    _complete_run(_MissesThePointerOnce(str(tmp_path)), "20180829T010000-bbbbbb", ["2"])  # checked before it
-    latest = json.loads((tmp_path / writer.window_prefix(START) / "latest.json").read_text())
-    assert latest["run_id"] == "20180829T020000-cccccc"
-    assert writer.read_predictions(str(tmp_path), START)["Device"].unique().tolist() == ["1"]
 
 
 def test_reference_csv_format(tmp_path: Path) -> None:
@@ -97,21 +64,23 @@ def test_reference_csv_format(tmp_path: Path) -> None:
     ]
 
 
-def test_parquet_types(tmp_path: Path) -> None:
+def test_part_types(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    _complete_run(storage, "20180829T000000-aaaaaa", ["1"])
-    got = writer.read_predictions(str(tmp_path))
-    assert str(got["TS"].dtype) == "datetime64[ns]"
-    assert str(got["Prediction"].dtype) == "int8"
-    assert str(got["ModelVersion"].dtype) == "int32"
-    assert got["Score"].tolist() == [0.5, -0.25, 0.1]
+    prefix = writer.run_prefix(START, "r1")
+    writer.write_part(storage, prefix, 0, _predictions("1"))
+    got = pq.read_table(tmp_path / prefix / "part-00000.2018-08-28T23-00.parquet")
+    assert got.schema.names == writer.PREDICTION_COLUMNS  # the partition column is in the table's paths
+    assert got.schema.field("TS").type == pa.timestamp("us", tz="UTC")
+    assert got.schema.field("Prediction").type == pa.int8()
+    assert got.schema.field("ModelVersion").type == pa.int32()
+    assert got.column("Score").to_pylist() == [0.5, -0.25, 0.1]
 
 
 def test_find_duplicate_matches_window_release_and_data(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     end = datetime(2018, 8, 29, 0, 0)
     writer.write_part(storage, writer.run_prefix(START, "r1"), 0, _predictions("1"))
-    writer.publish(storage, START, "r1", {"run_id": "r1", "parts": ["part-00000.parquet"],
+    writer.publish(storage, START, "r1", {"run_id": "r1",
                                           "window": {"start": START.isoformat(), "end": end.isoformat()},
                                           "release_version": 3, "data_hash": "abc", "devices": None})
     assert writer.find_duplicate(storage, START, end, 3, "abc")["run_id"] == "r1"
@@ -121,6 +90,19 @@ def test_find_duplicate_matches_window_release_and_data(tmp_path: Path) -> None:
     assert writer.find_duplicate(storage, START, end, 3, "abc", devices=["1"]) is None
 
 
-def test_read_predictions_of_an_empty_store(tmp_path: Path) -> None:
-    got = writer.read_predictions(str(tmp_path / "nothing"))
-    assert got.empty and list(got.columns) == writer.PREDICTION_COLUMNS
+def test_a_shard_spanning_hours_stages_one_file_per_hour_with_its_statistics(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    scored = pd.DataFrame({"device": ["1"] * 4 + ["2"] * 4, "sensor": "1",
+                           "ts": list(pd.date_range("2018-08-28 23:59:50", periods=4, freq="5s")) * 2,
+                           "value": 1.0, "score": [0.1, 0.2, 0.3, 0.4] * 2, "prediction": [0, 1, 0, 0] * 2})
+    prefix = writer.run_prefix(START, "r1")
+    writer.write_part(storage, prefix, 0, writer.to_predictions(scored, 2))
+    staged = writer.read_staged(storage, prefix)
+    assert [f.partition for f in staged] == ["2018-08-28T23-00", "2018-08-29T00-00"]
+    stats = [json.loads(f.stats) for f in staged]
+    assert [s["numRecords"] for s in stats] == [4, 4]
+    assert stats[0]["minValues"]["TS"] == "2018-08-28T23:59:50.000Z" and stats[0]["maxValues"]["TS"] == (
+        "2018-08-28T23:59:55.000Z")
+    assert (stats[1]["minValues"]["Device"], stats[1]["maxValues"]["Device"]) == ("1", "2")
+    late = pq.read_table(tmp_path / staged[1].rel).to_pandas()
+    assert late["TS"].dt.hour.unique().tolist() == [0] and sorted(late["Device"]) == ["1", "1", "2", "2"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
 
+from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.features import compute_features
 from fleetscore.training.kernel import decision_function, kernel_evaluations, missing_series, score_windows
 from tests.training.helpers import random_fleet, random_series
@@ -103,3 +107,63 @@ def test_empty_windows_give_an_empty_frame(fleet) -> None:  # type: ignore[no-un
     bundle, _, frames = fleet
     out = score_windows(bundle, frames[0].iloc[0:0])
     assert len(out) == 0 and list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction"]
+
+
+def test_series_of_very_different_scales_in_one_bundle_match_sklearn_far_out() -> None:
+    """The padding bug: a padded slot of a block reused another model's support vector (coefficient 0); for
+    a series whose scale differs a lot from that model's the exponent passed 709, exp gave inf, 0 * inf =
+    NaN, and the window was written as normal. Scales 1e-3 .. 1e3 in one bundle, windows far outside."""
+    rng = np.random.default_rng(11)
+    scales = 10.0 ** np.arange(-3, 4)  # 1e-3 .. 1e3
+    features = ("value", "spread")
+    keys, pipelines, train, test = [], [], [], []
+    for m, scale in enumerate(np.repeat(scales, 3)):
+        frame = random_series(rng, f"dev-{m:02d}", "flow" if m % 2 else "pressure", 120)
+        for column in ("value", "value_min", "value_max"):
+            frame[column] = frame[column] * scale
+        x = compute_features(frame, features)
+        nu = 0.02 if m % 3 == 0 else 0.3  # different support-vector counts: padded slots in a block
+        pipe = Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu=nu, gamma=0.2))]).fit(x)
+        keys.append((frame["device"].iloc[0], frame["sensor"].iloc[0]))
+        pipelines.append(pipe)
+        train.append(frame)
+        # far-out windows: the last 40 rows moved by 5 .. 1e4 times the series' own range
+        far = frame.iloc[:60].copy()
+        width = float(frame["value_max"].max() - frame["value_min"].min())
+        shift = np.concatenate([np.zeros(20), width * np.geomspace(5, 1e4, 40) * np.where(np.arange(40) % 2, 1, -1)])
+        for column in ("value", "value_min", "value_max"):
+            far[column] = far[column] + shift
+        test.append(far)
+    bundle = ReleaseBundle.from_sklearn(keys, pipelines, features, 6)
+    assert len(set(bundle.n_support.tolist())) > 1
+    windows = pd.concat(test, ignore_index=True)
+    out = score_windows(bundle, windows)
+    scores = out["score"].to_numpy()
+    assert np.isfinite(scores).all()
+    for m, pipe in enumerate(pipelines):
+        expected = pipe.decision_function(compute_features(test[m], features))
+        got = scores[60 * m:60 * (m + 1)]
+        tol = 1e-9 * max(1.0, abs(float(pipe.steps[-1][1].intercept_[0])))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=tol, err_msg=f"model {m} (scale {keys[m]})")
+        # every far-out window (sklearn: at about -intercept) is flagged
+        assert (out["prediction"].to_numpy()[60 * m + 20:60 * (m + 1)] == 1).all()
+
+
+def test_a_nan_score_is_never_written_as_normal() -> None:
+    from fleetscore.training.kernel import predictions
+
+    labels = predictions(np.array([0.5, -0.1, np.nan, 0.0, -np.inf]))
+    assert labels.tolist() == [0, 1, 1, 0, 1]
+    assert labels.dtype == np.int8
+
+
+def test_huge_finite_values_give_finite_flagged_scores(fleet) -> None:  # type: ignore[no-untyped-def]
+    """|z|^2 overflows for a value near the float64 limit: the score stays finite and the window flagged."""
+    bundle, _, frames = fleet
+    windows = pd.concat(frames[:30], ignore_index=True)
+    huge = windows.index[windows["ts"] == windows["ts"].max()]
+    for column in ("value", "value_min", "value_max"):
+        windows.loc[huge, column] = 1e300
+    out = score_windows(bundle, windows)
+    assert np.isfinite(out["score"]).all()
+    assert (out["prediction"].to_numpy()[huge] == 1).all()

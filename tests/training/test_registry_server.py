@@ -56,15 +56,23 @@ def test_register_resolve_alias_and_pyfunc(tracking_uri: str, tmp_path: Path) ->
     frame = frames[2]
     readings = pd.DataFrame({"TS": frame["ts"], "Device": frame["device"], "Sensor": frame["sensor"],
                              "Value": frame["value"]})
-    out = model.predict(readings)
-    assert list(out.columns) == ["TS", "Device", "Sensor", "Value", "Score", "Prediction"]
+    unknown = readings.head(2).assign(Device="no-such-device")
+    out_all = model.predict(pd.concat([readings, unknown], ignore_index=True))
+    assert list(out_all.columns) == ["TS", "Device", "Sensor", "Value", "Score", "Prediction", "Status"]
+    tail = out_all.tail(2)
+    assert tail["Prediction"].isna().all() and tail["Score"].isna().all()
+    assert list(tail["Status"]) == ["no_model", "no_model"]
+    out = out_all.head(len(readings))
+    assert set(out["Status"]) == {"scored"}
+    assert model.metadata.get_output_schema().input_names()[-3:] == ["Score", "Prediction", "Status"]
+    assert model.metadata.saved_input_example_info is not None
     # one reading per window: the window's spread is 0, its value the reading
     windows = frame.assign(value_min=frame["value"], value_max=frame["value"], value_count=1)
     from fleetscore.training.features import compute_features
 
     expected = pipelines[2].decision_function(compute_features(windows, ("value", "spread"), 3))
     np.testing.assert_allclose(out["Score"].to_numpy(), expected, rtol=0, atol=1e-9)
-    assert (out["Prediction"].to_numpy() == (expected < 0)).all()
+    assert (out["Prediction"].to_numpy(dtype=int) == (expected < 0)).all()
 
     run = registry.log_run(tracking_uri, "scoring", "run-1", {"a": 1}, {"rows": 10.0}, {"kind": "scoring"})
     assert len(run) == 32
