@@ -68,6 +68,18 @@ class PublishError(FleetscoreError):
     """Publishing to Azure ML failed or its inputs are inconsistent."""
 
 
+class EventNotFound(FleetscoreError):
+    """An anomaly event id that is not in the events table."""
+
+
+class NothingToRetrain(TrainingError):
+    """A selective release (``release --only ...``) found no series to retrain."""
+
+
+class AlertError(FleetscoreError):
+    """An alert sink that cannot be set up (a missing endpoint or secret)."""
+
+
 class ServiceUnavailable(FleetscoreError):
     """An outside service (Event Hubs, MLflow, blob storage, SQL, Azure ML) did not answer in time; the
     message names the service and the deadline. Never reported as missing data."""

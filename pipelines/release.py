@@ -27,6 +27,7 @@ from fleetscore.pipelines.executors import ShardFailure, default_workers, run_sh
 from fleetscore.pipelines.settings import Settings
 from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
+from fleetscore.training.coldstart import FLEET_DEVICE
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.fit import ShardFit, fit_shard
 
@@ -49,6 +50,7 @@ class Candidate:
     rows: int = 0
     seconds: float = 0.0
     data_hash: str = ""
+    fleet: ReleaseBundle | None = None  # the per-sensor fleet fallback models (cold start), if fitted
 
     @property
     def models_per_second(self) -> float:
@@ -74,12 +76,23 @@ MIN_DEVICES_PER_SHARD = 50  # about 0.3 s of fitting at 5 sensors a device: wort
 
 
 def _fit_devices(database_url: str, start: datetime, end: datetime, devices: list[str], config: TrainingConfig,
-                 exclude: frozenset[tuple[str, str]]) -> ShardFit:
-    """One shard of training (top level: runs in a worker process or on a Dask worker)."""
+                 exclude: frozenset[tuple[str, str]], series: frozenset[tuple[str, str]] | None = None,
+                 sample: bool = True) -> tuple[ShardFit, dict[str, Any]]:
+    """One shard of training (top level: runs in a worker process or on a Dask worker): the fit of the
+    shard's series (only ``series`` when given) and its sample of rows for the fleet models."""
     from fleetscore.ingestion.store import SensorStore
+    from fleetscore.training.coldstart import fleet_sample
 
     windows = SensorStore(database_url).read_windows(start, end, devices)
-    return fit_shard(windows, config, exclude)
+    rows = fleet_sample(windows, config, exclude) if sample else {}
+    if series is not None and len(windows):
+        keys = pd.MultiIndex.from_frame(windows[["device", "sensor"]].astype(str))
+        windows = windows[keys.isin(list(series))].reset_index(drop=True)
+    from fleetscore.training.drift import attach_reference
+
+    fit = fit_shard(windows, config, exclude)
+    attach_reference(fit.bundle, windows)
+    return fit, rows
 
 
 def _window(settings: Settings) -> timedelta:
@@ -96,15 +109,20 @@ def _validate(settings: Settings, start: datetime, end: datetime, devices: Seque
     return report
 
 
-def train_candidate(
+def train_candidate(  # noqa: PLR0915  the candidate's steps in order: select, read, fit, compose
     settings: Settings,
     start: datetime | None = None,
     end: datetime | None = None,
     devices: Sequence[str] | None = None,
     skip_validation: bool = False,
     on_progress: ProgressCallback | None = None,
+    series: frozenset[tuple[str, str]] | None = None,
 ) -> Candidate:
     """Validate the range, fit every (device, sensor) series over device shards, save the bundle.
+
+    With ``series`` only those series are fitted (a selective release; ``devices`` should name their
+    devices) and no fleet model is fitted; otherwise the per-sensor fleet fallback models are fitted
+    on a sample of every shard's rows (:mod:`training.coldstart`).
 
     The last ``training.gate_holdout_fraction`` of the range is held out for the gate (not fitted).
     Series excluded by validation or with fewer than ``training.min_rows`` windows are skipped with the
@@ -134,18 +152,21 @@ def train_candidate(
     # a worker pool costs seconds to start: small fleets train in one shard in this process
     shards = shard_devices(fleet, max(1, min(workers * 4, -(-len(fleet) // MIN_DEVICES_PER_SHARD))))
     started = time.perf_counter()
-    args = [(settings.database_url, start, split, shard, config, frozenset(excluded)) for shard in shards]
+    args = [(settings.database_url, start, split, shard, config, frozenset(excluded), series, series is None)
+            for shard in shards]
     results = run_shards(_fit_devices, args, settings.executor, settings.workers, on_progress)
     parts: list[ReleaseBundle] = []
     skipped: dict[tuple[str, str], str] = {}
     failed: dict[tuple[str, str], str] = {}
     rows = 0
+    samples = []
     for shard, result in zip(shards, results, strict=True):
         if isinstance(result, ShardFailure):
             for device in shard:
                 failed[(device, "*")] = f"shard failed: {result.error}"
             continue
-        fit: ShardFit = result.value
+        fit: ShardFit = result.value[0]
+        samples.append(result.value[1])
         parts.append(fit.bundle)
         skipped.update(fit.skipped)
         failed.update(fit.failed)
@@ -156,10 +177,16 @@ def train_candidate(
         raise TrainingError(f"no series could be trained in [{start}, {split}): "
                             f"{len(skipped)} skipped, {len(failed)} failed")
     bundle = ReleaseBundle.concat(nonempty, manifest={})
+    trained_at = utcnow().isoformat()
     for record in bundle.manifest["series"]:
-        key = (record["device"], record["sensor"])
-        if key in excluded:  # not possible (excluded series are not fitted); kept for clarity
-            record["excluded"] = excluded[key]
+        record.update(scope="series", trained_at=trained_at)
+    fleet_models: ReleaseBundle | None = None
+    if series is None:
+        from fleetscore.training.coldstart import fit_fleet_models, merge_samples
+
+        fleet_models = fit_fleet_models(merge_samples(samples), config)
+        for record in fleet_models.manifest.get("series", []):
+            record.update(trained_at=trained_at)
     data_hash = hashlib.sha256("|".join(sorted(
         f"{r['device']}/{r['sensor']}:{r['data_hash']}" for r in bundle.manifest["series"])).encode()).hexdigest()[:16]
     bundle.manifest.update(
@@ -172,9 +199,27 @@ def train_candidate(
         failed=[{"device": d, "sensor": s, "reason": r} for (d, s), r in sorted(failed.items())],
     )
     path = Path(settings.home) / "candidates" / f"{utcnow():%Y%m%dT%H%M%S}-{data_hash[:6]}-{secrets.token_hex(3)}"
-    bundle.save(path)
+    with_fleet(bundle, fleet_models).save(path)
     return Candidate(bundle=bundle, path=path, start=start, end=end, split=split, validation_id=validation_id,
-                     skipped=skipped, failed=failed, rows=rows, seconds=seconds, data_hash=data_hash)
+                     skipped=skipped, failed=failed, rows=rows, seconds=seconds, data_hash=data_hash,
+                     fleet=fleet_models)
+
+
+def with_fleet(bundle: ReleaseBundle, fleet: ReleaseBundle | None) -> ReleaseBundle:
+    """``bundle`` with the fleet fallback models appended (as it is when there are none)."""
+    if fleet is None or len(fleet) == 0:
+        return bundle
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "series"}
+    return ReleaseBundle.concat([bundle, fleet], manifest=manifest)
+
+
+def split_fleet(bundle: ReleaseBundle) -> tuple[ReleaseBundle, ReleaseBundle]:
+    """A release's per-series models and its fleet fallback models, as two bundles."""
+    from fleetscore.training.coldstart import is_fleet_key
+
+    own = [i for i, k in enumerate(bundle.keys) if not is_fleet_key(k)]
+    fleet = [i for i, k in enumerate(bundle.keys) if is_fleet_key(k)]
+    return bundle.subset(own), bundle.subset(fleet)
 
 
 # -- releasing ---------------------------------------------------------------------------------------
@@ -239,21 +284,49 @@ def run_release(
     force: bool = False,
     skip_validation: bool = False,
     on_progress: ProgressCallback | None = None,
+    only: Sequence[str] = ("all",),
 ) -> ReleaseOutcome:
     """Validate, train, gate against the champion, register the release and make it the champion.
 
     The outcome is always explicit: every series is promoted, kept from the champion or new; a series
     that could not be trained keeps its champion model (or is counted failed when it has none).
+    ``only`` (``drifted``, ``new``, ``failed``, ``stale``, ``all``) retrains just the series so selected
+    (:mod:`pipelines.selection`); every other series keeps its champion model and the champion's fleet
+    models are kept; raises :class:`NothingToRetrain` when none is selected.
     """
+    from fleetscore.pipelines.selection import check_only, select_series
     from fleetscore.training.evaluation import run_gate
 
-    candidate = train_candidate(settings, start, end, devices, skip_validation, on_progress)
+    kinds = check_only(only)
     champion, champion_version = _champion(settings)
+    selection: dict[tuple[str, str], str] | None = None
+    if "all" not in kinds:
+        selection = select_series(settings, champion, champion_version, kinds, start, end, devices)
+        if not selection:
+            from fleetscore.errors import NothingToRetrain
+
+            raise NothingToRetrain(f"release --only {','.join(kinds)}: no series to retrain")
+        devices = sorted({d for d, _ in selection})
+    candidate = train_candidate(settings, start, end, devices, skip_validation, on_progress,
+                                series=frozenset(selection) if selection is not None else None)
+    if selection is not None:
+        for record in candidate.bundle.manifest.get("series", []):
+            record["selected_as"] = selection.get((record["device"], record["sensor"]), "")
+    champ_own, champ_fleet = split_fleet(champion) if champion is not None else (None, None)
     holdout = _holdout(settings, candidate, devices)
-    gate = run_gate(candidate.bundle, champion, holdout, settings.training, champion_version, force=force)
-    bundle = gate.bundle
+    gate = run_gate(candidate.bundle, champ_own, holdout, settings.training, champion_version, force=force)
+    fleet = candidate.fleet
+    if (fleet is None or len(fleet) == 0) and champ_fleet is not None and len(champ_fleet):
+        fleet = champ_fleet.subset(range(len(champ_fleet)))
+        fleet.manifest["series"] = [{**r, "decision": "kept", "kept_from": champion_version,
+                                     "trained_in": r.get("trained_in") or champion_version}
+                                    for r in fleet.manifest["series"]]
+    elif fleet is not None:
+        for record in fleet.manifest.get("series", []):
+            record.setdefault("decision", "new")
+    bundle = with_fleet(gate.bundle, fleet)
     bundle.manifest.update({k: v for k, v in candidate.bundle.manifest.items() if k != "series"})
-    bundle.manifest.update(parent_champion=champion_version, force=force, kind="release")
+    bundle.manifest.update(parent_champion=champion_version, force=force, kind="release", only=list(kinds))
     failed = len([k for k in candidate.failed if k not in gate.decisions])
     skipped = len([k for k in candidate.skipped if k not in gate.decisions])
     pending = gate.summary(0, failed, skipped)
@@ -261,7 +334,7 @@ def run_release(
               "features": ",".join(settings.training.features), "nu": settings.training.nu,
               "gamma": settings.training.gamma, "offset_margin": settings.training.offset_margin,
               "rolling_window": settings.training.rolling_window, "min_rows": settings.training.min_rows,
-              "devices": ",".join(devices) if devices else "all", "force": force,
+              "devices": ",".join(devices) if devices else "all", "force": force, "only": ",".join(kinds),
               "skip_validation": skip_validation}
     metrics = _fleet_metrics(candidate, gate.counts, failed, skipped)
     tags = {"fleetscore.git_commit": git_commit(), "fleetscore.train_start": str(candidate.start),
@@ -367,7 +440,7 @@ def rollback(
     version, _ = _register(settings, bundle, f"rollback-{utcnow():%Y%m%dT%H%M%S}", params,
                            {"models": float(len(bundle)), "rolled_back_series": float(len(taken))}, tags)
     summary = (f"released v{version}: {what} ({len(taken)} series) from v{old.version}, "
-               f"{len(rest_idx):,} kept from v{champ.version}")
+               f"{sum(1 for i in rest_idx if champ_bundle.keys[i][0] != FLEET_DEVICE):,} kept from v{champ.version}")
     from fleetscore.training.registry import set_version_tags
 
     set_version_tags(settings.tracking_uri, name, version, {"fleetscore.gate_summary": summary})
@@ -394,12 +467,17 @@ def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
     resolved = resolve_release(settings.tracking_uri, name, ref)
     bundle = ReleaseBundle.load(resolved.bundle_dir)
     versions = {v["version"]: v for v in list_versions(settings.tracking_uri, name)}
-    series = []
+    series, fleet = [], []
     for rec in bundle.manifest.get("series", []):
+        if rec.get("device") == FLEET_DEVICE:
+            fleet.append({"sensor": rec["sensor"], "decision": rec.get("decision", ""), "rows": rec.get("rows"),
+                          "trained_in": rec.get("trained_in") or resolved.version})
+            continue
         series.append({"device": rec["device"], "sensor": rec["sensor"], "decision": rec.get("decision", ""),
                        "trained_in": rec.get("trained_in") or resolved.version, "rows": rec.get("rows"),
                        "train_start": rec.get("train_start"), "train_end": rec.get("train_end"),
-                       "data_hash": rec.get("data_hash")})
+                       "data_hash": rec.get("data_hash"), "kept_from": rec.get("kept_from"),
+                       "selected_as": rec.get("selected_as", "")})
     return {
         "version": resolved.version,
         "aliases": versions.get(resolved.version, {}).get("aliases", []),
@@ -408,6 +486,7 @@ def show_release(settings: Settings, ref: str = "champion") -> dict[str, Any]:
         "alias_history": [asdict(m) for m in alias_history(settings.tracking_uri, name)],
         "alias_history_sql": AliasLog(settings.database_url).history(name),
         "series": series,
+        "fleet_models": fleet,
         "skipped": bundle.manifest.get("skipped", []),
         "features": list(bundle.features),
     }

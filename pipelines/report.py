@@ -37,7 +37,10 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
         raise ScoringError(f"run {run_id} is {record['status']}: only complete runs have a report")
     predictions = table.read_run(storage_spec_for(settings), run_id)
     history = [r for r in runs.list(limit=200, status="done") if r["rows"]]
-    page = render_report(record, predictions, history)
+    from fleetscore.ingestion.ops_store import OpsStore
+
+    drift = OpsStore(settings.database_url).drift_of_run(run_id)
+    page = render_report(record, predictions, history, drift, settings.training.drift_threshold)
     path = Path(out) if out else Path(settings.home) / "reports" / "scoring" / f"{run_id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -46,8 +49,9 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
     return path
 
 
-def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: list[dict[str, Any]]) -> str:
-    """The report page as a string (pure: no I/O)."""
+def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: list[dict[str, Any]],
+                  drift: list[dict[str, Any]] | None = None, threshold: float = 0.25) -> str:
+    """The report page as a string (pure: no I/O). ``drift``: the run's most drifted series."""
     rows = len(predictions)
     anomalies = int(predictions["Prediction"].sum()) if rows else 0
     by_device = (predictions.groupby("Device")["Prediction"].sum().sort_values(ascending=False, kind="stable")
@@ -75,6 +79,13 @@ def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: li
         + "".join(f"<tr><td>{html.escape(str(d))}</td><td>{int(n)}</td></tr>" for d, n in by_device.items())
         + "</table>",
         "<h2>Anomaly rate against earlier runs</h2>", _img(_plot_history(record, history)),
+        f"<h2>Most drifted series (PSI; drifted above {threshold})</h2>",
+        "<table><tr><th>device</th><th>sensor</th><th>drift</th><th>feature</th><th>anomaly rate</th></tr>"
+        + "".join(f"<tr><td>{html.escape(str(r['device']))}</td><td>{html.escape(str(r['sensor']))}</td>"
+                  f"<td>{r['drift']:.3f}{' (drifted)' if r['drift'] > threshold else ''}</td>"
+                  f"<td>{html.escape(str(r['feature']))}</td>"
+                  f"<td>{(r['anomalies'] / r['rows'] if r['rows'] else 0):.2%}</td></tr>" for r in drift or [])
+        + "</table>",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"

@@ -14,6 +14,7 @@ from typing import Any
 
 from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.pipelines import run_ops
 from fleetscore.pipelines.adapters import storage_spec_for
 from fleetscore.pipelines.settings import Settings
 from fleetscore.records.run_log import RunLog
@@ -145,7 +146,14 @@ def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, 
         "timings": timings,
         "completed_at": utcnow().isoformat(),
     }
+    t0 = time.perf_counter()
+    manifest.update(run_ops.summary(outcomes, settings.training.drift_threshold))
+    manifest["events"] = run_ops.record(settings, run_id, plan, outcomes)
+    timings["operations"] = time.perf_counter() - t0
     writer.publish(storage, start, run_id, manifest)
+    from fleetscore.pipelines import telemetry
+
+    telemetry.record_run(manifest)
     runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], location=location,
                 table_version=version_of_table, **common)
     if settings.scoring.log_to_mlflow:

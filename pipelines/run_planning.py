@@ -32,6 +32,7 @@ from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask
 from fleetscore.scoring.shard import load_bundle
 from fleetscore.scoring.storage import Storage
+from fleetscore.training.coldstart import FLEET_DEVICE
 
 log = logging.getLogger("fleetscore.pipelines.scoring_pipeline")  # one logger for the whole run's messages
 
@@ -229,7 +230,7 @@ def build_plan(settings: Settings, setup: RunSetup, report: Any, data_hash: str,
     from fleetscore.ingestion.store import shard_devices
 
     bundle = setup.bundle
-    all_devices = sorted(set(setup.store.devices()) | {d for d, _ in bundle.keys})
+    all_devices = sorted((set(setup.store.devices()) | {d for d, _ in bundle.keys}) - {FLEET_DEVICE})
     if setup.device_filter:
         wanted_devices = set(setup.device_filter)
         all_devices = [d for d in all_devices if d in wanted_devices]

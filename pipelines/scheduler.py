@@ -132,6 +132,7 @@ class SchedulerSummary:
     scored: list[tuple[datetime, str]] = field(default_factory=list)  # (window start, run id)
     failed: list[tuple[datetime, str]] = field(default_factory=list)  # (window start, error)
     skipped_locked: int = 0
+    retrains: list[str] = field(default_factory=list)  # the retrain policy's outcomes
 
 
 ScoreFn = Callable[[Settings, datetime, datetime], Any]
@@ -147,6 +148,7 @@ def run_scheduler(
     stop: threading.Event | None = None,
     holder: str | None = None,
     on_window: Callable[[str, datetime, datetime, str], None] | None = None,
+    retrain: Callable[[Settings, list[str]], Any] | None = None,
 ) -> SchedulerSummary:
     """Score every due window of the schedule once, then (unless ``once``) wait for the next ones.
 
@@ -154,6 +156,8 @@ def run_scheduler(
     ``status``. ``until``: never score windows that end after it, and return once every window up to
     it is done (or given up after ``scoring.max_attempts``). ``stop`` set: return after the current
     window. ``on_window(event, start, end, detail)`` reports progress (``start``, ``done``, ``failed``).
+    ``retrain(settings, only)``: after each pass, the retrain policy (``fleetscore retrain-policy set``)
+    runs through it when due (:func:`pipelines.retrain_policy.run_if_due`).
     """
     stop = stop or threading.Event()
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -173,6 +177,12 @@ def run_scheduler(
                 summary.skipped_locked += 1
                 continue
             _score_locked(settings, store, score, start, end, holder, ttl, now_fn, summary, on_window)
+        if retrain is not None and not stop.is_set():
+            from fleetscore.pipelines.retrain_policy import run_if_due
+
+            line = run_if_due(settings, retrain, now_fn())
+            if line is not None:
+                summary.retrains.append(line)
         if once or stop.is_set():
             break
         left = _pending(store, schedule, horizon, settings.scoring.max_attempts)

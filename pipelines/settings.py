@@ -27,6 +27,7 @@ from typing import Any
 from fleetscore.data_checks.config import CheckConfig
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.config import IngestConfig
+from fleetscore.pipelines.alerts_config import AlertsConfig
 from fleetscore.pipelines.azureml_config import AzureMLConfig
 from fleetscore.redact import redact
 from fleetscore.scoring.config import ScoringConfig
@@ -55,6 +56,7 @@ class Settings:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     azureml: AzureMLConfig = field(default_factory=AzureMLConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         home = Path(self.home)

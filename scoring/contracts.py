@@ -161,6 +161,12 @@ class ShardOutcome:
     kernel_evaluations: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
     aborted: bool = False
+    # cold start: the "device/sensor" series scored by their sensor's fleet model (no model of their own)
+    fleet_scored: tuple[str, ...] = ()
+    # per scored series: (device, sensor, drift or None, feature, rows, anomalies, model scope)
+    drift: tuple[tuple[Any, ...], ...] = ()
+    # every anomalous window: (device, sensor, ts ISO, score, reason), for the run's anomaly events
+    anomalous: tuple[tuple[Any, ...], ...] = ()
     # the data files it staged for the table commit: {"name", "partition", "size", "rows", "stats"}
     files: tuple[Mapping[str, Any], ...] = ()
 
@@ -172,7 +178,8 @@ class ShardOutcome:
                 "series": self.series, "per_sensor": {s: list(v) for s, v in self.per_sensor.items()},
                 "failed": dict(self.failed), "unscored": dict(self.unscored),
                 "kernel_evaluations": self.kernel_evaluations, "timings": dict(self.timings),
-                "files": [dict(f) for f in self.files]}
+                "fleet_scored": list(self.fleet_scored), "drift": [list(r) for r in self.drift],
+                "anomalous": [list(r) for r in self.anomalous], "files": [dict(f) for f in self.files]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardOutcome:
@@ -184,4 +191,7 @@ class ShardOutcome:
             per_sensor={str(s): (int(v[0]), int(v[1])) for s, v in (data.get("per_sensor") or {}).items()},
             kernel_evaluations=int(data.get("kernel_evaluations", 0)), timings=dict(data.get("timings") or {}),
             aborted=bool(data.get("aborted", False)), files=tuple(dict(f) for f in data.get("files") or ()),
+            fleet_scored=tuple(data.get("fleet_scored") or ()),
+            drift=tuple(tuple(r) for r in data.get("drift") or ()),
+            anomalous=tuple(tuple(r) for r in data.get("anomalous") or ()),
         )

@@ -29,6 +29,7 @@ import pandas as pd
 from fleetscore.errors import one_line
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, display_key, excluded_pairs
 from fleetscore.scoring.writer import EncodedPart, encode_part, read_json, to_predictions, write_part
+from fleetscore.training.coldstart import SCOPE_FLEET, SCOPE_SERIES, with_fallback
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
         windows = _drop_series(windows, task.excluded)
     windows, bad = _split_non_finite(windows)
     failed.update({display_key(d, s): "non-finite values in the window" for d, s in bad})
+    # cold start: a series with no model of its own is scored by its sensor's fleet model, if any
+    bundle, fleet_scored = with_fallback(bundle, missing_series(bundle, windows))
     unscored = {display_key(d, s): f"no model in release v{task.release_version}"
                 for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
@@ -104,12 +107,19 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
         log.warning("shard %d: kernel failed (%s); scoring series one by one", task.shard, exc)
         scored, more = _score_each(bundle, windows, task.start, score_windows)
         failed.update(more)
+    if fleet_scored:
+        keys = pd.MultiIndex.from_frame(scored[["device", "sensor"]].astype(str))
+        scored["scope"] = np.where(keys.isin(fleet_scored), SCOPE_FLEET, SCOPE_SERIES)
     timings["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ops = _drift_and_anomalies(bundle, windows, scored, task, set(fleet_scored))
+    timings["drift"] = time.perf_counter() - t0
 
     # the part is built and encoded before waiting for the plan: after the gate only the writes remain
     t0 = time.perf_counter()
     part = _build_part(scored, task)
     timings["encode"] = time.perf_counter() - t0
+    late: frozenset[tuple[str, str]] = frozenset()
     if task.wait_for:
         t0 = time.perf_counter()
         plan = _wait_for_plan(storage, task)
@@ -127,7 +137,10 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
                 part = _build_part(scored, task)
 
     outcome = ShardOutcome(task.shard, devices=len(task.devices), **part.summary, failed=failed,
-                           unscored=unscored, kernel_evaluations=int(evaluations), timings=timings)
+                           unscored=unscored, kernel_evaluations=int(evaluations), timings=timings,
+                           fleet_scored=tuple(f"{d}/{s}" for d, s in fleet_scored if (d, s) not in late),
+                           drift=tuple(tuple(r) for r in ops["drift"] if (r[0], r[1]) not in late),
+                           anomalous=tuple(tuple(r) for r in ops["anomalous"] if (r[0], r[1]) not in late))
     write_part(storage, task.prefix, task.shard, outcome=outcome.to_json(), encoded=part.files)
     if task.delay:
         time.sleep(task.delay)
@@ -155,6 +168,56 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
         "per_sensor": {str(k): (int(v["size"]), int(v["sum"])) for k, v in per_sensor.iterrows()},
     }
     return _Part(encode_part(predictions, task.csv), summary)
+
+
+def _drift_and_anomalies(bundle: Any, windows: pd.DataFrame, scored: pd.DataFrame, task: ShardTask,
+                         fleet: set[tuple[str, str]]) -> dict[str, list[list[Any]]]:
+    """The shard's drift rows ``[device, sensor, drift, feature, rows, anomalies, scope]`` and anomalous
+    windows ``[device, sensor, ts, score, reason]`` (for the run's drift records and anomaly events).
+    The reason is the feature furthest from its model's training mean, in training standard deviations."""
+    from fleetscore.training.drift import series_drift
+    from fleetscore.training.features import compute_features
+
+    feats = compute_features(windows, bundle.features, bundle.rolling_window)
+    table = series_drift(bundle, windows, scored, task.start, feats)
+    drift = [[d, s, None if v != v else round(float(v), 6), f, int(n), int(a),
+              SCOPE_FLEET if (d, s) in fleet else SCOPE_SERIES]
+             for d, s, v, f, n, a in table.itertuples(index=False)]
+    flagged = np.flatnonzero(scored["prediction"].to_numpy() == 1)
+    anomalous: list[list[Any]] = []
+    if len(flagged):
+        rows = scored.iloc[flagged]
+        # the flagged rows' positions in ``windows``: the kernel returns the scored rows in input order
+        models = np.array([bundle.index(str(d), str(s)) for d, s in zip(rows["device"], rows["sensor"], strict=True)])
+        scored_rows = np.flatnonzero(_scored_mask(bundle, windows, task.start))
+        if len(scored_rows) == len(scored):
+            pos = scored_rows[flagged]
+        else:  # scored series by series after a kernel failure: look the rows up
+            index = pd.MultiIndex.from_frame(windows[["device", "sensor", "ts"]])
+            pos = index.get_indexer(pd.MultiIndex.from_frame(rows[["device", "sensor", "ts"]]))
+        z = np.abs((feats[pos] - bundle.mean[models]) / bundle.scale[models])
+        reasons = [bundle.features[j] for j in z.argmax(axis=1)]
+        ts = pd.to_datetime(rows["ts"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        anomalous = [[str(d), str(s), t, round(float(sc), 6), r] for d, s, t, sc, r in
+                     zip(rows["device"], rows["sensor"], ts, rows["score"], reasons, strict=True)]
+    return {"drift": drift, "anomalous": anomalous}
+
+
+def _scored_mask(bundle: Any, windows: pd.DataFrame, start: datetime) -> np.ndarray:
+    """The rows of ``windows`` the kernel scores: ``ts >= start`` in series that have a model."""
+    from fleetscore.training.features import series_starts
+
+    starts = series_starts(windows)
+    first = starts[:-1]
+    has = np.ones(len(first), dtype=bool)
+    for i, (d, s) in enumerate(zip(windows["device"].take(first), windows["sensor"].take(first), strict=True)):
+        try:
+            bundle.index(str(d), str(s))
+        except KeyError:
+            has[i] = False
+    late = windows["ts"].to_numpy() >= np.datetime64(pd.Timestamp(start).to_datetime64())
+    mask: np.ndarray = late & np.repeat(has, np.diff(starts))
+    return mask
 
 
 def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None:

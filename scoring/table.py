@@ -44,6 +44,7 @@ META = "fleetscore."  # prefix of the commit metadata keys
 SCHEMA = pa.schema([
     ("TS", pa.timestamp("us", tz="UTC")), ("Device", pa.string()), ("Sensor", pa.string()),
     ("Val", pa.float64()), ("Prediction", pa.int8()), ("Score", pa.float64()), ("ModelVersion", pa.int32()),
+    ("ModelScope", pa.string()),  # series: the series' own model; fleet: its sensor's fleet model (cold start)
 ])
 TABLE_SCHEMA = SCHEMA.append(pa.field(PARTITION, pa.string()))
 _HOUR_US = 3_600_000_000
@@ -135,7 +136,7 @@ class StagedFile:
     stats: str
 
 
-_DICTIONARY = ["Device", "Sensor", "Prediction", "ModelVersion"]
+_DICTIONARY = ["Device", "Sensor", "Prediction", "ModelVersion", "ModelScope"]
 
 
 def encode_files(predictions: pd.DataFrame) -> list[DataFile]:

@@ -37,7 +37,7 @@ from fleetscore.scoring.table import DataFile, StagedFile, encode_files
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion"]
+PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
 
@@ -79,6 +79,8 @@ def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
         "Score": scored["score"].astype("float64"),
     })
     out["ModelVersion"] = pd.Series(model_version, index=out.index, dtype="int32")
+    # series: the series' own model; fleet: its sensor's fleet model (cold start, training.coldstart)
+    out["ModelScope"] = scored["scope"].astype(str) if "scope" in scored else "series"
     return out.reset_index(drop=True)
 
 

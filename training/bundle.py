@@ -42,7 +42,10 @@ MANIFEST_FILE = "manifest.json"
 BUNDLE_SHA_TAG = "fleetscore.bundle_sha256"  # the model version tag holding the bundle's files_digest
 
 # per-model arrays (first axis = model) and per-support-vector arrays (first axis = support vector)
-_MODEL_ARRAYS = ("mean", "scale", "var", "n_samples", "intercept", "gamma", "nu", "n_iter")
+_MODEL_ARRAYS = ("mean", "scale", "var", "n_samples", "intercept", "gamma", "nu", "n_iter", "ref_edges", "ref_expected")
+# drift reference per model and feature (training.drift): the training rows' decile edges and the share of
+# those rows in each of the bins they bound; NaN when unknown (bundles written before drift existed)
+REFERENCE_EDGES = 9
 _SV_ARRAYS = ("support_vectors", "support", "dual_coef")
 
 
@@ -67,10 +70,17 @@ class ReleaseBundle:
     n_iter: np.ndarray  # (M,)
     manifest: dict[str, Any] = field(default_factory=dict)
     detector: str = DEFAULT_DETECTOR  # the family that fitted the arrays and scores them
+    ref_edges: np.ndarray | None = None  # (M, F, 9) drift reference: decile edges of the training rows
+    ref_expected: np.ndarray | None = None  # (M, F, 10) share of training rows in each bin
 
     def __post_init__(self) -> None:
         self.keys = [(str(d), str(s)) for d, s in self.keys]
         self.features = tuple(self.features)
+        shape = (len(self.keys), len(self.features))
+        if self.ref_edges is None or self.ref_edges.shape[:2] != shape:
+            self.ref_edges = np.full((*shape, REFERENCE_EDGES), np.nan)
+        if self.ref_expected is None or self.ref_expected.shape[:2] != shape:
+            self.ref_expected = np.full((*shape, REFERENCE_EDGES + 1), np.nan)
         self._index: dict[tuple[str, str], int] | None = None
 
     # -- shape ---------------------------------------------------------------------------------------
@@ -93,6 +103,15 @@ class ReleaseBundle:
         if self._index is None:
             self._index = {key: i for i, key in enumerate(self.keys)}
         return self._index[(str(device), str(sensor))]
+
+    def aliased(self, aliases: dict[tuple[str, str], tuple[str, str]]) -> ReleaseBundle:
+        """A view sharing this bundle's arrays in which each key of ``aliases`` resolves (``index``) to the
+        model of its value: a series scored by another series' model (cold start: a fleet model)."""
+        view = replace(self)
+        index = {key: i for i, key in enumerate(self.keys)}
+        index.update({key: index[target] for key, target in aliases.items() if target in index})
+        view._index = index
+        return view
 
     def series_manifest(self, device: str, sensor: str) -> dict[str, Any]:
         """The manifest record (provenance) of one series, ``{}`` when none was written."""

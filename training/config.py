@@ -32,3 +32,8 @@ class TrainingConfig:
     gate_max_far: float = 0.01
     gate_recall_margin: float = 0.02
     gate_seed: int = 0
+    # a series whose scored windows' largest per-feature PSI against its training reference exceeds
+    # this is drifted (fleetscore drift, release --only drifted); 0.25 is the usual "significant shift"
+    drift_threshold: float = 0.25
+    # release --only stale retrains the series whose model was trained longer ago than this
+    max_model_age: str = "30d"

@@ -40,6 +40,9 @@ COMMANDS: dict[str, str] = {
     "scheduler": "schedule_cmd:scheduler",
     "publish": "publish_cmd:publish",
     "score-step": "shard_cmd:score_step",
+    "drift": "ops_cmd:drift",
+    "events": "ops_cmd:events",
+    "retrain-policy": "ops_cmd:retrain_policy",
 }
 
 
@@ -73,11 +76,18 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
+        from fleetscore.pipelines import telemetry
+
+        telemetry.configure(os.environ)  # the environment picks the exporter (none by default)
+        command = ctx.protected_args[0] if ctx.protected_args else ""
         try:
-            return super().invoke(ctx)
+            with telemetry.command_span(command):
+                return super().invoke(ctx)
         except FleetscoreError as exc:
             click.echo(f"Error: {redact(exc)}", err=True)
             ctx.exit(exc.exit_code)
+        finally:
+            telemetry.shutdown()
 
 
 def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:

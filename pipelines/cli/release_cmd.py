@@ -43,20 +43,28 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
 @devices_option
 @click.option("--force", is_flag=True, help="Promote every new model, whatever the evaluation gate says.")
 @click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the tags).")
+@click.option("--only", "only", default="all", show_default=True, metavar="drifted|new|failed|stale|all",
+              help="Retrain just these series (comma list); every other series keeps the champion's model.")
 @click.pass_obj
 def release(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
-            force: bool, skip_validation: bool) -> None:
+            force: bool, skip_validation: bool, only: str) -> None:
     """Validate, train, gate against the champion, register the release and make it the champion.
 
-    Prints e.g. "released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed".
+    Prints e.g. "released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed". With --only, only
+    the drifted, new, failed or stale series are retrained (docs/operations.md).
     """
     settings = state.settings()
     window_start, window_end = time_range(start, end, last)
+    from fleetscore.errors import NothingToRetrain
     from fleetscore.pipelines.release import run_release
 
-    with progress_bar("training shards") as on_progress:
-        outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
-                              on_progress)
+    try:
+        with progress_bar("training shards") as on_progress:
+            outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
+                                  on_progress, only=only.split(","))
+    except NothingToRetrain as exc:
+        click.echo(f"nothing to retrain: {exc}")
+        return
     click.echo(outcome.summary)
     click.echo(f"champion: v{outcome.version} (was {_v(outcome.champion_before)}), "
                f"model {settings.training.model_name}")

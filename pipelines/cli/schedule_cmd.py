@@ -68,6 +68,7 @@ def scheduler(state: Any, once: bool, until: str | None) -> None:
     import threading
 
     from fleetscore.ingestion.timeutil import parse_time_option
+    from fleetscore.pipelines.retrain_policy import default_release
     from fleetscore.pipelines.scheduler import run_scheduler
     from fleetscore.pipelines.scoring_pipeline import score_window
 
@@ -87,8 +88,10 @@ def scheduler(state: Any, once: bool, until: str | None) -> None:
 
     try:
         summary = run_scheduler(settings, score=lambda s, a, b: score_window(s, a, b), once=once,
-                                until=horizon, stop=stop, on_window=on_window)
+                                until=horizon, stop=stop, on_window=on_window, retrain=default_release)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo(f"scheduler: {len(summary.scored)} windows scored, {len(summary.failed)} failed")
+    for line in summary.retrains:
+        click.echo(f"retrain policy: {line}")

@@ -74,6 +74,19 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
                    + "; ".join(f"{k}: {v}" for k, v in list(result.failures.items())[:5]), err=True)
     click.echo(f"predictions: {result.location}")
     click.echo(f"manifest: {result.run_folder}/{writer.MANIFEST}")
+    cold = result.manifest.get("cold_start", {})
+    if cold.get("fleet_scored_series") or cold.get("unscored_series"):
+        click.echo(f"cold start: {cold.get('fleet_scored_series', 0):,} series scored by a fleet model "
+                   f"(no model of their own), {cold.get('unscored_series', 0):,} unscored")
+    drift = result.manifest.get("drift", {})
+    if drift.get("drifted_series"):
+        click.echo(f"drift: {drift['drifted_series']:,} series past drift_threshold {drift['threshold']} "
+                   "(fleetscore drift lists them)")
+    events = result.manifest.get("events", {})
+    if events.get("new") or events.get("updated"):
+        click.echo(f"events: {events.get('new', 0):,} new, {events.get('updated', 0):,} updated, "
+                   f"{events.get('notified', 0):,} notifications sent, "
+                   f"{events.get('dead_lettered', 0):,} dead-lettered")
 
 
 @click.group(name="runs")

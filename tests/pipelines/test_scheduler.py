@@ -202,3 +202,36 @@ def test_two_scheduler_processes_score_each_window_once(tmp_path: Path) -> None:
     assert len({line.split()[1] for line in lines}) == 2  # both schedulers took part
     rows = ScheduleStore(settings.database_url).windows()
     assert [r["status"] for r in rows] == ["done"] * 12 and all(r["attempts"] == 1 for r in rows)
+
+
+def test_the_retrain_policy_runs_beside_scoring_when_due(tmp_path: Path) -> None:
+    from fleetscore.errors import NothingToRetrain
+    from fleetscore.ingestion.ops_store import OpsStore
+    from fleetscore.pipelines.retrain_policy import set_policy
+
+    settings = _settings(tmp_path)
+    set_schedule(settings.database_url, every="1h", cron=None, lag="0s", now=T0)
+    clock = Clock(T0 + timedelta(hours=1))
+    policy = set_policy(settings, "1d", "new,drifted", now=T0)
+    assert policy["only"] == "new,drifted"
+    releases: list[list[str]] = []
+
+    def release(s: Settings, only: list[str]) -> object:
+        releases.append(only)
+        if len(releases) > 1:
+            raise NothingToRetrain("release --only new,drifted: no series to retrain")
+        return Result(run_id="v2")
+
+    score = lambda s, a, b: Result(run_id=f"run-{a:%H}")  # noqa: E731
+    first = run_scheduler(settings, score=score, once=True, now_fn=clock, retrain=release)
+    assert [s for s, _ in first.scored] == [T0] and releases == [["new", "drifted"]]
+    clock.now += timedelta(hours=1)  # scored again, but the policy ran less than a day ago
+    second = run_scheduler(settings, score=score, once=True, now_fn=clock, retrain=release)
+    assert len(second.scored) == 1 and second.retrains == [] and len(releases) == 1
+    clock.now += timedelta(days=1)
+    third = run_scheduler(settings, score=score, once=True, now_fn=clock, retrain=release)
+    assert third.retrains == ["nothing to retrain: release --only new,drifted: no series to retrain"]
+    stored = OpsStore(settings.database_url).policy()
+    assert stored is not None and stored["last_run_at"] == clock.now
+    with pytest.raises(ConfigError):
+        set_policy(settings, "1d", "drifted,everything")
