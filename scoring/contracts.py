@@ -126,7 +126,6 @@ class ShardTask:
     # plan excludes; if ``<run folder>/_abort.json`` appears instead, it writes nothing
     wait_for: str = ""
     parent_pid: int = 0  # the process that writes that file (local executor): stop waiting if it died
-    wait_timeout: float = 3600.0  # seconds to wait for that file before giving up (writing nothing)
     bundle_sha256: str = ""  # the bundle's digest recorded at registration: checked before loading
     # when set: the per-series metrics of the rows read (``ingestion.series_metrics``) are written there
     # (a Parquet file under the storage root) before scoring, for the data-checks gate's series checks

@@ -15,7 +15,7 @@ import pytest
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.ingest import ingest_files
 from fleetscore.ingestion.store import SensorStore
-from fleetscore.ingestion.timeutil import parse_time, resolve_range
+from fleetscore.ingestion.timeutil import parse_time_option, resolve_range
 
 HEADER = b"TS,Device,Sensor,Value\n"
 NOW = datetime(2026, 1, 5, 12, 0)
@@ -97,7 +97,7 @@ def test_ambiguous_dates_are_refused_on_the_command_line(text: str) -> None:
                                                 ("2026-05-01T02:00:00+02:00", datetime(2026, 5, 1)),
                                                 ("2026-05-01T00:00:00Z", datetime(2026, 5, 1))])
 def test_iso_times_are_taken(text: str, expected: datetime) -> None:
-    assert parse_time(text) == expected
+    assert parse_time_option(text) == expected
 
 
 def test_a_non_utf8_byte_costs_only_its_row_and_the_next_files_are_ingested(tmp_path: Path) -> None:

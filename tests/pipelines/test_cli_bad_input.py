@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from fleetscore.ingestion.run_log import RunLog
 
 from fleetscore.pipelines.cli import main
 from fleetscore.pipelines.settings import load_settings
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table
 from tests.scoring.fleet import START, fit_release, fleet_windows, store_windows
 

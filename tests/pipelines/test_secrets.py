@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fleetscore.ingestion.run_log import RunLog
 
 from fleetscore.pipelines.cli import main
+from fleetscore.records.run_log import RunLog
 from fleetscore.redact import RedactingFilter, redact
 
 S = "S3cr3tValue"  # every secret below contains it; no output may

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fleetscore.ingestion.run_log import RunLog
 
 import fleetscore.pipelines.scoring_pipeline as sp
 from fleetscore.errors import FleetscoreError, StoreError
 from fleetscore.pipelines import overlapped_run, release_resolution
 from fleetscore.pipelines.adapters import storage_for
+from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import writer
 from fleetscore.scoring.contracts import ShardTask
 from fleetscore.scoring.shard import _wait_for_plan
@@ -62,7 +62,7 @@ def test_a_shard_stops_waiting_for_a_plan_at_its_deadline(tmp_path: Path) -> Non
     spec = StorageSpec(str(tmp_path))
     task = ShardTask(shard=0, devices=("1",), database_url="sqlite://", bundle="", release_version=1, start=START,
                      end=END, context_start=START, storage=spec, prefix="run", wait_for="run/_run.json",
-                     wait_timeout=0.5)
+                     plan_timeout=0.5)
     t0 = time.monotonic()
     assert _wait_for_plan(spec.open(), task) is None
     assert time.monotonic() - t0 < 5

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from fleetscore.errors import RegistryError
-from fleetscore.scoring import shard
-from fleetscore.scoring.shard import bundle_files, load_bundle
+from fleetscore.scoring.shard import load_bundle
 from fleetscore.training.bundle import BUNDLE_SHA_TAG, ReleaseBundle, bundle_digest
 from tests.training.helpers import random_fleet
 
@@ -85,20 +84,6 @@ def test_a_shard_refuses_a_bundle_folder_that_does_not_match(tmp_path: Path, edi
     with pytest.raises(RegistryError, match=r"release v7: the bundle at .* does not match"):
         load_bundle(str(tmp_path / "b"), digest, "release v7")
 
-
-def test_the_temp_folder_cache_of_sent_bundles_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shard.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    bundle, _, _ = random_fleet(seed=5, models=3, features=("value",), rolling_window=3)
-    bundle.save(tmp_path / "b")
-    files = bundle_files(tmp_path / "b")
-    first = load_bundle(files)
-    [cached] = list((tmp_path / "tmp" / "fleetscore-bundles").iterdir())
-    EDITS["intercept += 1e6"](cached)
-    shard._BUNDLES.clear()  # a new worker process
-    again = load_bundle(files, bundle_digest(tmp_path / "b"))
-    np.testing.assert_array_equal(again.intercept, first.intercept)
-    with pytest.raises(RegistryError, match="sent to this worker does not match"):
-        load_bundle(files, "0" * 64, "release v2")
 
 
 def test_an_unreadable_bundle_is_one_line(tmp_path: Path) -> None:
