@@ -71,7 +71,7 @@ def episodes(anomalous: Sequence[Sequence[Any]], gap: timedelta) -> list[Episode
     bounds = np.append(np.flatnonzero(cut), len(frame))
     group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
     peak = frame.assign(group=group).groupby("group", sort=True)["score"].idxmin().to_numpy()
-    ts = frame["ts"].dt.to_pydatetime()
+    ts = np.array([stamp.to_pydatetime() for stamp in frame["ts"]], dtype=object)
     devices, sensors = frame["device"].astype(str).to_numpy(), frame["sensor"].astype(str).to_numpy()
     scores, reasons = frame["score"].to_numpy(dtype=float), frame["reason"].astype(str).to_numpy()
     return [Episode(device=devices[a], sensor=sensors[a], start=ts[a], end=ts[b - 1], windows=tuple(ts[a:b]),

@@ -181,7 +181,7 @@ def train_candidate(  # noqa: PLR0915  the candidate's steps in order: select, r
     for record in bundle.manifest["series"]:
         record.update(scope="series", trained_at=trained_at)
     fleet_models: ReleaseBundle | None = None
-    if series is None:
+    if series is None and bundle.detector == "ocsvm":  # the fleet fallback models are OneClassSVMs
         from fleetscore.training.coldstart import fit_fleet_models, merge_samples
 
         fleet_models = fit_fleet_models(merge_samples(samples), config)
