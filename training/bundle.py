@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -70,6 +71,9 @@ class ReleaseBundle:
     n_iter: np.ndarray  # (M,)
     manifest: dict[str, Any] = field(default_factory=dict)
     detector: str = DEFAULT_DETECTOR  # the family that fitted the arrays and scores them
+    # ocsvm: "kernel" (score = sum_j a_j K_j + intercept, bundles written before the log form) or "log"
+    # (score = log(sum_j a_j K_j) + intercept, computed stably: it keeps falling far from the data)
+    score_form: str = "kernel"
     ref_edges: np.ndarray | None = None  # (M, F, 9) drift reference: decile edges of the training rows
     ref_expected: np.ndarray | None = None  # (M, F, 10) share of training rows in each bin
 
@@ -148,7 +152,9 @@ class ReleaseBundle:
         svm._n_support = np.array([b - a, 0], dtype=np.int32)
         svm.dual_coef_ = self.dual_coef[a:b].reshape(1, -1).astype(np.float64)
         svm._dual_coef_ = svm.dual_coef_
-        svm.intercept_ = np.array([self.intercept[i]], dtype=np.float64)
+        # the log form's threshold as the kernel sum's offset: the same sign, so the same predictions
+        intercept = -math.exp(-self.intercept[i]) if self.score_form == "log" else self.intercept[i]
+        svm.intercept_ = np.array([intercept], dtype=np.float64)
         svm._intercept_ = svm.intercept_.copy()
         svm.offset_ = -svm._intercept_
         svm._probA = np.empty(0, dtype=np.float64)
@@ -233,8 +239,11 @@ class ReleaseBundle:
         merged_manifest = dict(manifest if manifest is not None else first.manifest)
         merged_manifest["series"] = series
         detectors = {b.detector for b in bundles if len(b)} or {first.detector}
+        forms = {b.score_form for b in bundles if len(b)} or {first.score_form}
+        if len(forms) > 1:
+            raise RegistryError(f"cannot join bundles of score forms {sorted(forms)}")
         return cls(
-            detector=detectors.pop(),
+            detector=detectors.pop(), score_form=forms.pop(),
             keys=keys, features=first.features, rolling_window=first.rolling_window,
             sv_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             manifest=merged_manifest, **arrays,
@@ -279,7 +288,8 @@ class ReleaseBundle:
             from fleetscore.training.detectors import get_detector
 
             manifest.update(format=FORMAT_VERSION, detector=self.detector,
-                            detector_version=get_detector(self.detector).version, features=list(self.features),
+                            detector_version=get_detector(self.detector).version, score_form=self.score_form,
+                            features=list(self.features),
                             rolling_window=self.rolling_window,
                             models=len(self.keys))
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
@@ -313,7 +323,7 @@ class ReleaseBundle:
         keys = list(zip(arrays.pop("devices").tolist(), arrays.pop("sensors").tolist(), strict=True))
         return cls(
             keys=keys, features=tuple(manifest["features"]), rolling_window=int(manifest["rolling_window"]),
-            manifest=manifest, detector=detector, **arrays,
+            manifest=manifest, detector=detector, score_form=str(manifest.get("score_form", "kernel")), **arrays,
         )
 
 

@@ -15,7 +15,10 @@ class TrainingConfig:
     detector: str = "ocsvm"
     # robust: a window is an anomaly when a feature lies more than this many robust z away from its median
     robust_threshold: float = 6.0
-    features: tuple[str, ...] = ("value", "spread")
+    features: tuple[str, ...] = ("value", "log_spread", "recent_mean")
+    # ocsvm: each series' threshold is the quantile of its cross-fitted calibration scores that flags this
+    # share of its normal training windows (0: libsvm's own boundary, moved out by offset_margin)
+    target_false_alarm_rate: float = 0.005
     nu: float = 0.02
     gamma: float | str = 0.2
     min_rows: int = 50

@@ -9,7 +9,21 @@ values training saw. Features:
 - ``spread``: ``value_max - value_min`` (0 for windows of one reading); a stuck sensor has none;
 - ``rolling_std``: population std of ``value`` over the last ``rolling_window`` rows, current included
   (fewer at the start of a series);
-- ``delta``: ``value`` minus the previous row's value (0 on a series' first row).
+- ``delta``: ``value`` minus the previous row's value (0 on a series' first row);
+- ``log_spread``: ``log((max - min) / d2(n))``, the spread on a log scale normalised for the window's
+  number of readings ``n`` (``d2(n)``: the expected range of ``n`` standard normal readings), so a window
+  of 3 readings and one of 6 compare. A window of one reading has no spread: the feature is unknown (NaN,
+  read as the model's typical value), never "stuck". A spread of 0 (stuck) is floored at
+  ``1e-6 x (1 + |value|)``, far below any noisy window;
+- ``recent_mean``: the mean of ``value`` over the last ``rolling_window`` rows (current included);
+- ``residual_1``, ``residual_4``, ``residual_12``: the mean of the last 1, 4 or 12 window means minus a
+  baseline: the median of 12 window means sampled every 4th window over the 48 windows that end
+  ``BASELINE_GAP`` (12) windows before those. The gap keeps the most recent windows, where an event in
+  progress is, out of its own baseline, so an event of up to about a minute is not absorbed by it.
+
+Unknown values are NaN: at the start of a series, before a baseline exists (the residuals), and for
+windows of one reading (``log_spread``). Fitting and scoring read a NaN feature as the model's mean
+(a z of 0): it neither raises nor hides a score.
 """
 
 from __future__ import annotations
@@ -22,9 +36,18 @@ import pandas as pd
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.series_metrics import series_starts
 
-__all__ = ["FEATURES", "check_features", "compute_features", "context_windows", "series_starts"]
+__all__ = ["FEATURES", "check_features", "compute_features", "context_windows", "fill_unknown", "series_starts"]
 
-FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta")
+FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta", "log_spread", "recent_mean",
+                              "residual_1", "residual_4", "residual_12")
+RESIDUAL_SPANS = {"residual_1": 1, "residual_4": 4, "residual_12": 12}
+BASELINE_GAP = 12  # windows between the residual's recent windows and its baseline
+BASELINE_WINDOWS = 48  # windows the baseline covers, sampled every BASELINE_STRIDE-th
+BASELINE_STRIDE = 4
+SPREAD_FLOOR = 1e-6
+# expected range of n standard normal readings (d2 of control charts), n = 2 .. 20
+_D2 = np.array([1.128, 1.693, 2.059, 2.326, 2.534, 2.704, 2.847, 2.970, 3.078, 3.173, 3.258, 3.336, 3.407,
+                3.472, 3.532, 3.588, 3.640, 3.689, 3.735])
 
 
 def check_features(features: Sequence[str], rolling_window: int) -> None:
@@ -43,8 +66,11 @@ def check_features(features: Sequence[str], rolling_window: int) -> None:
 def context_windows(features: Sequence[str], rolling_window: int) -> int:
     """How many windows before a row its features read (0 when only per-window features are used)."""
     need = 0
-    if "rolling_std" in features:
+    if "rolling_std" in features or "recent_mean" in features:
         need = max(need, rolling_window - 1)
+    for name, span in RESIDUAL_SPANS.items():
+        if name in features:
+            need = max(need, span + BASELINE_GAP + BASELINE_WINDOWS - BASELINE_STRIDE)
     if "delta" in features:
         need = max(need, 1)
     return need
@@ -84,7 +110,76 @@ def compute_features(
                 delta[1:] = value[1:] - value[:-1]
             delta[pos == 0] = 0.0
             out[:, j] = delta
+        elif name == "log_spread":
+            out[:, j] = log_spread(windows)
+        elif name == "recent_mean":
+            out[:, j] = _rolling_mean(value, pos, rolling_window)
+        else:
+            out[:, j] = _residual(value, pos, RESIDUAL_SPANS[name])
     return out
+
+
+def fill_unknown(feats: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``feats`` with each NaN replaced by its series' mean of that feature over the known rows (0 when
+    none is known): what fitting reads for an unknown value (in place; returned)."""
+    unknown = np.isnan(feats)
+    if not unknown.any() or len(feats) == 0:
+        return feats
+    lengths = np.diff(starts)
+    first = starts[:-1][lengths > 0]
+    known = np.add.reduceat(~unknown, first, axis=0).astype(np.float64)
+    total = np.add.reduceat(np.where(unknown, 0.0, feats), first, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(known > 0, total / np.maximum(known, 1.0), 0.0)
+    feats[unknown] = np.repeat(mean, lengths[lengths > 0], axis=0)[unknown]
+    return feats
+
+
+def d2(count: np.ndarray) -> np.ndarray:
+    """Expected range of ``count`` standard normal readings (NaN below 2; extrapolated on log n past 20)."""
+    n = np.asarray(count, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = np.interp(n, np.arange(2, 21), _D2)
+        tail = _D2[-1] + (np.log(n) - np.log(20.0)) * (_D2[-1] - _D2[-11]) / (np.log(20.0) - np.log(10.0))
+    return np.where(n < 2, np.nan, np.where(n > 20, tail, table))
+
+
+def log_spread(windows: pd.DataFrame) -> np.ndarray:
+    """``log(max(max - min, floor) / d2(n))`` per window, NaN for windows of fewer than two readings."""
+    value = windows["value"].to_numpy(dtype=np.float64)
+    spread = windows["value_max"].to_numpy(dtype=np.float64) - windows["value_min"].to_numpy(dtype=np.float64)
+    floor = SPREAD_FLOOR * (1.0 + np.abs(value))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        result: np.ndarray = np.log(np.maximum(spread, floor) / d2(windows["value_count"].to_numpy()))
+    return result
+
+
+def _rolling_mean(value: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the last ``k`` rows of the same series, current included (fewer at the start)."""
+    count = np.minimum(pos + 1, k).astype(np.float64)
+    total = np.zeros_like(value)
+    for lag in range(k):
+        total += np.where(pos >= lag, _lagged(value, lag), 0.0)
+    result: np.ndarray = total / count
+    return result
+
+
+def _residual(value: np.ndarray, pos: np.ndarray, span: int) -> np.ndarray:
+    """Mean of the last ``span`` rows minus the median of the baseline rows (see the module docstring);
+    NaN until the series has its first baseline row."""
+    recent = _rolling_mean(value, pos, span)
+    lags = span + BASELINE_GAP + np.arange(0, BASELINE_WINDOWS, BASELINE_STRIDE)
+    # a lag beyond the series' start reads its first row (the same rows in training and scoring, as
+    # long as the scoring read has context_windows in front)
+    n = len(value)
+    rows = np.arange(n, dtype=np.int64)
+    first = rows - pos
+    base = np.empty((n, len(lags)), dtype=np.float64)
+    for j, lag in enumerate(lags):
+        base[:, j] = value[np.maximum(rows - lag, first)]
+    baseline = np.median(base, axis=1) if n else np.zeros(0)
+    result: np.ndarray = np.where(pos >= lags[0], recent - baseline, np.nan)
+    return result
 
 
 def _lagged(value: np.ndarray, lag: int) -> np.ndarray:

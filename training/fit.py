@@ -8,14 +8,19 @@ routine that ``OneClassSVM.fit`` calls, with the arguments it would pass. The fi
 ones scikit-learn learns (``tests/training/test_fit.py`` compares them to ``1e-12``).
 :class:`SeriesModel` is the scikit-learn style estimator for one series, on the same code.
 
-After fitting, each model's offset is moved outward by ``offset_margin`` of itself (see
-docs/training.md): the released model is the plain ``OneClassSVM`` with ``offset_ = (1 - margin) * rho``.
+Released models score in the log form (``score_form = "log"``): ``log(sum_j a_j K(x, v_j)) + intercept``,
+which keeps decreasing far from the data (the kernel sum itself flattens at 0), so far-out windows rank
+above near ones. The threshold of each series is calibrated (:func:`calibrate`): two SVMs fitted on
+alternate blocks of its training windows score the other blocks, and the threshold is the
+``target_false_alarm_rate`` quantile of those out-of-fold scores. With ``target_false_alarm_rate = 0``
+it is libsvm's own boundary moved out by ``offset_margin`` of itself (``(1 - margin) * rho``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from numbers import Real
@@ -30,7 +35,7 @@ from fleetscore.errors import ConfigError
 from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
-from fleetscore.training.features import check_features, compute_features, series_starts
+from fleetscore.training.features import check_features, compute_features, fill_unknown, series_starts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 _ONE_CLASS = 2  # libsvm's svm_type: sklearn.svm._base.LIBSVM_IMPL.index("one_class")
 _EMPTY = np.empty(0, dtype=np.float64)
 _EPS = float(np.finfo(np.float64).eps)
+_TINY = 1e-300
+CALIBRATION_BLOCK = 60  # windows per calibration block (5 minutes of 5 s windows); blocks alternate folds
+MIN_CALIBRATION_ROWS = 20  # per fold: fewer, and the series keeps libsvm's boundary
 
 
 # -- the numeric core -------------------------------------------------------------------------------
@@ -113,17 +121,22 @@ def check_config(config: TrainingConfig) -> None:
         raise ConfigError(f"training.nu: must be in (0, 1], got {config.nu}")
     if not 0 <= config.offset_margin < 1:
         raise ConfigError(f"training.offset_margin: must be in [0, 1), got {config.offset_margin}")
+    if not 0 <= config.target_false_alarm_rate < 0.5:
+        raise ConfigError("training.target_false_alarm_rate: must be in [0, 0.5), got "
+                          f"{config.target_false_alarm_rate}")
     resolve_gamma(config.gamma, np.ones((2, 1)))
 
 
 def _bundle(keys: list[tuple[str, str]], features: tuple[str, ...], rolling_window: int, margin: float,
             moments: tuple[np.ndarray, np.ndarray, np.ndarray], rows: list[int], fits: list[SVMFit],
-            records: list[dict[str, Any]]) -> ReleaseBundle:
+            records: list[dict[str, Any]], score_form: str = "log") -> ReleaseBundle:
     """Pack fitted series into a bundle (``moments``: their scalers' mean, var, scale); the offset margin
-    is applied here."""
+    is applied here (in the log form: ``intercept = -log((1 - margin) * rho)``)."""
     mean, var, scale = moments
     counts = np.array([len(f.support) for f in fits], dtype=np.int64)
-    intercept = np.array([f.intercept for f in fits], dtype=np.float64)
+    intercept = np.array([f.intercept for f in fits], dtype=np.float64) * (1.0 - margin)
+    if score_form == "log":  # sum - (1 - m) rho < 0  <=>  log(sum) - log((1 - m) rho) < 0
+        intercept = -np.log(np.maximum(-intercept, _TINY))
     return ReleaseBundle(
         keys=keys, features=features, rolling_window=rolling_window,
         mean=mean, scale=scale, var=var, n_samples=np.array(rows, dtype=np.int64),
@@ -131,11 +144,11 @@ def _bundle(keys: list[tuple[str, str]], features: tuple[str, ...], rolling_wind
         support_vectors=np.concatenate([f.support_vectors for f in fits]).astype(np.float64, copy=False),
         support=np.concatenate([f.support for f in fits]).astype(np.int32, copy=False),
         dual_coef=np.concatenate([f.dual_coef for f in fits]).astype(np.float64, copy=False),
-        intercept=intercept * (1.0 - margin),
+        intercept=intercept,
         gamma=np.array([f.gamma for f in fits], dtype=np.float64),
         nu=np.array([f.nu for f in fits], dtype=np.float64),
         n_iter=np.array([f.n_iter for f in fits], dtype=np.int64),
-        manifest={"series": records},
+        manifest={"series": records}, score_form=score_form,
     )
 
 
@@ -166,7 +179,8 @@ class SeriesModel(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         z = (x - mean) / scale
         svm = fit_svm(z, self.nu, resolve_gamma(self.gamma, z))
         features = tuple(f"x{j}" for j in range(x.shape[1]))
-        bundle = _bundle([("", "")], features, 2, self.offset_margin, (mean, var, scale), [len(x)], [svm], [{}])
+        bundle = _bundle([("", "")], features, 2, self.offset_margin, (mean, var, scale), [len(x)], [svm], [{}],
+                         score_form="kernel")
         self.pipeline_ = bundle.to_sklearn("", "")
         self.pipeline_.steps[-1][1].fit_status_ = svm.fit_status
         self.n_support_ = len(svm.support)
@@ -256,7 +270,7 @@ def fit_ocsvm_shard(  # noqa: PLR0915  one pass over the shard's series; its sta
     started = time.perf_counter()
     check_config(config)
     starts = series_starts(windows)
-    feats = compute_features(windows, config.features, config.rolling_window, starts=starts)
+    feats = fill_unknown(compute_features(windows, config.features, config.rolling_window, starts=starts), starts)
     first = starts[:-1]
     lengths = np.diff(starts)
     result = ShardFit(bundle=ReleaseBundle.empty(config.features, config.rolling_window), rows=len(windows))
@@ -270,7 +284,8 @@ def fit_ocsvm_shard(  # noqa: PLR0915  one pass over the shard's series; its sta
     with np.errstate(invalid="ignore", over="ignore"):
         mean, var, scale = scaler_moments(feats, starts)
         z = (feats - np.repeat(mean, lengths, axis=0)) / np.repeat(scale, lengths, axis=0)
-    finite = np.logical_and.reduceat(np.isfinite(z).all(axis=1), first)
+    # unknown features were filled in; a NaN reading is bad data and fails its series
+    finite = np.logical_and.reduceat(np.isfinite(z).all(axis=1) & np.isfinite(values).all(axis=0), first)
     keys: list[tuple[str, str]] = []
     fits: list[SVMFit] = []
     fitted: list[int] = []
@@ -309,8 +324,58 @@ def fit_ocsvm_shard(  # noqa: PLR0915  one pass over the shard's series; its sta
         bundle = _bundle(keys, tuple(config.features), config.rolling_window, config.offset_margin,
                          (mean[idx], var[idx], scale[idx]), [int(lengths[i]) for i in fitted], fits, records)
         spans = [(int(starts[i]), int(starts[i + 1])) for i in fitted]
+        if config.target_false_alarm_rate > 0:
+            calibrate(bundle, z, spans, config)
         for record, rate in zip(records, _train_flag_rates(bundle, feats, spans), strict=True):
             record["metrics"]["train_flag_rate"] = float(rate)
         result.bundle = bundle
     result.seconds = time.perf_counter() - started
     return result
+
+
+# -- calibration -------------------------------------------------------------------------------------
+
+
+def calibration_folds(length: int, block: int = CALIBRATION_BLOCK) -> np.ndarray:
+    """Fold (0 or 1) of each of a series' ``length`` training windows: blocks of ``block`` windows alternate,
+    so both folds cover the whole training range (cycles, setpoints) and neighbours share a fold."""
+    return (np.arange(length) // block % 2).astype(np.int8)
+
+
+def _normalised_log_scores(z: np.ndarray, svm: SVMFit) -> np.ndarray:
+    """``log(sum_j a_j K(z, v_j) / sum_j a_j)`` of the scaled rows ``z`` (a logsumexp: exact far out)."""
+    diff = z[:, None, :] - svm.support_vectors[None, :, :]
+    exponent = np.log(svm.dual_coef)[None, :] - svm.gamma * np.einsum("rsf,rsf->rs", diff, diff)
+    top = exponent.max(axis=1)
+    result: np.ndarray = top + np.log(np.exp(exponent - top[:, None]).sum(axis=1)) - math.log(svm.dual_coef.sum())
+    return result
+
+
+def calibrate(bundle: ReleaseBundle, z: np.ndarray, spans: list[tuple[int, int]], config: TrainingConfig) -> None:
+    """Set each model's threshold (``intercept``) to the ``target_false_alarm_rate`` quantile of its
+    cross-fitted scores, and record the target and the rate reached on the calibration windows in its
+    manifest record (``metrics.calibration``). A series too short for two folds keeps its boundary."""
+    target = config.target_false_alarm_rate
+    records = bundle.manifest["series"]
+    for i, (a, b) in enumerate(spans):
+        folds = calibration_folds(b - a)
+        rows = z[a:b]
+        if min(int((folds == 0).sum()), int((folds == 1).sum())) < MIN_CALIBRATION_ROWS:
+            records[i]["metrics"]["calibration"] = {"target": target, "reached": None, "windows": 0}
+            continue
+        scores = np.empty(b - a)
+        for fold in (0, 1):
+            part = folds == fold
+            try:
+                svm = fit_svm(np.ascontiguousarray(rows[part]), config.nu, float(bundle.gamma[i]))
+            except (ValueError, ArithmeticError):
+                break
+            scores[~part] = _normalised_log_scores(rows[~part], svm)
+        else:
+            threshold = float(np.quantile(scores, target))
+            v0, v1 = int(bundle.sv_offsets[i]), int(bundle.sv_offsets[i + 1])
+            bundle.intercept[i] = -math.log(float(bundle.dual_coef[v0:v1].sum())) - threshold
+            records[i]["metrics"]["calibration"] = {"target": target, "reached": float((scores < threshold).mean()),
+                                                    "windows": b - a}
+            continue
+        records[i]["metrics"]["calibration"] = {"target": target, "reached": None, "windows": 0}

@@ -35,6 +35,7 @@ BLOCK_ELEMENTS = 1_048_576
 INNER_ELEMENTS = 65_536
 MAX_BLOCK_MODELS = 2048
 _FLOOR = -700.0  # exponents are clipped here: exp(-700) ~ 1e-304, far below the 1e-9 tolerance
+_LOG_EXACT = 1e-250  # log form: a kernel sum below this is recomputed as an exact logsumexp
 
 OUTPUT_COLUMNS = ("device", "sensor", "ts", "value", "score", "prediction")
 
@@ -163,6 +164,7 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
     place the kernel values and one product with the dual coefficients (zero for padded support
     vectors, which masks them exactly) the sums. Scratch arrays are reused (:class:`_Workspace`).
     """
+    feats = _fill_unknown(bundle, feats, run_start, run_len, run_model)
     if bundle.detector != "ocsvm":  # another family scores its own arrays
         from fleetscore.training.detectors import get_detector
 
@@ -185,7 +187,9 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
     first_out = out_start[order]
     mean = bundle.mean[model]
     inv_var = 1.0 / (bundle.scale[model] * bundle.scale[model])
-    intercept = bundle.intercept[model]
+    log_form = bundle.score_form == "log"
+    # the log form adds its intercept after the log of the sums (_to_log)
+    intercept = np.zeros(len(model)) if log_form else bundle.intercept[model]
     gamma, reach = bundle.gamma[model], reach_sv[model]
     sv_first = bundle.sv_offsets[model]
     r_all, s_all = np.arange(int(length.max())), np.arange(int(n_sv.max()) + 1)
@@ -262,6 +266,64 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
             scores_by_run[order[a:b]] = block
         else:
             scores[first_out[a:b, None] + r[None, :]] = block
+    if log_form:
+        _to_log(bundle, feats, run_start, run_len, run_model, out_start, scores)
+
+
+def _fill_unknown(bundle: ReleaseBundle, feats: np.ndarray, run_start: np.ndarray, run_len: np.ndarray,
+                  run_model: np.ndarray) -> np.ndarray:
+    """``feats`` with each unknown (NaN) feature of a scored row read as its model's mean (a z of 0);
+    a copy when there is one (the caller's array is left alone)."""
+    unknown = np.isnan(feats)
+    if not unknown.any():
+        return feats
+    owner = np.full(len(feats), -1, dtype=np.int64)
+    within = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
+    owner[np.repeat(run_start, run_len) + within] = np.repeat(run_model, run_len)
+    rows, cols = np.nonzero(unknown & (owner >= 0)[:, None])
+    filled = feats.copy(order="K")
+    filled[rows, cols] = bundle.mean[owner[rows], cols]
+    return filled
+
+
+def _to_log(bundle: ReleaseBundle, feats: np.ndarray, run_start: np.ndarray, run_len: np.ndarray,
+            run_model: np.ndarray, out_start: np.ndarray, scores: np.ndarray) -> None:
+    """Turn the kernel sums written for the runs into ``log(sum) + intercept``. A sum below
+    ``_LOG_EXACT`` (its terms near or under the exponent floor) is recomputed exactly as a logsumexp of
+    that row's terms, so the score keeps falling however far the window is (no floor, no NaN)."""
+    within = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
+    out = np.repeat(out_start, run_len) + within
+    owner = np.repeat(run_model, run_len)
+    sums = scores[out]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(sums)
+    far = np.flatnonzero(~(sums >= _LOG_EXACT))
+    if len(far):
+        rows = (np.repeat(run_start, run_len) + within)[far]
+        logs[far] = _exact_log_sums(bundle, feats[rows], owner[far])
+    scores[out] = logs + bundle.intercept[owner]
+
+
+def _exact_log_sums(bundle: ReleaseBundle, feats: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """``log(sum_j a_j exp(-g ||z - v_j||^2))`` of rows ``feats`` under models ``owner``, by logsumexp
+    (one model at a time: these are the few far-out rows)."""
+    out = np.empty(len(owner), dtype=np.float64)
+    for m in np.unique(owner):
+        pick = np.flatnonzero(owner == m)
+        a, b = int(bundle.sv_offsets[m]), int(bundle.sv_offsets[m + 1])
+        if a == b:
+            out[pick] = -np.inf
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (feats[pick] - bundle.mean[m]) / bundle.scale[m]
+            diff = z[:, None, :] - bundle.support_vectors[None, a:b, :]
+            exponent = np.log(bundle.dual_coef[a:b])[None, :] - bundle.gamma[m] * np.einsum("rsf,rsf->rs", diff, diff)
+        top = exponent.max(axis=1)
+        finite = np.isfinite(top)
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = top + np.log(np.exp(exponent - top[:, None]).sum(axis=1))
+        out[pick] = np.where(finite, total, -np.inf)  # beyond float range: -inf, flagged
+    return out
 
 
 def _uniform_layout(run_start: np.ndarray, run_len: np.ndarray, out_start: np.ndarray) -> tuple[int, int] | None:

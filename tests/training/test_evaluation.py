@@ -15,7 +15,7 @@ from fleetscore.training.fit import fit_shard
 from tests.training.helpers import simulated_windows
 
 START = datetime(2024, 1, 1)
-CONFIG = TrainingConfig()
+CONFIG = TrainingConfig(features=("value", "spread"))  # the gate logic, on a small fleet
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,11 @@ def parts():  # type: ignore[no-untyped-def]
     holdout = windows[windows["ts"] >= START + timedelta(minutes=75)].reset_index(drop=True)
     champion = fit_shard(old[old["device"] != "3"].reset_index(drop=True), CONFIG).bundle  # no device 3 yet
     good = fit_shard(new[new["device"] != "2"].reset_index(drop=True), CONFIG).bundle
-    # device 2's new models are bad: nu=0.5 puts half of the normal windows outside
+    # device 2's new models are bad: nu=0.5 with libsvm's own boundary (no calibration) puts half of the
+    # normal windows outside
     bad = fit_shard(new[new["device"] == "2"].reset_index(drop=True),
-                    TrainingConfig(nu=0.5, gamma=5.0, offset_margin=0.0)).bundle
+                    TrainingConfig(features=CONFIG.features, nu=0.5, gamma=5.0, offset_margin=0.0,
+                                   target_false_alarm_rate=0.0)).bundle
     challenger = ReleaseBundle.concat([good, bad], manifest={})
     return champion, challenger, holdout
 

@@ -37,7 +37,8 @@ def _assert_same(bundle, i: int, expected: Pipeline, margin: float = 0.0) -> Non
     np.testing.assert_array_equal(bundle.support[a:b], svm.support_)
     np.testing.assert_allclose(bundle.support_vectors[a:b], svm.support_vectors_, rtol=0, atol=TOL)
     np.testing.assert_allclose(bundle.dual_coef[a:b], svm.dual_coef_.ravel(), rtol=0, atol=TOL)
-    np.testing.assert_allclose(bundle.intercept[i], svm.intercept_[0] * (1 - margin), rtol=0, atol=TOL)
+    # the log form: log(sum) - log((1 - margin) * rho) < 0 exactly where sum - (1 - margin) * rho < 0
+    np.testing.assert_allclose(bundle.intercept[i], -np.log(-svm.intercept_[0] * (1 - margin)), rtol=TOL, atol=TOL)
     assert bundle.gamma[i] == pytest.approx(svm._gamma, rel=TOL) and bundle.n_iter[i] == svm.n_iter_
     assert bundle.n_samples[i] == svm.shape_fit_[0]
 
@@ -50,7 +51,8 @@ def _assert_same(bundle, i: int, expected: Pipeline, margin: float = 0.0) -> Non
 ])
 def test_fit_shard_learns_what_sklearn_learns(nu: float, gamma: float | str, features: tuple[str, ...]) -> None:
     windows = _fleet(7, 24)
-    config = TrainingConfig(features=features, nu=nu, gamma=gamma, offset_margin=0.0, min_rows=10, rolling_window=4)
+    config = TrainingConfig(features=features, nu=nu, gamma=gamma, offset_margin=0.0, min_rows=10, rolling_window=4,
+                            target_false_alarm_rate=0.0)
     fit = fit_shard(windows, config)
     assert len(fit.bundle) == 24 and not fit.failed and not fit.skipped
     x = compute_features(windows, features, 4)
@@ -63,7 +65,7 @@ def test_fit_shard_learns_what_sklearn_learns(nu: float, gamma: float | str, fea
 
 def test_offset_margin_moves_only_the_offset_and_the_rebuilt_model_scores_like_sklearn() -> None:
     windows = _fleet(11, 6)
-    config = TrainingConfig(offset_margin=0.1)
+    config = TrainingConfig(features=("value", "spread"), offset_margin=0.1, target_false_alarm_rate=0.0)
     fit = fit_shard(windows, config)
     x = compute_features(windows, ("value", "spread"))
     starts = series_starts(windows)
@@ -75,6 +77,10 @@ def test_offset_margin_moves_only_the_offset_and_the_rebuilt_model_scores_like_s
         rebuilt = fit.bundle.to_sklearn(device, sensor)
         np.testing.assert_allclose(rebuilt.decision_function(x[a:b]), expected.decision_function(x[a:b]) + 0.1 * rho,
                                    rtol=0, atol=1e-12)
+        # the bundle's own (log-form) scores have the sign of the rebuilt model's decision function
+        from fleetscore.training.kernel import decision_function
+        ours = decision_function(fit.bundle, x[a:b], np.full(b - a, i))
+        np.testing.assert_array_equal(ours < 0, rebuilt.decision_function(x[a:b]) < 0)
         flagged = fit.bundle.manifest["series"][i]["metrics"]["train_flag_rate"]
         assert flagged == pytest.approx(float((rebuilt.decision_function(x[a:b]) < 0).mean()))
 
@@ -101,7 +107,7 @@ def test_a_series_with_nan_features_fails_alone() -> None:
 def test_a_constant_feature_is_scaled_by_one_like_sklearn() -> None:
     windows = _fleet(9, 2)
     windows["value_min"] = windows["value_max"] = windows["value"]  # spread is 0 everywhere
-    config = TrainingConfig(offset_margin=0.0)
+    config = TrainingConfig(features=("value", "spread"), offset_margin=0.0, target_false_alarm_rate=0.0)
     fit = fit_shard(windows, config)
     x = compute_features(windows, ("value", "spread"))
     starts = series_starts(windows)

@@ -84,7 +84,7 @@ class RobustDetector:
         import pandas as pd
 
         from fleetscore.training.bundle import ReleaseBundle
-        from fleetscore.training.features import check_features, compute_features, series_starts
+        from fleetscore.training.features import check_features, compute_features, fill_unknown, series_starts
         from fleetscore.training.fit import ShardFit, hash_rows
 
         started = time.perf_counter()
@@ -97,13 +97,13 @@ class RobustDetector:
             result.seconds = time.perf_counter() - started
             return result
         starts = series_starts(windows)
-        feats = compute_features(windows, config.features, config.rolling_window, starts=starts)
+        feats = fill_unknown(compute_features(windows, config.features, config.rolling_window, starts=starts), starts)
         first, lengths = starts[:-1], np.diff(starts)
-        finite = np.logical_and.reduceat(np.isfinite(feats).all(axis=1), first)
+        values = np.vstack([windows[c].to_numpy(dtype=np.float64) for c in ("value", "value_min", "value_max")])
+        finite = np.logical_and.reduceat(np.isfinite(feats).all(axis=1) & np.isfinite(values).all(axis=0), first)
         devices = windows["device"].take(first).to_numpy()
         sensors = windows["sensor"].take(first).to_numpy()
         ts = windows["ts"].to_numpy(dtype="datetime64[ns]")
-        values = np.vstack([windows[c].to_numpy(dtype=np.float64) for c in ("value", "value_min", "value_max")])
         fitted: list[int] = []
         for i in range(len(first)):
             key = (str(devices[i]), str(sensors[i]))
