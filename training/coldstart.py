@@ -21,7 +21,7 @@ import pandas as pd
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.drift import reference
-from fleetscore.training.features import compute_features, series_starts
+from fleetscore.training.features import compute_features, fill_unknown, series_starts
 
 FLEET_DEVICE = "*"  # never a real device id: device ids come from readings, where "*" is refused
 SCOPE_SERIES = "series"
@@ -41,7 +41,8 @@ def fleet_sample(
     if len(windows) == 0:
         return {}
     starts = series_starts(windows)
-    feats = compute_features(windows, config.features, config.rolling_window, starts=starts)
+    # an unknown feature (a spread of one reading) reads as its series' mean, as it does when fitting
+    feats = fill_unknown(compute_features(windows, config.features, config.rolling_window, starts=starts), starts)
     lengths = np.diff(starts)
     sensors = windows["sensor"].take(starts[:-1]).astype(str).to_numpy()
     devices = windows["device"].take(starts[:-1]).astype(str).to_numpy()

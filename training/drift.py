@@ -8,7 +8,9 @@ time the scored rows of each series are put in the same bins and
     PSI = sum over bins of (actual - expected) * ln(actual / expected)
 
 (shares floored at ``EPS``). A series' drift is its largest PSI over the features, with that feature's
-name. Everything is vectorised over the fleet: one pass per edge, one ``bincount``. Conventional
+name. Only features of one window alone (``WINDOW_FEATURES``) count: a smoothed feature such as
+``recent_mean`` spreads over fewer deciles in a short span than in training with no change in the
+signal. Everything is vectorised over the fleet: one pass per edge, one ``bincount``. Conventional
 reading: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 a significant one (``drift_threshold``).
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.training.bundle import REFERENCE_EDGES, ReleaseBundle
-from fleetscore.training.features import compute_features, series_starts
+from fleetscore.training.features import WINDOW_FEATURES, compute_features, series_starts
 
 QUANTILES = np.linspace(0.1, 0.9, REFERENCE_EDGES)
 BINS = REFERENCE_EDGES + 1
@@ -128,6 +130,9 @@ def series_drift(bundle: ReleaseBundle, windows: pd.DataFrame, scored: pd.DataFr
     actual = _shares(_bins(feats, bundle.ref_edges[models], lengths), lengths)
     with np.errstate(invalid="ignore"):
         values = psi(actual, bundle.ref_expected[models])  # (S, F), NaN without a reference
+    smoothed = np.array([f not in WINDOW_FEATURES for f in bundle.features])
+    if not smoothed.all():  # a model of smoothed features only is judged on them
+        values[:, smoothed] = np.nan
     known = ~np.isnan(values).all(axis=1)
     best = np.where(known[:, None], np.nan_to_num(values, nan=-1.0), 0.0).argmax(axis=1)
     drift = np.where(known, values[np.arange(len(values)), best], np.nan)

@@ -36,10 +36,14 @@ import pandas as pd
 from fleetscore.errors import ConfigError
 from fleetscore.ingestion.series_metrics import series_starts
 
-__all__ = ["FEATURES", "check_features", "compute_features", "context_windows", "fill_unknown", "series_starts"]
+__all__ = ["FEATURES", "WINDOW_FEATURES", "check_features", "compute_features", "context_windows", "fill_unknown",
+           "series_starts"]
 
 FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta", "log_spread", "recent_mean",
                               "residual_1", "residual_4", "residual_12")
+# features of one window alone; the others smooth over neighbouring windows, so their share per decile
+# in a short scored span swings with autocorrelation and says nothing about drift
+WINDOW_FEATURES: frozenset[str] = frozenset({"value", "spread", "delta", "log_spread"})
 RESIDUAL_SPANS = {"residual_1": 1, "residual_4": 4, "residual_12": 12}
 BASELINE_GAP = 12  # windows between the residual's recent windows and its baseline
 BASELINE_WINDOWS = 48  # windows the baseline covers, sampled every BASELINE_STRIDE-th
