@@ -1,7 +1,9 @@
 """``fleetscore report``: one self-contained HTML page about a scoring run (plots as inline PNG).
 
 Three plots: anomalies over time per sensor, the devices with most anomalies, and the anomaly rate of
-this run against the earlier runs. No JavaScript, no CDN: the page opens anywhere, offline.
+this run against the earlier runs; then the run's anomalous episodes (consecutive anomalous windows of a
+series, ``[alerts] event_gap`` apart at most) with the reason of each, and the most drifted series. No
+JavaScript, no CDN: the page opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -9,19 +11,23 @@ from __future__ import annotations
 import base64
 import html
 import io
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from fleetscore.errors import ScoringError
+from fleetscore.ingestion.timeutil import parse_duration
 from fleetscore.pipelines.adapters import storage_spec_for
+from fleetscore.pipelines.events import episodes
 from fleetscore.pipelines.settings import Settings
 from fleetscore.records.run_log import RunLog
 from fleetscore.redact import redact
 from fleetscore.scoring import table
 
 TOP_DEVICES = 15
+TOP_EPISODES = 50
 
 
 def write_report(settings: Settings, run_id: str, out: str | Path | None = None) -> Path:
@@ -40,7 +46,8 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
     from fleetscore.ingestion.ops_store import OpsStore
 
     drift = OpsStore(settings.database_url).drift_of_run(run_id)
-    page = render_report(record, predictions, history, drift, settings.training.drift_threshold)
+    gap = parse_duration(settings.alerts.event_gap, "alerts.event_gap")
+    page = render_report(record, predictions, history, drift, settings.training.drift_threshold, gap)
     path = Path(out) if out else Path(settings.home) / "reports" / "scoring" / f"{run_id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -50,8 +57,10 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
 
 
 def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: list[dict[str, Any]],
-                  drift: list[dict[str, Any]] | None = None, threshold: float = 0.25) -> str:
-    """The report page as a string (pure: no I/O). ``drift``: the run's most drifted series."""
+                  drift: list[dict[str, Any]] | None = None, threshold: float = 0.25,
+                  gap: timedelta = timedelta(seconds=15)) -> str:
+    """The report page as a string (pure: no I/O). ``drift``: the run's most drifted series; ``gap``:
+    the most time between two anomalous windows of one episode."""
     rows = len(predictions)
     anomalies = int(predictions["Prediction"].sum()) if rows else 0
     by_device = (predictions.groupby("Device")["Prediction"].sum().sort_values(ascending=False, kind="stable")
@@ -79,6 +88,7 @@ def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: li
         + "".join(f"<tr><td>{html.escape(str(d))}</td><td>{int(n)}</td></tr>" for d, n in by_device.items())
         + "</table>",
         "<h2>Anomaly rate against earlier runs</h2>", _img(_plot_history(record, history)),
+        _episodes_table(predictions, gap),
         f"<h2>Most drifted series (PSI; drifted above {threshold})</h2>",
         "<table><tr><th>device</th><th>sensor</th><th>drift</th><th>feature</th><th>anomaly rate</th></tr>"
         + "".join(f"<tr><td>{html.escape(str(r['device']))}</td><td>{html.escape(str(r['sensor']))}</td>"
@@ -89,6 +99,26 @@ def render_report(record: dict[str, Any], predictions: pd.DataFrame, history: li
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _episodes_table(predictions: pd.DataFrame, gap: timedelta) -> str:
+    """The run's anomalous episodes, strongest first (the lowest peak score), at most ``TOP_EPISODES``."""
+    flagged = predictions[predictions["Prediction"] == 1] if len(predictions) else predictions
+    reason = flagged["Reason"].fillna("") if "Reason" in flagged else pd.Series("", index=flagged.index)
+    rows = list(zip(flagged["Device"].astype(str), flagged["Sensor"].astype(str),
+                    flagged["TS"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f") if len(flagged) else [],
+                    flagged["Score"], reason, strict=True))
+    found = sorted(episodes(rows, gap), key=lambda ep: ep.peak_score)
+    shown = f", the {TOP_EPISODES} strongest" if len(found) > TOP_EPISODES else ""
+    head = f"<h2>Anomalous episodes ({len(found):,}{shown})</h2>"
+    table = ("<table><tr><th>device</th><th>sensor</th><th>from</th><th>to</th><th>windows</th><th>peak score</th>"
+             "<th>reason</th></tr>"
+             + "".join(f"<tr><td>{html.escape(ep.device)}</td><td>{html.escape(ep.sensor)}</td>"
+                       f"<td>{ep.start:%Y-%m-%d %H:%M:%S}</td><td>{ep.end:%Y-%m-%d %H:%M:%S}</td>"
+                       f"<td>{len(ep.windows)}</td><td>{ep.peak_score:.3f}</td><td>{html.escape(ep.reason)}</td></tr>"
+                       for ep in found[:TOP_EPISODES])
+             + "</table>")
+    return head + "\n" + table
 
 
 def _img(png: bytes) -> str:

@@ -72,6 +72,7 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
     The timings stop before the writes: the outcome is written with the part.
     """
     from fleetscore.ingestion.store import SensorStore
+    from fleetscore.training.features import compute_features
     from fleetscore.training.kernel import kernel_evaluations, missing_series, score_windows
 
     timings: dict[str, float] = {}
@@ -101,8 +102,10 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
     unscored = {display_key(d, s): f"no model in release v{task.release_version}"
                 for d, s in missing_series(bundle, windows)}
     evaluations = kernel_evaluations(bundle, windows)
+    # the features once, for the kernel and for drift (the same columns: one release, one feature set)
+    feats = compute_features(windows, bundle.features, bundle.rolling_window)
     try:
-        scored = score_windows(bundle, windows, task.start)
+        scored = score_windows(bundle, windows, task.start, feats)
     except Exception as exc:  # noqa: BLE001 - isolate the failing series instead of losing the shard
         log.warning("shard %d: kernel failed (%s); scoring series one by one", task.shard, exc)
         scored, more = _score_each(bundle, windows, task.start, score_windows)
@@ -112,7 +115,7 @@ def score_shard(task: ShardTask) -> ShardOutcome:  # noqa: PLR0915  one shard's 
         scored["scope"] = np.where(keys.isin(fleet_scored), SCOPE_FLEET, SCOPE_SERIES)
     timings["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ops = _drift_and_anomalies(bundle, windows, scored, task, set(fleet_scored))
+    ops = _drift_and_anomalies(bundle, windows, scored, task, set(fleet_scored), feats)
     timings["drift"] = time.perf_counter() - t0
 
     # the part is built and encoded before waiting for the plan: after the gate only the writes remain
@@ -171,14 +174,11 @@ def _build_part(scored: pd.DataFrame, task: ShardTask) -> _Part:
 
 
 def _drift_and_anomalies(bundle: Any, windows: pd.DataFrame, scored: pd.DataFrame, task: ShardTask,
-                         fleet: set[tuple[str, str]]) -> dict[str, list[list[Any]]]:
+                         fleet: set[tuple[str, str]], feats: np.ndarray) -> dict[str, list[list[Any]]]:
     """The shard's drift rows ``[device, sensor, drift, feature, rows, anomalies, scope]`` and anomalous
-    windows ``[device, sensor, ts, score, reason]`` (for the run's drift records and anomaly events).
-    The reason is the feature furthest from its model's training mean, in training standard deviations."""
+    windows ``[device, sensor, ts, score, reason]`` (for the run's drift records and anomaly events)."""
     from fleetscore.training.drift import series_drift
-    from fleetscore.training.features import compute_features
 
-    feats = compute_features(windows, bundle.features, bundle.rolling_window)
     table = series_drift(bundle, windows, scored, task.start, feats)
     drift = [[d, s, None if v != v else round(float(v), 6), f, int(n), int(a),
               SCOPE_FLEET if (d, s) in fleet else SCOPE_SERIES]
@@ -187,37 +187,10 @@ def _drift_and_anomalies(bundle: Any, windows: pd.DataFrame, scored: pd.DataFram
     anomalous: list[list[Any]] = []
     if len(flagged):
         rows = scored.iloc[flagged]
-        # the flagged rows' positions in ``windows``: the kernel returns the scored rows in input order
-        models = np.array([bundle.index(str(d), str(s)) for d, s in zip(rows["device"], rows["sensor"], strict=True)])
-        scored_rows = np.flatnonzero(_scored_mask(bundle, windows, task.start))
-        if len(scored_rows) == len(scored):
-            pos = scored_rows[flagged]
-        else:  # scored series by series after a kernel failure: look the rows up
-            index = pd.MultiIndex.from_frame(windows[["device", "sensor", "ts"]])
-            pos = index.get_indexer(pd.MultiIndex.from_frame(rows[["device", "sensor", "ts"]]))
-        z = np.abs((feats[pos] - bundle.mean[models]) / bundle.scale[models])
-        reasons = [bundle.features[j] for j in z.argmax(axis=1)]
         ts = pd.to_datetime(rows["ts"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
-        anomalous = [[str(d), str(s), t, round(float(sc), 6), r] for d, s, t, sc, r in
-                     zip(rows["device"], rows["sensor"], ts, rows["score"], reasons, strict=True)]
+        anomalous = [[str(d), str(s), t, round(float(sc), 6), str(r)] for d, s, t, sc, r in
+                     zip(rows["device"], rows["sensor"], ts, rows["score"], rows["reason"], strict=True)]
     return {"drift": drift, "anomalous": anomalous}
-
-
-def _scored_mask(bundle: Any, windows: pd.DataFrame, start: datetime) -> np.ndarray:
-    """The rows of ``windows`` the kernel scores: ``ts >= start`` in series that have a model."""
-    from fleetscore.training.features import series_starts
-
-    starts = series_starts(windows)
-    first = starts[:-1]
-    has = np.ones(len(first), dtype=bool)
-    for i, (d, s) in enumerate(zip(windows["device"].take(first), windows["sensor"].take(first), strict=True)):
-        try:
-            bundle.index(str(d), str(s))
-        except KeyError:
-            has[i] = False
-    late = windows["ts"].to_numpy() >= np.datetime64(pd.Timestamp(start).to_datetime64())
-    mask: np.ndarray = late & np.repeat(has, np.diff(starts))
-    return mask
 
 
 def _write_metrics(storage: Any, task: ShardTask, windows: pd.DataFrame) -> None:
@@ -299,5 +272,5 @@ def _score_each(bundle: Any, windows: pd.DataFrame, start: datetime,
             frames.append(score_windows(bundle, group.reset_index(drop=True), start))
         except Exception as exc:  # noqa: BLE001 - this series fails, the others go on
             failed[display_key(device, sensor)] = one_line(exc, with_type=True)
-    columns = ["device", "sensor", "ts", "value", "score", "prediction"]
+    columns = ["device", "sensor", "ts", "value", "score", "prediction", "reason"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed

@@ -45,7 +45,10 @@ SCHEMA = pa.schema([
     ("TS", pa.timestamp("us", tz="UTC")), ("Device", pa.string()), ("Sensor", pa.string()),
     ("Val", pa.float64()), ("Prediction", pa.int8()), ("Score", pa.float64()), ("ModelVersion", pa.int32()),
     ("ModelScope", pa.string()),  # series: the series' own model; fleet: its sensor's fleet model (cold start)
+    ("Reason", pa.string()),  # the feature that drove the score; null in rows committed before the column came
 ])
+# columns added after the first release of the table: a table without them gains them on its next commit
+ADDED_COLUMNS = ("Reason",)
 TABLE_SCHEMA = SCHEMA.append(pa.field(PARTITION, pa.string()))
 _HOUR_US = 3_600_000_000
 
@@ -136,7 +139,7 @@ class StagedFile:
     stats: str
 
 
-_DICTIONARY = ["Device", "Sensor", "Prediction", "ModelVersion", "ModelScope"]
+_DICTIONARY = ["Device", "Sensor", "Prediction", "ModelVersion", "ModelScope", "Reason"]
 
 
 def encode_files(predictions: pd.DataFrame) -> list[DataFile]:
@@ -237,6 +240,7 @@ def commit_run(spec: StorageSpec | str, staged: Sequence[StagedFile], start: dat
             create_table_with_add_actions(uri, _delta_schema(), adds, mode="error", partition_by=[PARTITION],
                                           name="predictions", storage_options=options, commit_properties=props)
         else:
+            _add_missing_columns(current)
             replaced = _replace_range(current, storage, s, e, set(devices or ()), run_id, now_ms)
             current.create_write_transaction(adds + replaced, mode="append", schema=_delta_schema(),
                                              partition_by=[PARTITION], commit_properties=props)
@@ -257,6 +261,27 @@ def _delta_schema() -> Any:
     from deltalake import Schema
 
     return Schema.from_arrow(TABLE_SCHEMA)
+
+
+def _add_missing_columns(current: Any) -> None:
+    """Give a table written before a column of :data:`ADDED_COLUMNS` existed that column (nullable), in
+    a version of its own that changes no rows; its older files read it as null."""
+    from deltalake import Field
+    from deltalake.schema import PrimitiveType
+
+    names = set(current.schema().to_arrow().names)
+    missing = [Field(name, PrimitiveType("string"), nullable=True) for name in ADDED_COLUMNS if name not in names]
+    if missing:
+        log.info("predictions table: adding column(s) %s", ", ".join(f.name for f in missing))
+        current.alter.add_columns(missing)
+
+
+def conform(rows: pa.Table) -> pa.Table:
+    """Rows of a data file in the table's current columns: a column added since it was written is null."""
+    for field in SCHEMA:
+        if field.name not in rows.column_names:
+            rows = rows.append_column(field, pa.nulls(rows.num_rows, field.type))
+    return rows.select(SCHEMA.names).cast(SCHEMA)
 
 
 def _add(path: str, size: int, partition: str, now_ms: int, stats: str) -> Any:
@@ -295,7 +320,7 @@ def _replace_range(current: Any, storage: Any, s: pd.Timestamp, e: pd.Timestamp,
             actions.append(remove)
             continue
         with storage.open_read(f"{TABLE}/{entry['path']}") as handle:
-            rows = pq.read_table(handle).cast(SCHEMA)
+            rows = conform(pq.read_table(handle))
         inside = pc.and_(pc.greater_equal(rows.column("TS"), pa.scalar(s.to_pydatetime(), SCHEMA.field("TS").type)),
                          pc.less(rows.column("TS"), pa.scalar(e.to_pydatetime(), SCHEMA.field("TS").type)))
         if wanted:
@@ -340,6 +365,8 @@ def superseded(spec: StorageSpec | str, version: int, start: datetime, end: date
     for entry in history(spec, later):
         if entry.version <= version:
             continue
+        if entry.operation == "ADD COLUMN":  # a schema change (_add_missing_columns): no row changed
+            continue
         if not entry.run_id:  # a commit of another tool: it may have changed anything
             return True
         theirs = set(entry.devices)
@@ -369,13 +396,14 @@ def read_predictions(spec: StorageSpec | str, start: datetime | str | None = Non
         partitions.append((PARTITION, "in", hours_between(start, end)))
     if devices:
         filters.append(("Device", "in", list(devices)))
+    present = set(table.schema().to_arrow().names)
     try:
-        data = table.to_pyarrow_table(partitions=partitions or None, columns=SCHEMA.names,
-                                      filters=filters or None)
+        data = table.to_pyarrow_table(partitions=partitions or None,
+                                      columns=[c for c in SCHEMA.names if c in present], filters=filters or None)
     except Exception as exc:
         raise StorageError(f"{table_uri(spec)}: cannot read the predictions table{_at(version)}: "
                            f"{_one_line(exc)}") from exc
-    frame: pd.DataFrame = data.cast(SCHEMA).to_pandas()
+    frame: pd.DataFrame = conform(data).to_pandas()
     return frame.sort_values(["Device", "Sensor", "TS"], kind="stable").reset_index(drop=True)
 
 

@@ -37,7 +37,8 @@ from fleetscore.scoring.table import DataFile, StagedFile, encode_files
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope"]
+PREDICTION_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction", "Score", "ModelVersion", "ModelScope",
+                      "Reason"]
 REFERENCE_COLUMNS = ["TS", "Device", "Sensor", "Val", "Prediction"]
 
 
@@ -69,7 +70,7 @@ def part_name(shard: int, ext: str = "parquet") -> str:
 
 
 def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
-    """The kernel's output (device, sensor, ts, value, score, prediction) in the predictions columns."""
+    """The kernel's output (device, sensor, ts, value, score, prediction, reason) in the predictions columns."""
     out = pd.DataFrame({
         "TS": pd.to_datetime(scored["ts"], utc=True).astype("datetime64[us, UTC]"),
         "Device": scored["device"].astype(str),
@@ -81,6 +82,8 @@ def to_predictions(scored: pd.DataFrame, model_version: int) -> pd.DataFrame:
     out["ModelVersion"] = pd.Series(model_version, index=out.index, dtype="int32")
     # series: the series' own model; fleet: its sensor's fleet model (cold start, training.coldstart)
     out["ModelScope"] = scored["scope"].astype(str) if "scope" in scored else "series"
+    # what drove the score: a feature, or sensor:feature for the device family (training.kernel.reasons)
+    out["Reason"] = scored["reason"].to_numpy(dtype=object) if "reason" in scored else None
     return out.reset_index(drop=True)
 
 

@@ -10,8 +10,9 @@ class TrainingConfig:
     """Feature set and hyperparameters of the per-(device, sensor) models. See docs/training.md."""
 
     model_name: str = "fleetscore-anomaly"
-    # the detector family (training/detectors/): "ocsvm" (StandardScaler + OneClassSVM per series) or
-    # "robust" (per-feature median/MAD residuals per series); see docs/detection.md
+    # the detector family (training/detectors/): "ocsvm" (StandardScaler + OneClassSVM per series),
+    # "robust" (per-feature median/MAD residuals per series) or "device" (robust z of every sensor of a
+    # device combined per window); see docs/detection.md
     detector: str = "ocsvm"
     # robust: a window is an anomaly when a feature lies more than this many robust z away from its median
     robust_threshold: float = 6.0

@@ -37,7 +37,7 @@ MAX_BLOCK_MODELS = 2048
 _FLOOR = -700.0  # exponents are clipped here: exp(-700) ~ 1e-304, far below the 1e-9 tolerance
 _LOG_EXACT = 1e-250  # log form: a kernel sum below this is recomputed as an exact logsumexp
 
-OUTPUT_COLUMNS = ("device", "sensor", "ts", "value", "score", "prediction")
+OUTPUT_COLUMNS = ("device", "sensor", "ts", "value", "score", "prediction", "reason")
 
 
 def _series(bundle: ReleaseBundle, windows: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray]:
@@ -72,17 +72,20 @@ def kernel_evaluations(bundle: ReleaseBundle, windows: pd.DataFrame) -> int:
     return int((rows[present] * bundle.n_support[model[present]]).sum())
 
 
-def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime | None = None) -> pd.DataFrame:
+def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime | None = None,
+                  feats: np.ndarray | None = None) -> pd.DataFrame:
     """Decision function and label of every window of the bundle's series with ``ts >= start``.
 
     ``windows`` has the ingestion shape, sorted by device, sensor, ts, and may hold
     ``bundle.context_windows`` windows before ``start`` per series (read for the features, not
-    returned). Returns columns device, sensor, ts, value, score (float64, negative = anomaly) and
-    prediction (int8, 1 = anomaly) in input order. Series with no model are left out: find them with
-    :func:`missing_series`.
+    returned). Returns columns device, sensor, ts, value, score (float64, negative = anomaly),
+    prediction (int8, 1 = anomaly) and reason (the feature that drove the score, :func:`reasons`) in
+    input order. Series with no model are left out: find them with
+    :func:`missing_series`. ``feats``: the bundle's features of ``windows`` when the caller has them.
     """
     starts, _, model = _series(bundle, windows)
-    feats = compute_features(windows, bundle.features, bundle.rolling_window, starts=starts)
+    if feats is None:
+        feats = compute_features(windows, bundle.features, bundle.rolling_window, starts=starts)
     lengths = np.diff(starts)
     # rows scored per series: those with ts >= start, a suffix of each series (sorted by ts)
     kept = lengths.copy()
@@ -96,23 +99,46 @@ def score_windows(bundle: ReleaseBundle, windows: pd.DataFrame, start: datetime 
     out_start = np.concatenate([[0], np.cumsum(run_len)[:-1]]).astype(np.int64)
     total = int(run_len.sum())
     scores = np.empty(total, dtype=np.float64)
+    from fleetscore.training.detectors import get_detector
+
+    moments = window_moments(windows) if get_detector(bundle.detector).by_window and total else None
     if total:
         with np.errstate(over="ignore", invalid="ignore"):  # a huge value: handled in the kernel (fmax/fmin)
-            _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores)
+            _score_runs(bundle, feats, run_start, run_len, model[present], out_start, scores, moments)
     columns = ["device", "sensor", "ts", "value"]
+    rows = np.repeat(run_start - out_start, run_len) + np.arange(total)
     if total == len(windows):
         out = windows[columns].reset_index(drop=True)
     else:
-        rows = np.repeat(run_start - out_start, run_len) + np.arange(total)
         out = windows.take(rows)[columns].reset_index(drop=True)
     out["score"] = scores
     out["prediction"] = predictions(scores)
+    out["reason"] = reasons(bundle, feats[rows], np.repeat(model[present], run_len),
+                            None if moments is None else moments[rows])
     if total and not np.isfinite(scores).all():
         bad = out.loc[~np.isfinite(scores), ["device", "sensor"]].drop_duplicates()
         first = bad.iloc[0]
         log.warning("%d non-finite scores in %d series (first %s/%s): flagged as anomalies",
                     int((~np.isfinite(scores)).sum()), len(bad), first["device"], first["sensor"])
     return out
+
+
+def reasons(bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray,
+            moments: np.ndarray | None = None) -> np.ndarray:
+    """What drove each row's score, as the bundle's family explains it (``Detector.reasons``): the
+    feature furthest from the series' training centre, or ``sensor:feature`` for a family that judges
+    a device's sensors together. An object array, one name per row."""
+    from fleetscore.training.detectors import get_detector
+
+    return get_detector(bundle.detector).reasons(bundle, feats, row_model, moments)
+
+
+def window_moments(windows: pd.DataFrame) -> np.ndarray:
+    """An id per row of ``windows``, the same for the rows of one device and window start."""
+    device = pd.factorize(windows["device"].to_numpy())[0].astype(np.int64)
+    ts = pd.factorize(windows["ts"].to_numpy())[0].astype(np.int64)
+    moments: np.ndarray = device * (int(ts.max(initial=0)) + 1) + ts
+    return moments
 
 
 def predictions(scores: np.ndarray) -> np.ndarray:
@@ -151,6 +177,7 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
     run_model: np.ndarray,
     out_start: np.ndarray,
     scores: np.ndarray,
+    moments: np.ndarray | None = None,
 ) -> None:
     """Score run ``k`` (rows ``run_start[k]:+run_len[k]`` of ``feats``, model ``run_model[k]``) into
     ``scores[out_start[k]:+run_len[k]]``, a block of models at a time.
@@ -170,8 +197,9 @@ def _score_runs(  # noqa: PLR0915  the vectorised kernel: its scratch arrays are
 
         within = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
         owner = np.repeat(run_model, run_len)
+        rows = np.repeat(run_start, run_len) + within
         scores[np.repeat(out_start, run_len) + within] = get_detector(bundle.detector).decision(
-            bundle, feats[np.repeat(run_start, run_len) + within], owner)
+            bundle, feats[rows], owner, None if moments is None else moments[rows])
         return
     n_feat = feats.shape[1]
     w_all, coef_all, reach_sv = _support_terms(bundle)

@@ -48,19 +48,21 @@ class BundleModel(PythonModel):  # type: ignore[misc]
         self.bundle = ReleaseBundle.load(context.artifacts["bundle"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Readings in; the same readings with ``Score``, ``Prediction`` (nullable) and ``Status`` out."""
+        """Readings in; the same readings with ``Score``, ``Prediction`` (nullable), ``Reason`` (the feature
+        that drove the score) and ``Status`` out."""
         missing = [c for c in READING_COLUMNS if c not in model_input.columns]
         if missing:
             raise ValueError(f"model input: missing column(s) {', '.join(missing)}; expected TS, Device, Sensor, Value")
         window_seconds = float(self.bundle.manifest.get("window_seconds", 5.0))
         windows, row = readings_to_windows(model_input, window_seconds)
         scored = score_windows(self.bundle, windows)
-        keyed = windows.merge(scored[["device", "sensor", "ts", "score", "prediction"]],
+        keyed = windows.merge(scored[["device", "sensor", "ts", "score", "prediction", "reason"]],
                               on=["device", "sensor", "ts"], how="left")
         known = keyed["prediction"].notna().to_numpy()[row]
         out = model_input.copy()
         out["Score"] = keyed["score"].to_numpy(dtype=np.float64)[row]
         out["Prediction"] = pd.array(keyed["prediction"].to_numpy(dtype=np.float64)[row], dtype="Int8")
+        out["Reason"] = np.where(known, keyed["reason"].to_numpy(dtype=object)[row], None)
         out["Status"] = np.where(known, SCORED, NO_MODEL)
         return out
 

@@ -236,14 +236,15 @@ def register_release(
 def _readings_signature() -> Any:
     """The pyfunc's input: readings. Ids and times as "any", so that integer device ids or string
     times (as ``pd.read_csv`` gives them) are accepted; the model normalises them itself. Output: the
-    readings with ``Score``, ``Prediction`` (null without a model) and ``Status``."""
+    readings with ``Score``, ``Prediction``, ``Reason`` (null without a model) and ``Status``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
     readings: list[ColSpec | TensorSpec] = [ColSpec(AnyType(), "TS"), ColSpec(AnyType(), "Device"),
                                             ColSpec(AnyType(), "Sensor"), ColSpec("double", "Value")]
     scored: list[ColSpec | TensorSpec] = [ColSpec("double", "Score", required=False),
-                                          ColSpec("integer", "Prediction", required=False), ColSpec("string", "Status")]
+                                          ColSpec("integer", "Prediction", required=False),
+                                          ColSpec("string", "Reason", required=False), ColSpec("string", "Status")]
     return ModelSignature(inputs=Schema(readings), outputs=Schema(readings + scored))
 
 

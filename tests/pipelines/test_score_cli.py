@@ -87,6 +87,7 @@ def test_reference_data_scored_end_to_end_in_the_reference_format(reference_home
     assert report.output == f"report: {out}\n"
     page = out.read_text()
     assert page.count("<img alt='plot' src='data:image/png;base64,") == 3
+    assert "<h2>Anomalous episodes (" in page and "<th>reason</th>" in page
     assert "<script" not in page and "http" not in page.replace(str(run_dir), "")
 
 

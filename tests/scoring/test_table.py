@@ -26,7 +26,7 @@ def _scored(start: datetime, end: datetime, devices: list[str], score: float) ->
     ts = pd.date_range(start, end, freq="5min", inclusive="left")
     return pd.DataFrame({
         "device": [d for d in devices for _ in ts], "sensor": "temp", "ts": list(ts) * len(devices),
-        "value": 1.5, "score": score, "prediction": 0,
+        "value": 1.5, "score": score, "prediction": 0, "reason": "value",
     })
 
 
@@ -161,6 +161,28 @@ def test_a_rescore_of_part_of_an_hour_keeps_the_rest_of_it(tmp_path: Path) -> No
     assert set(got.loc[(minute < 20) | (minute >= 40), "ModelVersion"]) == {1}
     assert pl.read_delta(str(tmp_path / "predictions")).height == 2 * 12
     assert len(table.read_predictions(spec, version=0)) == 2 * 12
+
+
+def test_a_table_written_before_the_reason_column_gains_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = StorageSpec(str(tmp_path))
+    old = pa.schema([f for f in table.SCHEMA if f.name != "Reason"])
+    with monkeypatch.context() as patch:  # the table as a release before the column wrote it
+        patch.setattr(table, "SCHEMA", old)
+        patch.setattr(table, "TABLE_SCHEMA", old.append(pa.field(table.PARTITION, pa.string())))
+        _run(spec, "r1", H1, H1 + timedelta(hours=1), ["d1", "d2"], 1)
+    assert "Reason" not in DeltaTable(str(tmp_path / "predictions")).schema().to_arrow().names
+    assert table.read_predictions(spec)["Reason"].isna().all()  # an old table reads with the column, null
+
+    # a rescore of part of the hour: the old file is split (its kept rows gain a null Reason)
+    _run(spec, "r2", H1 + timedelta(minutes=20), H1 + timedelta(minutes=40), ["d1", "d2"], 2)
+    got = table.read_predictions(spec)
+    assert len(got) == 2 * 12 and not got.duplicated(KEYS).any()
+    new_rows = got["ModelVersion"] == 2
+    assert set(got.loc[new_rows, "Reason"]) == {"value"} and got.loc[~new_rows, "Reason"].isna().all()
+    assert table.run_version(spec, "r2") == table.current_version(spec)
+    assert not table.superseded(spec, table.run_version(spec, "r2") or 0, H1, H1 + timedelta(hours=1))
+    polars = pl.read_delta(str(tmp_path / "predictions"))
+    assert polars.height == 2 * 12 and polars.filter(pl.col("Reason") == "value").height == 2 * 4
 
 
 def test_rows_outside_the_runs_range_are_refused(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def _windows(seed: int, series: int, rows: tuple[int, int] = (60, 160)) -> pd.Da
 
 
 def test_registry_names_each_family_and_rejects_unknown_ones() -> None:
-    assert set(DETECTORS) == {"ocsvm", "robust"}
+    assert set(DETECTORS) == {"ocsvm", "robust", "device"}
     assert TrainingConfig().detector == "ocsvm"
     for name, family in DETECTORS.items():
         assert family.name == name and family.version >= 1

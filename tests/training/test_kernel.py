@@ -28,7 +28,7 @@ def test_decision_values_match_sklearn_on_2000_random_models(fleet) -> None:  # 
     windows = pd.concat(frames, ignore_index=True)
     out = score_windows(bundle, windows)
     assert len(out) == len(windows)
-    assert list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction"]
+    assert list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction", "reason"]
     assert out["score"].dtype == np.float64 and out["prediction"].dtype == np.int8
     offsets = np.cumsum([0] + [len(f) for f in frames])
     x_all = compute_features(windows, FEATURES, 4)
@@ -106,7 +106,31 @@ def test_kernel_evaluations_counts_rows_times_support_vectors(fleet) -> None:  #
 def test_empty_windows_give_an_empty_frame(fleet) -> None:  # type: ignore[no-untyped-def]
     bundle, _, frames = fleet
     out = score_windows(bundle, frames[0].iloc[0:0])
-    assert len(out) == 0 and list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction"]
+    assert len(out) == 0 and list(out.columns) == ["device", "sensor", "ts", "value", "score", "prediction",
+                                                   "reason"]
+
+
+def test_reason_names_the_feature_that_moved() -> None:
+    """A window whose mean jumps is explained by ``value``; one whose readings spread wide, with the same
+    mean, by ``spread``; a NaN feature (one reading: unknown) is never the reason."""
+    rng = np.random.default_rng(5)
+    features = ("value", "spread")
+    frames = [random_series(rng, f"dev-{m}", "temp", 150) for m in range(3)]
+    pipelines = [Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu=0.05, gamma=0.3))])
+                 .fit(compute_features(f, features)) for f in frames]
+    bundle = ReleaseBundle.from_sklearn([("dev-0", "temp"), ("dev-1", "temp"), ("dev-2", "temp")], pipelines,
+                                        features, 4)
+    windows = pd.concat(frames, ignore_index=True)
+    jump, wide = 40, 150 + 60  # a row of dev-0 and one of dev-1
+    width = float(windows["value_max"].max() - windows["value_min"].min())
+    for column in ("value", "value_min", "value_max"):
+        windows.loc[jump, column] += 50 * width
+    windows.loc[wide, "value_min"] -= 50 * width
+    windows.loc[wide, "value_max"] += 50 * width
+    out = score_windows(bundle, windows)
+    assert out.loc[jump, "prediction"] == 1 and out.loc[jump, "reason"] == "value"
+    assert out.loc[wide, "prediction"] == 1 and out.loc[wide, "reason"] == "spread"
+    assert set(out["reason"]) <= set(features) and out["reason"].notna().all()
 
 
 def test_series_of_very_different_scales_in_one_bundle_match_sklearn_far_out() -> None:

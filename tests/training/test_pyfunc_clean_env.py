@@ -65,6 +65,7 @@ def test_release_pyfunc_predicts_in_a_fresh_venv_from_its_requirements(tmp_path:
     np.testing.assert_allclose(got["Score"].to_numpy(dtype=float)[:-1], expected["Score"].to_numpy()[:-1], atol=1e-9)
     assert got["Status"].tolist() == expected["Status"].tolist() and got["Status"].iloc[-1] == "no_model"
     assert pd.isna(got["Prediction"].iloc[-1])
+    assert got["Reason"].tolist()[:-1] == expected["Reason"].tolist()[:-1] and pd.isna(got["Reason"].iloc[-1])
 
     # the MLflow CLI of that env, with the local env manager: the serving input format
     (tmp_path / "serving.json").write_text(json.dumps({"dataframe_split": json.loads(readings.to_json(

@@ -58,13 +58,14 @@ def test_register_resolve_alias_and_pyfunc(tracking_uri: str, tmp_path: Path) ->
                              "Value": frame["value"]})
     unknown = readings.head(2).assign(Device="no-such-device")
     out_all = model.predict(pd.concat([readings, unknown], ignore_index=True))
-    assert list(out_all.columns) == ["TS", "Device", "Sensor", "Value", "Score", "Prediction", "Status"]
+    assert list(out_all.columns) == ["TS", "Device", "Sensor", "Value", "Score", "Prediction", "Reason", "Status"]
     tail = out_all.tail(2)
-    assert tail["Prediction"].isna().all() and tail["Score"].isna().all()
+    assert tail["Prediction"].isna().all() and tail["Score"].isna().all() and tail["Reason"].isna().all()
+    assert set(out_all["Reason"].head(len(readings))) <= {"value", "spread"}
     assert list(tail["Status"]) == ["no_model", "no_model"]
     out = out_all.head(len(readings))
     assert set(out["Status"]) == {"scored"}
-    assert model.metadata.get_output_schema().input_names()[-3:] == ["Score", "Prediction", "Status"]
+    assert model.metadata.get_output_schema().input_names()[-4:] == ["Score", "Prediction", "Reason", "Status"]
     assert model.metadata.saved_input_example_info is not None
     # one reading per window: the window's spread is 0, its value the reading
     windows = frame.assign(value_min=frame["value"], value_max=frame["value"], value_count=1)

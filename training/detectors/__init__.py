@@ -22,19 +22,29 @@ if TYPE_CHECKING:
 
 
 class Detector(Protocol):
-    """One detector family. ``version`` is its bundle-array layout, written into each bundle."""
+    """One detector family. ``version`` is its bundle-array layout, written into each bundle;
+    ``by_window``: whether it judges the rows of one device and window together (scoring then passes
+    ``moments``, an id per row that is the same for the rows of one device and window)."""
 
     name: str
     version: int
+    by_window: bool
 
     def fit_shard(self, windows: pd.DataFrame, config: TrainingConfig, exclude: frozenset[tuple[str, str]],
                   version: int | None, on_progress: ProgressCallback | None) -> ShardFit:
         """Fit every series of ``windows`` (a shard of the fleet) into one partial bundle."""
         ...
 
-    def decision(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -> np.ndarray:
+    def decision(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray,
+                 moments: np.ndarray | None = None) -> np.ndarray:
         """Scores of feature rows ``(n, F)`` under models ``row_model`` (contiguous per model);
         negative = anomaly."""
+        ...
+
+    def reasons(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray,
+                moments: np.ndarray | None = None) -> np.ndarray:
+        """What drove each row's score: a feature name (``sensor:feature`` for families that judge a
+        device's sensors together), as an object array."""
         ...
 
     def describe(self, bundle: ReleaseBundle, index: int) -> dict[str, Any]:
@@ -42,12 +52,14 @@ class Detector(Protocol):
         ...
 
 
+from fleetscore.training.detectors.device import DeviceDetector  # noqa: E402
 from fleetscore.training.detectors.ocsvm import OneClassSVMDetector  # noqa: E402
 from fleetscore.training.detectors.robust import RobustDetector  # noqa: E402
 
 DETECTORS: dict[str, Detector] = {
     "ocsvm": OneClassSVMDetector(),
     "robust": RobustDetector(),
+    "device": DeviceDetector(),
 }
 
 

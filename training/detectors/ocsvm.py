@@ -23,6 +23,7 @@ class OneClassSVMDetector:
 
     name = "ocsvm"
     version = 1
+    by_window = False
 
     def fit_shard(self, windows: pd.DataFrame, config: TrainingConfig, exclude: frozenset[tuple[str, str]],
                   version: int | None, on_progress: ProgressCallback | None) -> ShardFit:
@@ -31,11 +32,19 @@ class OneClassSVMDetector:
 
         return fit_ocsvm_shard(windows, config, exclude, version, on_progress)
 
-    def decision(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray) -> np.ndarray:
+    def decision(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray,
+                 moments: np.ndarray | None = None) -> np.ndarray:
         """``OneClassSVM.decision_function`` of every row, by the blocked kernel."""
         from fleetscore.training.kernel import decision_function
 
         return decision_function(bundle, feats, row_model)
+
+    def reasons(self, bundle: ReleaseBundle, feats: np.ndarray, row_model: np.ndarray,
+                moments: np.ndarray | None = None) -> np.ndarray:
+        """The feature furthest from the series' scaler mean, in its standard deviations."""
+        from fleetscore.training.detectors.explain import feature_reasons
+
+        return feature_reasons(bundle, feats, row_model)
 
     def describe(self, bundle: ReleaseBundle, index: int) -> dict[str, Any]:
         """Support-vector count, gamma, nu and offset of model ``index``."""
