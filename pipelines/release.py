@@ -23,13 +23,13 @@ import pandas as pd
 from fleetscore import provenance
 from fleetscore.errors import ReleaseNotFound, TrainingError
 from fleetscore.ingestion.timeutil import parse_duration, utcnow
-from fleetscore.pipelines.executors import ShardFailure, default_workers, run_shards
+from fleetscore.pipelines.executors import ShardFailure, run_shards
+from fleetscore.pipelines.refit import device_shards, fit_devices, refit_full_range
 from fleetscore.pipelines.settings import Settings
 from fleetscore.progress import ProgressCallback
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.coldstart import FLEET_DEVICE
-from fleetscore.training.config import TrainingConfig
-from fleetscore.training.fit import ShardFit, fit_shard
+from fleetscore.training.fit import ShardFit
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +72,6 @@ class ReleaseOutcome:
 
 # -- training ------------------------------------------------------------------------------------------
 
-MIN_DEVICES_PER_SHARD = 50  # about 0.3 s of fitting at 5 sensors a device: worth a process
-
-
-def _fit_devices(database_url: str, start: datetime, end: datetime, devices: list[str], config: TrainingConfig,
-                 exclude: frozenset[tuple[str, str]], series: frozenset[tuple[str, str]] | None = None,
-                 sample: bool = True) -> tuple[ShardFit, dict[str, Any]]:
-    """One shard of training (top level: runs in a worker process or on a Dask worker): the fit of the
-    shard's series (only ``series`` when given) and its sample of rows for the fleet models."""
-    from fleetscore.ingestion.store import SensorStore
-    from fleetscore.training.coldstart import fleet_sample
-
-    windows = SensorStore(database_url).read_windows(start, end, devices)
-    rows = fleet_sample(windows, config, exclude) if sample else {}
-    if series is not None and len(windows):
-        keys = pd.MultiIndex.from_frame(windows[["device", "sensor"]].astype(str))
-        windows = windows[keys.isin(list(series))].reset_index(drop=True)
-    from fleetscore.training.drift import attach_reference
-
-    fit = fit_shard(windows, config, exclude)
-    attach_reference(fit.bundle, windows)
-    return fit, rows
-
-
 def _window(settings: Settings) -> timedelta:
     return parse_duration(settings.ingest.window, "ingest.window")
 
@@ -128,7 +105,6 @@ def train_candidate(  # noqa: PLR0915  the candidate's steps in order: select, r
     Series excluded by validation or with fewer than ``training.min_rows`` windows are skipped with the
     reason in the manifest; a shard that fails marks its series failed, the other shards go on.
     """
-    from fleetscore.ingestion.sharding import shard_devices
     from fleetscore.ingestion.store import SensorStore
 
     config = settings.training
@@ -148,13 +124,11 @@ def train_candidate(  # noqa: PLR0915  the candidate's steps in order: select, r
     fleet = list(devices) if devices else SensorStore(settings.database_url).devices()
     if not fleet:
         raise TrainingError(f"nothing to train on: no windows in [{start}, {end})")
-    workers = settings.workers or default_workers()
-    # a worker pool costs seconds to start: small fleets train in one shard in this process
-    shards = shard_devices(fleet, max(1, min(workers * 4, -(-len(fleet) // MIN_DEVICES_PER_SHARD))))
+    shards = device_shards(settings, fleet)
     started = time.perf_counter()
     args = [(settings.database_url, start, split, shard, config, frozenset(excluded), series, series is None)
             for shard in shards]
-    results = run_shards(_fit_devices, args, settings.executor, settings.workers, on_progress)
+    results = run_shards(fit_devices, args, settings.executor, settings.workers, on_progress)
     parts: list[ReleaseBundle] = []
     skipped: dict[tuple[str, str], str] = {}
     failed: dict[tuple[str, str], str] = {}
@@ -315,6 +289,9 @@ def run_release(
     champ_own, champ_fleet = split_fleet(champion) if champion is not None else (None, None)
     holdout = _holdout(settings, candidate, devices)
     gate = run_gate(candidate.bundle, champ_own, holdout, settings.training, champion_version, force=force)
+    released = gate.bundle
+    if settings.training.refit_after_gate and candidate.split < candidate.end:
+        released = refit_full_range(settings, gate.bundle, gate.decisions, candidate.start, candidate.end, on_progress)
     fleet = candidate.fleet
     if (fleet is None or len(fleet) == 0) and champ_fleet is not None and len(champ_fleet):
         fleet = champ_fleet.subset(range(len(champ_fleet)))
@@ -324,7 +301,7 @@ def run_release(
     elif fleet is not None:
         for record in fleet.manifest.get("series", []):
             record.setdefault("decision", "new")
-    bundle = with_fleet(gate.bundle, fleet)
+    bundle = with_fleet(released, fleet)
     bundle.manifest.update({k: v for k, v in candidate.bundle.manifest.items() if k != "series"})
     bundle.manifest.update(parent_champion=champion_version, force=force, kind="release", only=list(kinds))
     failed = len([k for k in candidate.failed if k not in gate.decisions])
@@ -342,7 +319,8 @@ def run_release(
             "fleetscore.data_hash": candidate.data_hash, "fleetscore.validation_id": candidate.validation_id,
             "fleetscore.skip_validation": str(skip_validation).lower(),
             "fleetscore.parent_champion": str(champion_version) if champion_version is not None else "none",
-            "fleetscore.kind": "release", "fleetscore.models": str(len(bundle))}
+            "fleetscore.kind": "release", "fleetscore.models": str(len(bundle)),
+            "fleetscore.refit": str(released is not gate.bundle).lower()}
     version, run_id = _register(settings, bundle, f"release-{utcnow():%Y%m%dT%H%M%S}", params, metrics, tags)
     summary = pending.replace("released v0:", f"released v{version}:", 1)
     from fleetscore.training.registry import set_version_tags

@@ -36,6 +36,9 @@ class TrainingConfig:
     gate_max_far: float = 0.01
     gate_recall_margin: float = 0.02
     gate_seed: int = 0
+    # after the gate, fit the promoted and new series again on the whole range, holdout included, so a
+    # release's models have seen its latest windows (pipelines/refit.py)
+    refit_after_gate: bool = True
     # a series whose scored windows' largest per-feature PSI against its training reference exceeds
     # this is drifted (fleetscore drift, release --only drifted); 0.25 is the usual "significant shift"
     drift_threshold: float = 0.25

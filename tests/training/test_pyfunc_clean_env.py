@@ -48,7 +48,8 @@ def test_release_pyfunc_predicts_in_a_fresh_venv_from_its_requirements(tmp_path:
     env = tmp_path / "clean-env"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(model_dir / "requirements.txt")],
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-r",
+                    str(model_dir / "requirements.txt")],
                    check=True, timeout=900, cwd=tmp_path)
 
     frame = frames[1]
