@@ -1,10 +1,12 @@
 """The evaluation gate: per series, the new model (challenger) against the champion's, on a holdout.
 
 Both models score the same recent validated windows (the holdout), as they are and with synthetic
-anomalies injected (the simulator's kinds: one-window spikes, a level shift, a stuck run). A series'
+anomalies injected (the simulator's six kinds, :mod:`training.injection`). A series'
 challenger passes when its false-alarm rate on the holdout is at most
 ``max(champion's + gate_far_margin, gate_max_far)`` and its lowest recall over the kinds is at least
-the champion's minus ``gate_recall_margin``. Passing series take the new model, failing ones keep the
+the champion's minus ``gate_recall_margin`` (or the champion's own false-alarm rate is past
+``gate_max_far`` and the challenger's lower: a champion that flags the holdout as it is has the recall
+of a model flagging everything). Passing series take the new model, failing ones keep the
 champion's model (copied into the new release, its manifest record says ``kept from vN``), series the
 champion does not have enter as ``new``. ``force`` promotes every challenger; with no champion every
 series is ``new``. Champion series with no challenger (excluded, too few rows, failed fit) are kept.
@@ -23,10 +25,8 @@ from fleetscore.errors import TrainingError
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
 from fleetscore.training.features import series_starts
+from fleetscore.training.injection import KINDS, perturb
 from fleetscore.training.kernel import score_windows
-
-KINDS = ("spike", "level_shift", "stuck")
-SEGMENT = 12  # windows of an injected level shift or stuck run
 
 
 @dataclass
@@ -45,49 +45,6 @@ class GateResult:
         text = (f"released v{version}: {self.counts.get('promoted', 0):,} promoted, {kept}, "
                 f"{self.counts.get('new', 0):,} new, {failed:,} failed")
         return text + (f", {skipped:,} skipped" if skipped else "")
-
-
-def perturb(holdout: pd.DataFrame, kind: str, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """A copy of ``holdout`` (windows, sorted) with anomalies of ``kind`` injected in every series, and
-    the mask of the injected rows. Ranges are each series' own holdout min/max."""
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
-    out = holdout.copy()
-    n = len(out)
-    starts = series_starts(out)
-    lengths = np.diff(starts)
-    if n == 0:
-        return out, np.zeros(0, dtype=bool)
-    pos = np.arange(n) - np.repeat(starts[:-1], lengths)
-    value = out["value"].to_numpy(dtype=np.float64).copy()
-    vmin = out["value_min"].to_numpy(dtype=np.float64).copy()
-    vmax = out["value_max"].to_numpy(dtype=np.float64).copy()
-    lo = np.minimum.reduceat(vmin, starts[:-1])
-    hi = np.maximum.reduceat(vmax, starts[:-1])
-    width = hi - lo
-    width = np.where(width > 0, width, np.maximum(np.abs(hi), 1.0) * 0.1)
-    series_len = np.repeat(lengths, lengths)
-    if kind == "spike":
-        phase = np.repeat(rng.integers(0, 10, len(lengths)), lengths)
-        mask = (pos % 10 == phase) & (pos >= 1)
-        sign = np.where(rng.random(n) < 0.5, 1.0, -1.0)
-        target = np.where(sign > 0, np.repeat(hi, lengths), np.repeat(lo, lengths)) + sign * rng.uniform(
-            0.5, 2.0, n) * np.repeat(width, lengths)
-        shift = np.where(mask, target - value, 0.0)
-        value, vmin, vmax = value + shift, vmin + shift, vmax + shift
-    else:
-        seg = np.minimum(SEGMENT, np.maximum(lengths // 3, 1))
-        first = np.array([rng.integers(1, max(2, n_i - s + 1)) for n_i, s in zip(lengths, seg, strict=True)])
-        mask = (pos >= np.repeat(first, lengths)) & (pos < np.repeat(first + seg, lengths)) & (pos < series_len)
-        if kind == "level_shift":
-            sign = np.where(rng.random(len(lengths)) < 0.5, 1.0, -1.0)
-            shift = np.repeat(sign * rng.uniform(1.0, 2.0, len(lengths)) * width, lengths) * mask
-            value, vmin, vmax = value + shift, vmin + shift, vmax + shift
-        else:  # stuck: every reading equals the last normal reading before the run
-            last_normal = value[starts[:-1] + first - 1]
-            stuck = np.repeat(last_normal, lengths)
-            value, vmin, vmax = (np.where(mask, stuck, a) for a in (value, vmin, vmax))
-    out["value"], out["value_min"], out["value_max"] = value, vmin, vmax
-    return out, mask
 
 
 def evaluate(bundle: ReleaseBundle, holdout: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -209,7 +166,10 @@ def _passes(new: dict[str, float], old: dict[str, float], config: TrainingConfig
         return True  # no holdout rows for this series: nothing says the new model is worse
     far_ok = new["far"] <= max(old["far"] + config.gate_far_margin, config.gate_max_far)
     recall_ok = new.get("recall", 0.0) >= old.get("recall", 0.0) - config.gate_recall_margin
-    return bool(far_ok and recall_ok)
+    # a champion that flags the holdout as it is no longer fits the series: its recall is that of a
+    # model flagging everything, nothing a challenger with fewer false alarms has to match
+    champion_unfit = old["far"] > config.gate_max_far and new["far"] < old["far"]
+    return bool(far_ok and (recall_ok or champion_unfit))
 
 
 def _result(bundle: ReleaseBundle, decisions: dict[tuple[str, str], str], champion_version: int | None) -> GateResult:

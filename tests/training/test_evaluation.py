@@ -10,8 +10,10 @@ import pytest
 from fleetscore.simulation.simulate import SimulationSpec
 from fleetscore.training.bundle import ReleaseBundle
 from fleetscore.training.config import TrainingConfig
-from fleetscore.training.evaluation import KINDS, perturb, run_gate
+from fleetscore.training.evaluation import run_gate
+from fleetscore.training.features import series_starts
 from fleetscore.training.fit import fit_shard
+from fleetscore.training.injection import KINDS, noise_sigma, perturb
 from tests.training.helpers import simulated_windows
 
 START = datetime(2024, 1, 1)
@@ -39,15 +41,57 @@ def parts():  # type: ignore[no-untyped-def]
 
 def test_perturbations_inject_each_kind(parts) -> None:  # type: ignore[no-untyped-def]
     _, _, holdout = parts
+    assert KINDS == ("spike", "level_shift", "variance", "stuck", "drift", "device")
     for kind in KINDS:
         changed, mask = perturb(holdout, kind, seed=0)
         assert mask.any() and len(changed) == len(holdout)
-        same = ~mask
-        np.testing.assert_array_equal(changed["value"].to_numpy()[same], holdout["value"].to_numpy()[same])
+        moved = changed["value"].to_numpy() != holdout["value"].to_numpy()
+        assert not (mask & ~moved).any()  # every counted window was changed
+        if kind != "drift":  # a drift's windows below 2 sigma are changed but not counted
+            np.testing.assert_array_equal(moved, mask)
         if kind == "stuck":
             assert (changed["value_max"] - changed["value_min"]).to_numpy()[mask].max() == 0
-        else:
-            assert (changed["value"].to_numpy()[mask] != holdout["value"].to_numpy()[mask]).all()
+
+
+def _runs(holdout, kind):  # type: ignore[no-untyped-def]
+    changed, mask = perturb(holdout, kind, seed=0)
+    starts = series_starts(holdout)
+    sigma = np.repeat(noise_sigma(holdout["value"].to_numpy(), starts), np.diff(starts))
+    return changed, mask, sigma
+
+
+def test_shifts_are_sized_in_each_series_noise(parts) -> None:  # type: ignore[no-untyped-def]
+    _, _, holdout = parts
+    changed, mask, sigma = _runs(holdout, "level_shift")
+    size = np.abs(changed["value"].to_numpy() - holdout["value"].to_numpy())[mask] / sigma[mask]
+    assert size.min() >= 2.5 - 1e-9 and size.max() <= 3.5 + 1e-9
+    changed, mask, sigma = _runs(holdout, "drift")
+    size = np.abs(changed["value"].to_numpy() - holdout["value"].to_numpy())[mask] / sigma[mask]
+    assert size.min() >= 2.0 - 1e-9 and size.max() == pytest.approx(5.0)
+
+
+def test_variance_keeps_the_mean_and_widens_the_spread(parts) -> None:  # type: ignore[no-untyped-def]
+    _, _, holdout = parts
+    changed, mask, _ = _runs(holdout, "variance")
+    series = holdout.loc[mask, ["device", "sensor"]].astype(str).agg("/".join, axis=1).to_numpy()
+    for key in set(series):
+        rows = np.flatnonzero(mask)[series == key]
+        assert changed["value"].to_numpy()[rows].mean() == pytest.approx(holdout["value"].to_numpy()[rows].mean())
+        spread_before = (holdout["value_max"] - holdout["value_min"]).to_numpy()[rows]
+        spread_after = (changed["value_max"] - changed["value_min"]).to_numpy()[rows]
+        np.testing.assert_allclose(spread_after, 4 * spread_before)
+
+
+def test_a_device_anomaly_hits_every_sensor_of_the_device_at_once(parts) -> None:  # type: ignore[no-untyped-def]
+    _, _, holdout = parts
+    changed, mask, _ = _runs(holdout, "device")
+    hit = holdout.loc[mask, ["device", "sensor", "ts"]]
+    for device, rows in hit.groupby("device"):
+        per_sensor = [set(g["ts"]) for _, g in rows.groupby("sensor")]
+        assert len(per_sensor) == holdout.loc[holdout["device"] == device, "sensor"].nunique()
+        assert all(ts == per_sensor[0] for ts in per_sensor)
+    shift = (changed["value"].to_numpy() - holdout["value"].to_numpy())[mask]
+    assert (shift > 0).any() and (shift < 0).any()  # sensors move in opposite directions
 
 
 def test_gate_promotes_keeps_and_adds(parts) -> None:  # type: ignore[no-untyped-def]
@@ -88,3 +132,21 @@ def test_champion_series_without_a_challenger_are_kept(parts) -> None:  # type: 
     result = run_gate(only_device_1, champion, holdout[holdout["device"] == "1"].reset_index(drop=True), CONFIG, 3)
     assert result.decisions[("2", "1")] == "kept" and len(result.bundle) == 4
     assert result.bundle.series_manifest("2", "2")["kept_from"] == 3
+
+
+def test_a_champion_that_flags_the_holdout_as_it_is_gives_way(parts) -> None:  # type: ignore[no-untyped-def]
+    """Its recall is that of a model flagging everything: a challenger fitted on the new level wins."""
+    spec = SimulationSpec(devices=1, sensors=2, start=START, duration=timedelta(minutes=90), seed=6, anomaly_rate=0)
+    windows, _ = simulated_windows(spec)
+    moved = windows.copy()
+    later = moved["ts"] >= START + timedelta(minutes=45)
+    for column in ("value", "value_min", "value_max"):
+        moved.loc[later, column] += 50.0  # the series moved to a new operating level
+    champion = fit_shard(moved[~later].reset_index(drop=True), CONFIG).bundle
+    holdout_from = START + timedelta(minutes=75)
+    challenger = fit_shard(moved[later & (moved["ts"] < holdout_from)].reset_index(drop=True), CONFIG).bundle
+    holdout = moved[moved["ts"] >= holdout_from].reset_index(drop=True)
+    result = run_gate(challenger, champion, holdout, CONFIG, champion_version=1)
+    assert result.counts == {"promoted": 2, "kept": 0, "new": 0}
+    gate = result.bundle.series_manifest("1", "1")["gate"]
+    assert gate["champion"]["far"] > 0.5 and gate["champion"]["recall"] > gate["challenger"]["recall"]
