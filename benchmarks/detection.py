@@ -67,7 +67,7 @@ def _cli(home: Path, args: list[str], config: Path | None) -> str:
     return out.getvalue()
 
 
-def run_flow(workdir: Path, seed: int, devices: int, detector: str | None) -> Run:
+def run_flow(workdir: Path, seed: int, devices: int, training: list[str]) -> Run:
     """simulate -> release -> score in a fresh home; the scored windows with labels, flags and baselines."""
     from fleetscore.ingestion.store import SensorStore
     from fleetscore.scoring.table import read_predictions
@@ -76,9 +76,9 @@ def run_flow(workdir: Path, seed: int, devices: int, detector: str | None) -> Ru
     home = workdir / f"seed{seed}-devices{devices}"
     home.mkdir(parents=True)
     config = None
-    if detector:
+    if training:
         config = home / "fleetscore.toml"
-        config.write_text(f'[training]\ndetector = "{detector}"\n')
+        config.write_text("[training]\n" + "".join(f"{line}\n" for line in training))
     labels_path = home / "labels.csv"
     seconds = {}
     t = time.perf_counter()
@@ -251,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-seed", type=int, default=101, help="Seed of the bigger fleet.")
     parser.add_argument("--detector", default=None,
                         help="[training] detector of the runs (default: the configured default).")
+    parser.add_argument("--training", action="append", default=[], metavar="KEY=TOML",
+                        help="Another [training] setting of the runs, as a TOML line (repeatable), for "
+                             "example 'features = [\"value\", \"log_spread\"]'.")
     args = parser.parse_args(argv)
+    training = ([f'detector = "{args.detector}"'] if args.detector else []) + list(args.training)
     from fleetscore.pipelines.settings import load_settings
 
     detector = args.detector or str(getattr(load_settings().training, "detector", "ocsvm (default)"))
@@ -260,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetscore-detection-") as tmp:
         workdir = Path(tmp)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        runs = [run_flow(workdir, seed, args.devices, args.detector) for seed in seeds]
-        big = [run_flow(workdir, args.big_seed, args.big_devices, args.detector)] if args.big_devices else []
+        runs = [run_flow(workdir, seed, args.devices, training) for seed in seeds]
+        big = [run_flow(workdir, args.big_seed, args.big_devices, training)] if args.big_devices else []
     print(f"detection benchmark: industrial profile, 3 h per fleet (2 h train, 1 h scored, 5 s windows), "
-          f"detector {detector}")
+          f"detector {detector}" + "".join(f"; {line}" for line in args.training))
     print_table(f"seeds {','.join(map(str, seeds))} x {args.devices} pumps, pooled", runs, evaluate(runs, detector))
     if big:
         print_table(f"seed {args.big_seed} x {args.big_devices} pumps", big, evaluate(big, detector))

@@ -90,6 +90,21 @@ def label_windows(windows: pd.DataFrame, labels: pd.DataFrame, device: str = "de
     return match_labels(windows, labels, device, sensor, ts).kind
 
 
+def after_anomaly(windows: pd.DataFrame, kind: np.ndarray, span: int, device: str = "device",
+                  sensor: str = "sensor") -> np.ndarray:
+    """Unlabelled rows of ``windows`` (sorted by series, then time) within ``span`` windows after an
+    anomalous row of the same series: where features that look back ``span`` windows still hold the
+    anomaly (``kind`` from :func:`label_windows`)."""
+    anomalous = np.asarray(kind) != ""
+    keys = (windows[device].astype(str) + "\x00" + windows[sensor].astype(str)).to_numpy()
+    out = np.zeros(len(windows), dtype=bool)
+    for lag in range(1, span + 1):
+        if lag >= len(windows):
+            break
+        out[lag:] |= anomalous[:-lag] & (keys[:-lag] == keys[lag:])
+    return out & ~anomalous
+
+
 @dataclass(frozen=True)
 class KindQuality:
     """Flagged windows of one kind: ``rate`` is the recall of an anomaly kind, the false-alarm rate of a

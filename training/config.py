@@ -16,14 +16,15 @@ class TrainingConfig:
     detector: str = "ocsvm"
     # robust: a window is an anomaly when a feature lies more than this many robust z away from its median
     robust_threshold: float = 6.0
-    features: tuple[str, ...] = ("value", "log_spread", "recent_mean")
+    features: tuple[str, ...] = ("value", "log_spread", "recent_level", "recent_spread")
     # ocsvm: each series' threshold is the quantile of its cross-fitted calibration scores that flags this
     # share of its normal training windows (0: libsvm's own boundary, moved out by offset_margin)
     target_false_alarm_rate: float = 0.005
     nu: float = 0.02
     gamma: float | str = 0.2
     min_rows: int = 50
-    rolling_window: int = 6
+    # windows the recent_* features and rolling_std look back over (12: one minute of 5 s windows)
+    rolling_window: int = 12
     # each model's offset (rho) moves out by this share of itself: a window is an anomaly when its kernel
     # score is below (1 - offset_margin) * rho; 0 keeps libsvm's own boundary (see docs/training.md)
     offset_margin: float = 0.1

@@ -16,6 +16,12 @@ values training saw. Features:
   read as the model's typical value), never "stuck". A spread of 0 (stuck) is floored at
   ``1e-6 x (1 + |value|)``, far below any noisy window;
 - ``recent_mean``: the mean of ``value`` over the last ``rolling_window`` rows (current included);
+- ``recent_level``: the mean of ``value`` over the last ``rolling_window`` rows (current included)
+  without the highest and the lowest of them (when at least 5 are there): like ``recent_mean``, but one
+  spike neither moves it nor trails after it;
+- ``recent_spread``: the median of the known ``log_spread`` over the last ``rolling_window`` rows
+  (current included; NaN when none is known): a noise change too small to see in one window's few
+  readings shows in several, and a single wide or flat window does not move it;
 - ``residual_1``, ``residual_4``, ``residual_12``: the mean of the last 1, 4 or 12 window means minus a
   baseline: the median of 12 window means sampled every 4th window over the 48 windows that end
   ``BASELINE_GAP`` (12) windows before those. The gap keeps the most recent windows, where an event in
@@ -40,7 +46,7 @@ __all__ = ["FEATURES", "WINDOW_FEATURES", "check_features", "compute_features", 
            "series_starts"]
 
 FEATURES: tuple[str, ...] = ("value", "spread", "rolling_std", "delta", "log_spread", "recent_mean",
-                              "residual_1", "residual_4", "residual_12")
+                              "recent_level", "recent_spread", "residual_1", "residual_4", "residual_12")
 # features of one window alone; the others smooth over neighbouring windows, so their share per decile
 # in a short scored span swings with autocorrelation and says nothing about drift
 WINDOW_FEATURES: frozenset[str] = frozenset({"value", "spread", "delta", "log_spread"})
@@ -70,7 +76,7 @@ def check_features(features: Sequence[str], rolling_window: int) -> None:
 def context_windows(features: Sequence[str], rolling_window: int) -> int:
     """How many windows before a row its features read (0 when only per-window features are used)."""
     need = 0
-    if "rolling_std" in features or "recent_mean" in features:
+    if {"rolling_std", "recent_mean", "recent_level", "recent_spread"} & set(features):
         need = max(need, rolling_window - 1)
     for name, span in RESIDUAL_SPANS.items():
         if name in features:
@@ -118,6 +124,10 @@ def compute_features(
             out[:, j] = log_spread(windows)
         elif name == "recent_mean":
             out[:, j] = _rolling_mean(value, pos, rolling_window)
+        elif name == "recent_level":
+            out[:, j] = _rolling_order_stat(value, pos, rolling_window, "trimmed_mean")
+        elif name == "recent_spread":
+            out[:, j] = _rolling_order_stat(log_spread(windows), pos, rolling_window, "median")
         else:
             out[:, j] = _residual(value, pos, RESIDUAL_SPANS[name])
     return out
@@ -165,6 +175,41 @@ def _rolling_mean(value: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
     for lag in range(k):
         total += np.where(pos >= lag, _lagged(value, lag), 0.0)
     result: np.ndarray = total / count
+    return result
+
+
+ROWS_PER_CHUNK = 1 << 18  # rows of the (rows, window) block sorted at once: about 25 MB at 12 windows
+
+
+def _rolling_order_stat(value: np.ndarray, pos: np.ndarray, k: int, stat: str) -> np.ndarray:
+    """Over the known (not NaN) values of the last ``k`` rows of the same series, current included:
+    their ``median``, or their ``trimmed_mean`` (without the highest and the lowest when at least 5 are
+    known); NaN when none is known. Sorted in blocks of ``ROWS_PER_CHUNK`` rows."""
+    n = len(value)
+    result = np.full(n, np.nan)
+    for a in range(0, n, ROWS_PER_CHUNK):
+        rows = np.arange(a, min(n, a + ROWS_PER_CHUNK))
+        block = np.full((len(rows), k), np.nan)
+        for lag in range(k):
+            inside = pos[rows] >= lag
+            block[inside, lag] = value[rows[inside] - lag]
+        block.sort(axis=1)  # NaN last
+        count = (~np.isnan(block)).sum(axis=1)
+        at = np.arange(len(rows))
+        known = count > 0
+        if stat == "median":
+            # the two middle values of the ``count`` known ones (the same one when ``count`` is odd)
+            low, high = block[at, np.maximum(count - 1, 0) // 2], block[at, count // 2]
+            middle = (low + high) / 2
+            result[rows] = np.where(known, middle, np.nan)
+        else:
+            total = np.nansum(block, axis=1)
+            trim = count >= 5
+            lowest, highest = block[:, 0], block[at, np.maximum(count - 1, 0)]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(trim, (total - lowest - highest) / np.maximum(count - 2, 1),
+                                total / np.maximum(count, 1))
+            result[rows] = np.where(known, mean, np.nan)
     return result
 
 

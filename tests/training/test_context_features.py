@@ -57,6 +57,44 @@ def test_context_features_match_a_plain_loop() -> None:
             assert x[i, j] == pytest.approx(value[max(0, i - span + 1):i + 1].mean() - np.median(base))
 
 
+def test_recent_level_and_spread_match_a_plain_loop() -> None:
+    frame = random_series(np.random.default_rng(5), "d", "s", 80)
+    frame.loc[[10, 30, 31], "value_count"] = 1  # windows of one reading: unknown spread
+    x = compute_features(frame, ("log_spread", "recent_level", "recent_spread"), rolling_window=6)
+    value = frame["value"].to_numpy()
+    for i in range(len(frame)):
+        last = sorted(value[max(0, i - 5):i + 1])
+        level = np.mean(last[1:-1]) if len(last) >= 5 else np.mean(last)
+        assert x[i, 1] == pytest.approx(level)
+        known = [v for v in x[max(0, i - 5):i + 1, 0] if not np.isnan(v)]
+        assert x[i, 2] == pytest.approx(np.median(known)) if known else np.isnan(x[i, 2])
+
+
+def test_one_spike_does_not_trail_in_the_recent_level() -> None:
+    frame = _noise_series(9, 40)
+    frame.loc[20, ["value", "value_min", "value_max"]] += 1000.0
+    x = compute_features(frame, ("recent_mean", "recent_level"), rolling_window=12)
+    assert (np.abs(x[20:32, 0] - 50) > 50).all()  # the plain mean carries the spike for 12 windows
+    assert (np.abs(x[20:32, 1] - 50) < 1).all()
+
+
+def test_recent_spread_sees_a_noise_rise_too_small_for_one_window() -> None:
+    train = _noise_series(6, 720)
+    test = _noise_series(7, 240)
+    burst = _noise_series(8, 60, sd=2.0)  # twice the noise, same mean: 60 windows
+    test.loc[120:179, ["value", "value_min", "value_max"]] = burst[["value", "value_min", "value_max"]].to_numpy()
+    inside = np.zeros(len(test), dtype=bool)
+    inside[126:180] = True  # once recent_spread's 6 windows are inside the burst
+    found = {}
+    for features in (("value", "log_spread"), ("value", "log_spread", "recent_spread")):  # 6 windows
+        bundle = fit_shard(train, TrainingConfig(features=features, min_rows=50)).bundle
+        flagged = score_windows(bundle, test)["prediction"].to_numpy() == 1
+        found[features] = (flagged[inside].mean(), flagged[~inside & (np.arange(len(test)) < 120)].mean())
+    one_window, recent = found[("value", "log_spread")], found[("value", "log_spread", "recent_spread")]
+    assert recent[0] >= 0.7 and recent[0] > one_window[0] + 0.2, found
+    assert recent[1] <= 0.05, found  # not at the price of false alarms before the burst
+
+
 def test_d2_is_the_expected_range_of_normal_readings() -> None:
     rng = np.random.default_rng(0)
     for n in (2, 5, 12, 40):

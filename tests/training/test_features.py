@@ -46,7 +46,7 @@ def test_context_windows() -> None:
     ((), 6, "training.features: at least one feature is needed"),
     (("value", "peak"), 6,
      "training.features: unknown feature 'peak'; known: value, spread, rolling_std, delta, log_spread, "
-     "recent_mean, residual_1, residual_4, residual_12"),
+     "recent_mean, recent_level, recent_spread, residual_1, residual_4, residual_12"),
     (("value", "value"), 6, "training.features: a feature is listed twice in ['value', 'value']"),
     (("rolling_std",), 1, "training.rolling_window: must be at least 2, got 1"),
 ])
