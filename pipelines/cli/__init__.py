@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -52,12 +52,67 @@ class CliState:
 
     overrides: dict[str, Any]
     config_file: str | None
+    verbose: int = 0
+    quiet: bool = False
+    env_set: set[str] = field(default_factory=set)  # variables configure_output set (the user's are kept)
 
     def settings(self, **more: Any) -> Any:
         """Resolve the settings once, with this command's own flags as the top precedence."""
         from fleetscore.pipelines.settings import load_settings
 
         return load_settings({**self.overrides, **more}, self.config_file)
+
+
+def configure_output(state: CliState) -> None:
+    """Log levels for ``-v`` (INFO), ``-vv`` (DEBUG), none (WARNING) or ``--quiet`` (ERROR only)."""
+    verbose, quiet = state.verbose, state.quiet
+    level = logging.ERROR if quiet else logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else (
+        logging.DEBUG)
+    logging.getLogger().setLevel(level)
+    # MLflow logs its store migrations at INFO through its own handler and draws download bars; the
+    # azure-identity and azureml-mlflow plugins log each failed credential and retry at WARNING: our
+    # terminal output is the summary lines and the one-line error, -v brings the rest back
+    libraries_quiet = verbose == 0
+    logging.getLogger("mlflow").setLevel(logging.WARNING if libraries_quiet else logging.NOTSET)
+    for name in ("azure", "azureml"):
+        logging.getLogger(name).setLevel(logging.ERROR if libraries_quiet else logging.NOTSET)
+    # mlflow resets its level on import from this variable; a user's own setting is kept
+    for name, value in (("MLFLOW_LOGGING_LEVEL", "WARNING"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+        if libraries_quiet and name not in os.environ:
+            os.environ[name] = value
+            state.env_set.add(name)
+        elif not libraries_quiet and name in state.env_set:
+            os.environ.pop(name, None)
+            state.env_set.discard(name)
+
+
+def _more_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    state = ctx.find_object(CliState)
+    if value and state is not None:
+        state.verbose += value
+        configure_output(state)
+
+
+def _quieter(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    state = ctx.find_object(CliState)
+    if value and state is not None:
+        state.quiet = True
+        configure_output(state)
+
+
+def _output_options(command: click.Command) -> click.Command:
+    """``-v/--verbose`` and ``-q/--quiet`` on ``command`` and every subcommand of it, so that they work
+    after the subcommand as before it (``fleetscore score -v`` = ``fleetscore -v score``)."""
+    names = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    if "--verbose" not in names:
+        command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                           callback=_more_verbose, help="More log output (-vv for debug)."))
+    if "--quiet" not in names:
+        command.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
+                                           callback=_quieter, help="No progress bars, only errors on stderr."))
+    for sub in getattr(command, "commands", {}).values():
+        _output_options(sub)
+    return command
 
 
 class LazyGroup(click.Group):
@@ -73,7 +128,7 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         module = importlib.import_module(f"{__name__}.{module_name}")
         command: click.Command = getattr(module, attr)
-        return command
+        return _output_options(command)
 
     def invoke(self, ctx: click.Context) -> Any:
         from fleetscore.pipelines import telemetry
@@ -105,29 +160,20 @@ def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: An
 @click.option("--database-url", default=None, help="SQLAlchemy URL of the sensor store.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (the model registry).")
 @click.option("--storage-url", default=None, help="Blob storage for predictions: a folder or az://container/prefix.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug); also after the command.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, only errors on stderr; also after the command.")
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, home: str | None, database_url: str | None,
-         tracking_uri: str | None, storage_url: str | None, verbose: int) -> None:
+         tracking_uri: str | None, storage_url: str | None, verbose: int, quiet: bool) -> None:
     """fleetscore: anomaly detection for fleets of IoT devices.
 
     Ingest sensor readings into SQL, validate them, train one model per (device, sensor),
     release them to MLflow and score the fleet in parallel into blob storage.
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     install_log_redaction()
     sys.excepthook = _redacted_excepthook
-    if verbose == 0:
-        # MLflow logs its store migrations at INFO through its own handler and draws download bars:
-        # our terminal output is the summary lines; -v brings them back
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # azure-identity and the azureml-mlflow plugin log each failed credential and retry at WARNING;
-        # the failure itself is the one-line error, -v brings the details back
-        logging.getLogger("azure").setLevel(logging.ERROR)
-        logging.getLogger("azureml").setLevel(logging.ERROR)
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its level on import
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     overrides = {"home": home, "database_url": database_url, "tracking_uri": tracking_uri,
                  "storage_url": storage_url}
-    ctx.obj = CliState(overrides=overrides, config_file=config_file)
+    ctx.obj = CliState(overrides=overrides, config_file=config_file, verbose=verbose, quiet=quiet)
+    configure_output(ctx.obj)

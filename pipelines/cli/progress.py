@@ -1,4 +1,4 @@
-"""The CLI's one progress bar: rich, on standard error, only when it is a terminal."""
+"""The CLI's one progress bar: rich, on standard error, only when it is a terminal and not ``--quiet``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from fleetscore.progress import ProgressCallback
 def progress_bar(label: str, *, in_bytes: bool = False) -> Iterator[ProgressCallback | None]:
     """Yield a :data:`ProgressCallback` that draws a bar labelled ``label`` (done/total as a count, or
     as bytes with ``in_bytes``) when standard error is a terminal; yield ``None`` otherwise, so that
-    piped or logged output carries no control characters."""
-    if not sys.stderr.isatty():
+    piped or logged output carries no control characters, or with ``--quiet``."""
+    import click
+
+    from fleetscore.pipelines.cli import CliState
+
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(CliState) if ctx is not None else None
+    if not sys.stderr.isatty() or (state is not None and state.quiet):
         yield None
         return
     from rich.console import Console

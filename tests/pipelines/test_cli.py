@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -30,6 +32,27 @@ def test_every_command_has_help(path: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage: fleetscore " + " ".join(path) in result.output
     assert "Not built yet" not in result.output
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=" ".join)
+def test_every_command_takes_verbose_and_quiet_after_it(path: list[str]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"], prog_name="fleetscore")
+    assert "-v, --verbose" in result.output and "-q, --quiet" in result.output
+
+
+def _fleetscore(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).with_name("fleetscore")), *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_verbose_after_the_command_is_verbose_before_it_and_quiet_wins(home: Path) -> None:
+    info = "INFO fleetscore.ingestion.ingest: nosuch.csv: no such file\n"
+    error = "Error: nosuch.csv: no such file\n"
+    after, before = _fleetscore("ingest", "nosuch.csv", "-v"), _fleetscore("-v", "ingest", "nosuch.csv")
+    assert after.returncode == before.returncode == 1
+    assert after.stderr == before.stderr == info + error
+    assert _fleetscore("ingest", "nosuch.csv").stderr == error
+    assert _fleetscore("ingest", "nosuch.csv", "-v", "--quiet").stderr == error  # the error itself stays
 
 
 def test_version() -> None:

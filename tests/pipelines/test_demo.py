@@ -28,7 +28,7 @@ def test_demo_runs_the_whole_flow_and_says_where_everything_went(home: Path, ref
     assert steps == ["simulate", "ingest", "--database-url", "validate", "release", "score", "report"]
     # the reference data: 17,768 windows of 15 series, in a store of its own
     assert f"{reference_data / 'sensor_data.csv'}: 17,768 rows read, 17,768 windows written" in out
-    assert "released v1: 0 promoted, 0 kept, 12 new, 0 failed"  # 3 pumps x 4 sensors in out
+    assert "released v1: 0 promoted, 0 kept, 12 new, 0 failed" in out  # 3 pumps x 4 sensors
     assert "Traceback" not in done.stderr and "WARNING" not in done.stderr
 
     where = out[out.index("Where everything went:"):].splitlines()[1:]
