@@ -70,6 +70,19 @@ class ReleaseOutcome:
     candidate: Candidate
 
 
+@dataclass
+class RollbackOutcome:
+    """A rollback: the one-line summary, the champion before and after; with ``new_release`` a release
+    was registered that took ``series`` series from version ``series_from``."""
+
+    summary: str
+    champion_before: int
+    champion: int
+    new_release: bool = False
+    series: int = 0
+    series_from: int | None = None
+
+
 # -- training ------------------------------------------------------------------------------------------
 
 def _window(settings: Settings) -> timedelta:
@@ -363,10 +376,10 @@ def rollback(
     device: str | None = None,
     sensor: str | None = None,
     reason: str = "",
-) -> str:
+) -> RollbackOutcome:
     """Move ``champion`` back (default: to the previous champion), or, with ``device``, make a new
     release that takes that device's series (or one ``sensor`` of it) from ``to_version`` and every
-    other series from the champion. Returns a one-line summary."""
+    other series from the champion."""
     from fleetscore.training.registry import alias_history, resolve_release, resolve_version
 
     name = settings.training.model_name
@@ -382,9 +395,9 @@ def rollback(
             to_version = previous[-1]
         target = resolve_version(settings.tracking_uri, name, str(to_version))
         if target == current:
-            return f"champion is already v{current}"
+            return RollbackOutcome(f"champion is already v{current}", current, current)
         _move(settings, "champion", target, reason or f"rollback from v{current}")
-        return f"champion: v{current} -> v{target}"
+        return RollbackOutcome(f"champion: v{current} -> v{target}", current, target)
     if to_version is None:
         raise TrainingError("rollback --device needs --to VERSION")
     old = resolve_release(settings.tracking_uri, name, str(to_version))
@@ -423,7 +436,8 @@ def rollback(
 
     set_version_tags(settings.tracking_uri, name, version, {"fleetscore.gate_summary": summary})
     _move(settings, "champion", version, reason or f"rollback of {what} to v{old.version}")
-    return summary
+    return RollbackOutcome(summary, champ.version, version, new_release=True, series=len(taken),
+                           series_from=old.version)
 
 
 # -- reading the registry ------------------------------------------------------------------------

@@ -8,7 +8,19 @@ from typing import Any
 import click
 
 from fleetscore.pipelines.cli import CliState
+from fleetscore.pipelines.cli.options import echo_json, json_option
 from fleetscore.pipelines.cli.progress import progress_bar
+
+
+def ingest_json(report: Any) -> dict[str, Any]:
+    """``ingest --json``: each input's outcome, the totals over the ingested ones, the database (masked)."""
+    from dataclasses import asdict
+
+    from fleetscore.pipelines.settings import mask_url
+
+    return {"inputs": [asdict(item) for item in report.inputs],
+            "total": {name: report.total(name) for name in ("rows_read", "windows_written", "late_updates")},
+            "quarantined": report.quarantined, "database": mask_url(report.database)}
 
 
 def _summary(report: Any) -> None:
@@ -46,10 +58,11 @@ def _summary(report: Any) -> None:
                    "FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING).")
 @click.option("--max-wait", type=float, default=None, metavar="SECONDS",
               help="With --eventhub: stop after this long without events (default: run until interrupted).")
+@json_option
 @click.pass_obj
 def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregated: bool,
            allowed_lateness: str | None, max_bad_fraction: float | None, batch_rows: int | None,
-           eventhub: bool, max_wait: float | None) -> None:
+           eventhub: bool, max_wait: float | None, as_json: bool) -> None:
     """Ingest sensor readings into the store, aggregated into tumbling windows.
 
     PATH is a CSV file with header TS,Device,Sensor,Value (or TS,Device,Tag,Value), a JSON-lines file
@@ -71,7 +84,10 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
         count = consume(settings.database_url, config.eventhub_connection_string, config.eventhub_name,
                         config.eventhub_consumer_group, window=window_td, allowed_lateness=lateness_td,
                         max_wait_time=max_wait)
-        click.echo(f"eventhub: {count:,} events processed")
+        if as_json:
+            echo_json({"eventhub_events": count})
+        else:
+            click.echo(f"eventhub: {count:,} events processed")
         return
     if not paths:
         raise click.UsageError("give at least one PATH (- for standard input), or --eventhub")
@@ -85,9 +101,16 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
                                   max_future=parse_duration(config.max_future, "ingest.max_future"),
                                   max_line_bytes=config.max_line_bytes)
         except (InputsUnreadable, TooManyBadRows) as exc:
-            _summary(exc.report)
+            _report(exc.report, as_json)
             raise
-    _summary(report)
+    _report(report, as_json)
+
+
+def _report(report: Any, as_json: bool) -> None:
+    if as_json:
+        echo_json(ingest_json(report))
+    else:
+        _summary(report)
 
 
 @click.command(name="simulate")
@@ -115,10 +138,11 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
 @click.option("--ingest", "to_store", is_flag=True, help="Ingest the readings straight into the store.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the labels (CSV Device,Sensor,Kind,Start,End,Label,Visible) here.")
+@json_option
 @click.pass_obj
 def simulate(state: CliState, profile: str, devices: int | None, sensors: int | None, duration: str,
              interval: str, start: str, seed: int, anomaly_rate: float | None, clean: str | None,
-             window: str | None, out: Path | None, to_store: bool, labels: Path | None) -> None:
+             window: str | None, out: Path | None, to_store: bool, labels: Path | None, as_json: bool) -> None:
     """Simulate fleet readings with labelled anomalies.
 
     uniform: readings uniform per sensor as in the reference simulator (sensor 1 in [10, 15], 2 in
@@ -146,6 +170,16 @@ def simulate(state: CliState, profile: str, devices: int | None, sensors: int | 
                                 allowed_lateness=parse_duration(settings.ingest.allowed_lateness,
                                                                 "--allowed-lateness"),
                                 on_progress=on_progress)
+    if as_json:
+        from fleetscore.ingestion.ingest import IngestReport
+
+        echo_json({"profile": profile, "readings": result.readings, "devices": result.devices,
+                   "sensors": result.sensors, "windows": result.windows, "anomalies": result.anomalies,
+                   "anomalous_windows": result.anomalous_windows, "by_kind": result.by_kind,
+                   "normal_events": result.normal_events, "readings_file": out, "labels_file": labels,
+                   "ingest": None if result.ingest is None else ingest_json(
+                       IngestReport(inputs=[result.ingest], database=settings.database_url))})
+        return
     kinds = ", ".join(f"{kind} {count}" for kind, count in result.by_kind.items())
     click.echo(f"simulated {result.readings:,} readings: {result.devices} devices x {result.sensors} sensors, "
                f"{result.anomalies} anomalies ({kinds}) over {result.anomalous_windows:,} of "

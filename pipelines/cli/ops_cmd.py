@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from fleetscore.pipelines.cli.options import echo_json, json_option
+
 
 @click.command(name="drift")
 @click.option("--last", default="24h", show_default=True, help="Drift recorded by the runs of this last period.")
@@ -78,13 +80,17 @@ def events_list(state: Any, open_only: bool, device: str | None, limit: int, as_
 
 @events.command(name="ack")
 @click.argument("event_id", type=int)
+@json_option
 @click.pass_obj
-def events_ack(state: Any, event_id: int) -> None:
+def events_ack(state: Any, event_id: int, as_json: bool) -> None:
     """Acknowledge an event: no more notifications for it."""
     settings = state.settings()
     from fleetscore.pipelines.events import acknowledge
 
     event = acknowledge(settings.database_url, event_id)
+    if as_json:
+        echo_json({"event": event})
+        return
     click.echo(f"event {event_id} ({event['device']}/{event['sensor']}) acknowledged at {event['acked_at']}")
 
 
@@ -92,8 +98,9 @@ def events_ack(state: Any, event_id: int) -> None:
 @click.argument("event_id", type=int)
 @click.option("--normal", "value", flag_value="normal", help="A false alarm.")
 @click.option("--anomaly", "value", flag_value="anomaly", help="A real anomaly.")
+@json_option
 @click.pass_obj
-def events_label(state: Any, event_id: int, value: str | None) -> None:
+def events_label(state: Any, event_id: int, value: str | None, as_json: bool) -> None:
     """Label an event (the evaluation gate's false-alarm and recall figures use the labels)."""
     if value is None:
         raise click.UsageError("give --normal or --anomaly")
@@ -101,6 +108,9 @@ def events_label(state: Any, event_id: int, value: str | None) -> None:
     from fleetscore.pipelines.events import label
 
     event = label(settings.database_url, event_id, value)
+    if as_json:
+        echo_json({"event": event})
+        return
     click.echo(f"event {event_id} ({event['device']}/{event['sensor']}) labelled {value}")
 
 
@@ -113,13 +123,17 @@ def retrain_policy() -> None:
 @click.option("--every", required=True, help="How often: 1d, 12h, ...")
 @click.option("--only", "only", default="drifted,new", show_default=True,
               help="What to retrain (as release --only).")
+@json_option
 @click.pass_obj
-def policy_set(state: Any, every: str, only: str) -> None:
+def policy_set(state: Any, every: str, only: str, as_json: bool) -> None:
     """Store the retrain policy."""
     settings = state.settings()
     from fleetscore.pipelines.retrain_policy import set_policy
 
     policy = set_policy(settings, every, only)
+    if as_json:
+        echo_json({"policy": policy})
+        return
     click.echo(f"retrain policy: every {policy['every']}, release --only {policy['only']}")
 
 

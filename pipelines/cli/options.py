@@ -20,6 +20,19 @@ def time_range_options(func: F) -> F:
     return func
 
 
+def json_option(func: F) -> F:
+    """Add ``--json``: the command's result as one JSON object on stdout instead of its lines."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON object instead of lines.")(func)
+
+
+def echo_json(result: Any) -> None:
+    """Print ``result`` as indented JSON (times and paths as strings)."""
+    import json
+
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
 def devices_option(func: F) -> F:
     """Add ``--devices D1,D2`` (repeatable, comma-separated; ``\\,`` is a comma inside an id)."""
     return click.option("--devices", multiple=True, metavar="IDS",

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fleetscore.pipelines.cli import CliState
+from fleetscore.pipelines.cli.options import echo_json, json_option
 
 
 @click.command(name="publish")
@@ -22,9 +23,10 @@ from fleetscore.pipelines.cli import CliState
               help="Score a window this long after it ends (default 0s; with --every or --cron).")
 @click.option("--no-schedule", is_flag=True,
               help="Leave the schedule alone (default: the one of --every/--cron, else `fleetscore schedule set`).")
+@json_option
 @click.pass_obj
 def publish(state: CliState, target: str, dry_run: bool, out: Path | None, image_tag: str | None,
-            every: str | None, cron: str | None, lag: str | None, no_schedule: bool) -> None:
+            every: str | None, cron: str | None, lag: str | None, no_schedule: bool, as_json: bool) -> None:
     """Publish the scoring pipeline: environment (the image in ACR), components, pipeline, schedule and
     a compute cluster that scales to zero. Publishing twice with the same inputs changes nothing."""
     from fleetscore.pipelines import azureml
@@ -42,14 +44,24 @@ def publish(state: CliState, target: str, dry_run: bool, out: Path | None, image
     if dry_run:
         folder = out or Path(settings.home) / "azureml"
         entities = azureml.build_entities(spec, azureml.write_code_dir(folder / azureml.CODE_DIR))
-        for path in azureml.write_dry_run(entities, folder):
-            click.echo(f"wrote {path}")
+        written = azureml.write_dry_run(entities, folder)
+        actions = []
     else:
         if out is not None:
             raise click.UsageError("--out goes with --dry-run")
         workspace = azureml.Workspace.connect(settings.azureml)
-        for action in azureml.publish(spec, workspace):
-            version = f":{action.version}" if action.version else ""
-            click.echo(f"{action.action:<9} {action.kind} {action.name}{version}")
+        written, actions = [], list(azureml.publish(spec, workspace))
+    described = schedule.describe() if schedule else None
+    if as_json:
+        from dataclasses import asdict
+
+        echo_json({"dry_run": dry_run, "written": written, "actions": [asdict(a) for a in actions],
+                   "image": spec.image, "schedule": described})
+        return
+    for path in written:
+        click.echo(f"wrote {path}")
+    for action in actions:
+        version = f":{action.version}" if action.version else ""
+        click.echo(f"{action.action:<9} {action.kind} {action.name}{version}")
     click.echo(f"image {spec.image}")
-    click.echo(f"schedule {schedule.describe() if schedule else 'none'}")
+    click.echo(f"schedule {described or 'none'}")

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.options import (
+    devices_option,
+    echo_json,
+    json_option,
+    split_ids,
+    time_range,
+    time_range_options,
+)
 from fleetscore.pipelines.cli.progress import progress_bar
 
 
@@ -15,9 +22,10 @@ from fleetscore.pipelines.cli.progress import progress_bar
 @time_range_options
 @devices_option
 @click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the manifest).")
+@json_option
 @click.pass_obj
 def train(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
-          skip_validation: bool) -> None:
+          skip_validation: bool, as_json: bool) -> None:
     """Validate and fit one model per (device, sensor); save the candidate bundle (no registration).
 
     Without a range, all stored windows are used. The last training.gate_holdout_fraction of the range
@@ -29,6 +37,13 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
 
     with progress_bar("training shards") as on_progress:
         cand = train_candidate(settings, window_start, window_end, split_ids(devices), skip_validation, on_progress)
+    if as_json:
+        echo_json({"models": len(cand.bundle), "rows": cand.rows, "seconds": cand.seconds,
+                   "train_start": cand.start, "holdout_start": cand.split, "train_end": cand.end,
+                   "validation_id": cand.validation_id, "bundle": cand.path,
+                   "skipped": {f"{d}/{s}": why for (d, s), why in cand.skipped.items()},
+                   "failed": {f"{d}/{s}": why for (d, s), why in cand.failed.items()}})
+        return
     click.echo(f"trained {len(cand.bundle):,} models on {cand.rows:,} windows in {cand.seconds:.1f} s "
                f"({cand.models_per_second:,.0f} models/s); {len(cand.skipped):,} skipped, {len(cand.failed):,} failed")
     click.echo(f"training range {cand.start} .. {cand.split} (holdout until {cand.end}), "
@@ -45,9 +60,10 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
 @click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the tags).")
 @click.option("--only", "only", default="all", show_default=True, metavar="drifted|new|failed|stale|all",
               help="Retrain just these series (comma list); every other series keeps the champion's model.")
+@json_option
 @click.pass_obj
 def release(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
-            force: bool, skip_validation: bool, only: str) -> None:
+            force: bool, skip_validation: bool, only: str, as_json: bool) -> None:
     """Validate, train, gate against the champion, register the release and make it the champion.
 
     Prints e.g. "released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed". With --only, only
@@ -63,7 +79,18 @@ def release(state: Any, start: str | None, end: str | None, last: str | None, de
             outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
                                   on_progress, only=only.split(","))
     except NothingToRetrain as exc:
-        click.echo(f"nothing to retrain: {exc}")
+        if as_json:
+            echo_json({"status": "nothing_to_retrain", "reason": str(exc), "model": settings.training.model_name})
+        else:
+            click.echo(f"nothing to retrain: {exc}")
+        return
+    if as_json:
+        cand = outcome.candidate
+        echo_json({"status": "released", "version": outcome.version, "model": settings.training.model_name,
+                   "summary": outcome.summary, "counts": outcome.counts, "champion_before": outcome.champion_before,
+                   "mlflow_run_id": outcome.run_id, "train_start": cand.start, "holdout_start": cand.split,
+                   "train_end": cand.end, "skipped": len(cand.skipped), "failed": len(cand.failed),
+                   "validation_id": cand.validation_id})
         return
     click.echo(outcome.summary)
     click.echo(f"champion: v{outcome.version} (was {_v(outcome.champion_before)}), "
@@ -80,8 +107,10 @@ def _v(version: int | None) -> str:
 @click.option("--device", default=None, help="Roll back only this device's models (a new release).")
 @click.option("--sensor", default=None, help="With --device: only this sensor's model.")
 @click.option("--reason", default="", help="Why (recorded with the alias move).")
+@json_option
 @click.pass_obj
-def rollback(state: Any, to_version: int | None, device: str | None, sensor: str | None, reason: str) -> None:
+def rollback(state: Any, to_version: int | None, device: str | None, sensor: str | None, reason: str,
+             as_json: bool) -> None:
     """Move the champion back, or make a release with one device's models from an older version.
 
     Without --device the champion alias moves to VERSION (default: the previous champion). With
@@ -91,7 +120,13 @@ def rollback(state: Any, to_version: int | None, device: str | None, sensor: str
     settings = state.settings()
     from fleetscore.pipelines.release import rollback as do_rollback
 
-    click.echo(do_rollback(settings, to_version, device, sensor, reason))
+    outcome = do_rollback(settings, to_version, device, sensor, reason)
+    if as_json:
+        from dataclasses import asdict
+
+        echo_json({**asdict(outcome), "model": settings.training.model_name})
+    else:
+        click.echo(outcome.summary)
 
 
 @click.group(name="models")

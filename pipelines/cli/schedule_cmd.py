@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from fleetscore.pipelines.cli.options import echo_json, json_option
+
 
 @click.group(name="schedule")
 def schedule() -> None:
@@ -21,8 +23,10 @@ def schedule() -> None:
               help="Wait this long after a window ends before scoring it (late data).")
 @click.option("--start", default=None, metavar="TIME",
               help="First window to score (default: now, rounded down to the period).")
+@json_option
 @click.pass_obj
-def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, start: str | None) -> None:
+def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, start: str | None,
+                 as_json: bool) -> None:
     """Publish a new version of the scoring schedule."""
     from fleetscore.ingestion.timeutil import parse_time_option
     from fleetscore.pipelines.scheduler import set_schedule
@@ -30,22 +34,32 @@ def schedule_set(state: Any, every: str | None, cron: str | None, lag: str, star
     settings = state.settings()
     first = parse_time_option(start, "--start") if start else None
     published = set_schedule(settings.database_url, every=every, cron=cron, lag=lag, start=first)
+    if as_json:
+        echo_json({"schedule": _schedule_json(published)})
+        return
     click.echo(f"schedule v{published.version}: {published.describe()}, first window {published.start}")
 
 
 @schedule.command(name="show")
 @click.option("--history", "history", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many earlier versions to list.")
+@json_option
 @click.pass_obj
-def schedule_show(state: Any, history: int) -> None:
+def schedule_show(state: Any, history: int, as_json: bool) -> None:
     """Show the schedule in force, its earlier versions and the state of recent windows."""
     from fleetscore.pipelines.scheduler import Schedule, current_schedule
     from fleetscore.records.schedule_store import ScheduleStore
 
     settings = state.settings()
     current = current_schedule(settings.database_url)
-    click.echo(f"schedule v{current.version}: {current.describe()}, first window {current.start}")
     store = ScheduleStore(settings.database_url)
+    if as_json:
+        earlier = [{**_schedule_json(Schedule.from_row(row)), "created_at": row["created_at"],
+                    "created_by": row["created_by"]} for row in store.history(limit=history + 1)[1:]]
+        echo_json({"schedule": _schedule_json(current), "history": earlier,
+                   "recent_windows": store.windows(since=current.start)[-10:]})
+        return
+    click.echo(f"schedule v{current.version}: {current.describe()}, first window {current.start}")
     for row in store.history(limit=history + 1)[1:]:
         old = Schedule.from_row(row)
         click.echo(f"  v{old.version} (set {row['created_at']:%Y-%m-%d %H:%M:%S} by {row['created_by'] or '?'}): "
@@ -56,6 +70,11 @@ def schedule_show(state: Any, history: int) -> None:
         for w in windows:
             detail = w["run_id"] or w["error"] or w["holder"]
             click.echo(f"  {w['window_start']:%Y-%m-%d %H:%M} {w['status']:<8} attempts {w['attempts']} {detail}")
+
+
+def _schedule_json(schedule: Any) -> dict[str, Any]:
+    return {"version": schedule.version, "every": schedule.every or None, "cron": schedule.cron or None,
+            "lag_seconds": schedule.lag.total_seconds(), "first_window": schedule.start}
 
 
 @click.command(name="scheduler")

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from fleetscore.pipelines.cli.options import devices_option, split_ids, time_range, time_range_options
+from fleetscore.pipelines.cli.options import (
+    devices_option,
+    echo_json,
+    json_option,
+    split_ids,
+    time_range,
+    time_range_options,
+)
 from fleetscore.pipelines.cli.progress import progress_bar
 
 
@@ -26,10 +33,11 @@ from fleetscore.pipelines.cli.progress import progress_bar
               help="Also write the reference CSV format TS,Device,Sensor,Val,Prediction.")
 @click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the manifest).")
 @click.option("--part-delay", type=float, default=0.0, hidden=True, help="Testing: sleep after each part.")
+@json_option
 @click.pass_obj
 def score(state: Any, start: str | None, end: str | None, last: str | None, release: str | None,
           devices: tuple[str, ...], executor: str | None, shards: int | None, force: bool, csv: bool | None,
-          skip_validation: bool, part_delay: float) -> None:
+          skip_validation: bool, part_delay: float, as_json: bool) -> None:
     """Score a window of stored data into versioned predictions.
 
     Without a range, the whole stored range is scored. The run commits its predictions to the Delta
@@ -51,7 +59,10 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
             raise click.UsageError("--executor azureml needs a range (--start/--end or --last)")
         job = submit_scoring_job(settings, window_start, window_end, release_ref(settings, release), device_ids,
                                  force=force)
-        click.echo(f"submitted Azure ML job {job}")
+        if as_json:
+            echo_json({"status": "submitted", "azureml_job": job})
+        else:
+            click.echo(f"submitted Azure ML job {job}")
         return
     from fleetscore.pipelines.scoring_pipeline import score_window
     from fleetscore.scoring import writer
@@ -60,6 +71,9 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
                               shards=shards, force=force, csv=csv, skip_validation=skip_validation,
                               on_progress=on_progress, part_delay=part_delay)
+    if as_json:
+        echo_json(score_json(result))
+        return
     if result.status == "skipped":
         click.echo(f"skipped: window {result.start} .. {result.end} was already scored by run "
                    f"{result.duplicate_of} (release v{result.release_version}, same data); use --force to rescore")
@@ -89,6 +103,25 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
                    f"{events.get('dead_lettered', 0):,} dead-lettered")
 
 
+def score_json(result: Any) -> dict[str, Any]:
+    """``score --json``: the run's outcome (``status`` done, skipped or failed) and the manifest's
+    cold-start, drift and events summaries."""
+    from fleetscore.scoring import writer
+
+    manifest = result.manifest
+    return {
+        "run_id": result.run_id, "status": result.status, "window_start": result.start, "window_end": result.end,
+        "release_version": result.release_version, "rows": result.rows, "anomalies": result.anomalies,
+        "anomaly_rate": result.anomalies / result.rows if result.rows else 0.0, "resumed": result.resumed,
+        "duplicate_of": result.duplicate_of or None, "failures": result.failures, "predictions": result.location,
+        "table_version": result.table_version,
+        "manifest": f"{result.run_folder}/{writer.MANIFEST}" if result.run_folder else None,
+        "cold_start": manifest.get("cold_start", {}),
+        "drift": {k: v for k, v in manifest.get("drift", {}).items() if k != "drifted"},
+        "events": manifest.get("events", {}),
+    }
+
+
 @click.group(name="runs")
 def runs() -> None:
     """Scoring runs recorded in the database."""
@@ -98,13 +131,17 @@ def runs() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
 @click.option("--status", type=click.Choice(["running", "done", "failed", "skipped"]), default=None,
               help="Only runs with this status.")
+@json_option
 @click.pass_obj
-def runs_list(state: Any, limit: int, status: str | None) -> None:
+def runs_list(state: Any, limit: int, status: str | None, as_json: bool) -> None:
     """List scoring runs, newest first."""
     from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
     rows = RunLog(settings.database_url).list(limit=limit, status=status)
+    if as_json:
+        echo_json({"runs": rows})
+        return
     if not rows:
         click.echo("no scoring runs")
         return
@@ -150,12 +187,16 @@ def runs_show(state: Any, run_id: str, as_json: bool) -> None:
 @click.argument("run_id")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="HTML file to write (default: HOME/reports/scoring/RUN_ID.html).")
+@json_option
 @click.pass_obj
-def report(state: Any, run_id: str, out: str | None) -> None:
+def report(state: Any, run_id: str, out: str | None, as_json: bool) -> None:
     """Write a self-contained HTML report of a scoring run (anomalies over time, top devices, history)."""
     from fleetscore.pipelines.report import write_report
 
     settings = state.settings()
     path = write_report(settings, run_id, out)
-    click.echo(f"report: {path}")
+    if as_json:
+        echo_json({"run_id": run_id, "report": path})
+    else:
+        click.echo(f"report: {path}")
 
