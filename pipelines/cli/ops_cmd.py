@@ -22,6 +22,9 @@ def drift(state: Any, last: str, show_all: bool, as_json: bool) -> None:
     windows against its training reference, measured by every scoring run.
     """
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     from fleetscore.ingestion.ops_store import OpsStore
     from fleetscore.ingestion.timeutil import parse_duration, utcnow
 
@@ -60,6 +63,9 @@ def events() -> None:
 def events_list(state: Any, open_only: bool, device: str | None, limit: int, as_json: bool) -> None:
     """List anomaly events, newest first."""
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     from fleetscore.pipelines.events import list_events
 
     rows = list_events(settings.database_url, open_only, device, limit)
@@ -85,6 +91,9 @@ def events_list(state: Any, open_only: bool, device: str | None, limit: int, as_
 def events_ack(state: Any, event_id: int, as_json: bool) -> None:
     """Acknowledge an event: no more notifications for it."""
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     from fleetscore.pipelines.events import acknowledge
 
     event = acknowledge(settings.database_url, event_id)
@@ -105,6 +114,9 @@ def events_label(state: Any, event_id: int, value: str | None, as_json: bool) ->
     if value is None:
         raise click.UsageError("give --normal or --anomaly")
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     from fleetscore.pipelines.events import label
 
     event = label(settings.database_url, event_id, value)
@@ -143,6 +155,9 @@ def policy_set(state: Any, every: str, only: str, as_json: bool) -> None:
 def policy_show(state: Any, as_json: bool) -> None:
     """Print the retrain policy in force."""
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     from fleetscore.ingestion.ops_store import OpsStore
 
     policy = OpsStore(settings.database_url).policy()

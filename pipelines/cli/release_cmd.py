@@ -32,6 +32,9 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
     is held out for the evaluation gate and not fitted.
     """
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     window_start, window_end = time_range(start, end, last)
     from fleetscore.pipelines.release import train_candidate
 
@@ -70,6 +73,9 @@ def release(state: Any, start: str | None, end: str | None, last: str | None, de
     the drifted, new, failed or stale series are retrained (docs/operations.md).
     """
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     window_start, window_end = time_range(start, end, last)
     from fleetscore.errors import NothingToRetrain
     from fleetscore.pipelines.release import run_release
@@ -118,6 +124,9 @@ def rollback(state: Any, to_version: int | None, device: str | None, sensor: str
     series from the champion, and becomes the champion.
     """
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_registry
+
+    require_registry(settings)
     from fleetscore.pipelines.release import rollback as do_rollback
 
     outcome = do_rollback(settings, to_version, device, sensor, reason)
@@ -140,6 +149,9 @@ def models() -> None:
 def models_list(state: Any, as_json: bool) -> None:
     """Every release of the fleet's model, newest first."""
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_registry
+
+    require_registry(settings)
     from fleetscore.pipelines.release import list_releases
 
     versions = list_releases(settings)
@@ -161,6 +173,9 @@ def models_list(state: Any, as_json: bool) -> None:
 def models_show(state: Any, version: str, as_json: bool, limit: int) -> None:
     """One release (VERSION: a number, champion or challenger; default champion)."""
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_registry
+
+    require_registry(settings)
     from fleetscore.pipelines.release import show_release
 
     info = show_release(settings, version)

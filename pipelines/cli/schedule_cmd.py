@@ -51,6 +51,9 @@ def schedule_show(state: Any, history: int, as_json: bool) -> None:
     from fleetscore.records.schedule_store import ScheduleStore
 
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     current = current_schedule(settings.database_url)
     store = ScheduleStore(settings.database_url)
     if as_json:

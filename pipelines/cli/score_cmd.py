@@ -64,9 +64,11 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
         else:
             click.echo(f"submitted Azure ML job {job}")
         return
+    from fleetscore.pipelines.local_state import require_store
     from fleetscore.pipelines.scoring_pipeline import score_window
     from fleetscore.scoring import writer
 
+    require_store(settings)
     with progress_bar("shards") as on_progress:
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
                               shards=shards, force=force, csv=csv, skip_validation=skip_validation,
@@ -138,6 +140,9 @@ def runs_list(state: Any, limit: int, status: str | None, as_json: bool) -> None
     from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     rows = RunLog(settings.database_url).list(limit=limit, status=status)
     if as_json:
         echo_json({"runs": rows})
@@ -166,6 +171,9 @@ def runs_show(state: Any, run_id: str, as_json: bool) -> None:
     from fleetscore.records.run_log import RunLog
 
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     record = RunLog(settings.database_url).get(run_id)
     if record is None:
         raise ScoringError(f"no scoring run {run_id} in {settings.database_url}")
@@ -194,6 +202,9 @@ def report(state: Any, run_id: str, out: str | None, as_json: bool) -> None:
     from fleetscore.pipelines.report import write_report
 
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     path = write_report(settings, run_id, out)
     if as_json:
         echo_json({"run_id": run_id, "report": path})

@@ -34,6 +34,9 @@ def validate(state: Any, start: str | None, end: str | None, last: str | None, d
     from fleetscore.ingestion.timeutil import parse_duration
 
     settings = state.settings()
+    from fleetscore.pipelines.local_state import require_store
+
+    require_store(settings)
     begin, finish = time_range(start, end, last)
     device_ids = split_ids(devices)
     if learn_ranges:

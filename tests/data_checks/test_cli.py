@@ -72,11 +72,12 @@ def test_learn_ranges(home: Path, reference_data: Path) -> None:
                                     "  sensor 1: [9.5, 15.5] (observed [10, 15] in 1721 windows)"]
 
 
-def test_empty_database_fails_schema(home: Path) -> None:
+def test_a_missing_store_is_named_with_the_command_that_creates_it(home: Path) -> None:
     code, _, err = run("validate")
     assert code == 1
-    database = home / ".fleetscore" / "fleetscore.db"  # the file that was checked, as an absolute path
-    assert err == f"Error: validation failed: schema: table windows not found in sqlite:///{database}\n"
+    assert err == ("Error: no sensor store at sqlite:///.fleetscore/fleetscore.db: ingest readings first "
+                   "(fleetscore ingest PATH, or fleetscore simulate --ingest)\n")
+    assert not (home / ".fleetscore").exists()  # nothing was created
 
 
 def test_bad_range_flags(home: Path) -> None:

@@ -55,6 +55,27 @@ def test_verbose_after_the_command_is_verbose_before_it_and_quiet_wins(home: Pat
     assert _fleetscore("ingest", "nosuch.csv", "-v", "--quiet").stderr == error  # the error itself stays
 
 
+@pytest.mark.parametrize(("args", "missing"), [
+    (["runs", "list"], "store"), (["runs", "show", "r1"], "store"), (["report", "r1"], "store"),
+    (["score"], "store"), (["train"], "store"), (["release"], "store"), (["validate"], "store"),
+    (["events", "list"], "store"), (["events", "ack", "1"], "store"), (["drift"], "store"),
+    (["retrain-policy", "show"], "store"), (["schedule", "show"], "store"),
+    (["models", "list"], "registry"), (["models", "show"], "registry"), (["rollback"], "registry"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_read_only_commands_create_no_state_and_name_what_is_missing(home: Path, args: list[str],
+                                                                     missing: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    state = home / ".fleetscore"
+    expected = {
+        "store": "Error: no sensor store at sqlite:///.fleetscore/fleetscore.db: ingest readings first "
+                 "(fleetscore ingest PATH, or fleetscore simulate --ingest)",
+        "registry": "Error: no model registry at sqlite:///.fleetscore/mlflow.db: fleetscore release creates it",
+    }[missing]
+    assert result.stderr.splitlines() == [expected]
+    assert not state.exists()
+
+
 def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.output == f"fleetscore, version {__version__}\n"

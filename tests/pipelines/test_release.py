@@ -87,7 +87,8 @@ def test_release_gate_rollbacks_and_models(fleet_home: Path) -> None:
 def test_rollback_before_any_release_is_a_one_line_error(home: Path) -> None:
     result = CliRunner().invoke(main, ["rollback"])
     assert result.exit_code == 1
-    assert result.stderr.splitlines()[-1] == "Error: model fleetscore-anomaly: no alias 'champion' in the registry"
+    assert result.stderr.splitlines()[-1] == ("Error: no model registry at sqlite:///.fleetscore/mlflow.db: "
+                                              "fleetscore release creates it")
 
 
 def test_release_on_an_empty_store_is_a_one_line_error(home: Path) -> None:
