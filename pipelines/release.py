@@ -326,7 +326,7 @@ def run_release(
               "rolling_window": settings.training.rolling_window, "min_rows": settings.training.min_rows,
               "devices": ",".join(devices) if devices else "all", "force": force, "only": ",".join(kinds),
               "skip_validation": skip_validation}
-    metrics = _fleet_metrics(candidate, gate.counts, failed, skipped)
+    metrics = {**_fleet_metrics(candidate, gate.counts, failed, skipped), **gate.holdout_summary()}
     tags = {"fleetscore.git_commit": git_commit(), "fleetscore.train_start": str(candidate.start),
             "fleetscore.train_end": str(candidate.split), "fleetscore.holdout_end": str(candidate.end),
             "fleetscore.data_hash": candidate.data_hash, "fleetscore.validation_id": candidate.validation_id,

@@ -37,6 +37,16 @@ class GateResult:
     decisions: dict[tuple[str, str], str]
     counts: dict[str, int] = field(default_factory=dict)
     champion_version: int | None = None
+    # the challenger's metrics on the holdout, one row per series (evaluate's columns)
+    holdout_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def holdout_summary(self) -> dict[str, float]:
+        """The challenger's holdout metrics over its series: ``holdout_far`` (mean false-alarm rate),
+        ``holdout_recall_<kind>`` and ``holdout_recall`` (mean of each series' lowest recall)."""
+        table = self.holdout_metrics
+        if table.empty:
+            return {}
+        return {f"holdout_{name}": float(table[name].mean()) for name in table.columns if table[name].notna().any()}
 
     def summary(self, version: int, failed: int = 0, skipped: int = 0) -> str:
         """``released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed``."""
@@ -93,15 +103,10 @@ def run_gate(
                 f"training.detector: the champion v{champion_version} uses detector {champion.detector!r}, the "
                 f"challenger {challenger.detector!r}; a release holds one family: release with --force to switch")
         champion = None  # switching families: every challenger enters, champion-only series are dropped
+    ch_metrics = evaluate(challenger, holdout, config.gate_seed) if len(holdout) else pd.DataFrame()
     if champion is None or len(champion) == 0:
-        for i, key in enumerate(challenger.keys):
-            decisions[key] = "new"
-            records[i].update(decision="new")
-        bundle = challenger.subset(range(len(challenger)))
-        bundle.manifest["series"] = records
-        return _result(bundle, decisions, None)
+        return _all_new(challenger, records, ch_metrics)
     champion_keys = set(champion.keys)
-    ch_metrics = evaluate(challenger, holdout, config.gate_seed)
     old_metrics = evaluate(champion.subset([champion.index(*k) for k in challenger.keys if k in champion_keys]),
                            holdout, config.gate_seed)
     take_new: list[int] = []
@@ -144,7 +149,20 @@ def run_gate(
         old_records.append(rec)
     old_part.manifest["series"] = old_records
     bundle = ReleaseBundle.concat([new_part, old_part], manifest=dict(challenger.manifest))
-    return _result(bundle, decisions, champion_version)
+    return _result(bundle, decisions, champion_version, ch_metrics)
+
+
+def _all_new(challenger: ReleaseBundle, records: list[dict[str, Any]], ch_metrics: pd.DataFrame) -> GateResult:
+    """No champion (the first release, or a switch of family): every challenger enters as new."""
+    decisions: dict[tuple[str, str], str] = {}
+    for i, key in enumerate(challenger.keys):
+        decisions[key] = "new"
+        records[i].update(decision="new")
+        if key in ch_metrics.index:
+            records[i]["gate"] = {"challenger": _metrics(ch_metrics, key)}
+    bundle = challenger.subset(range(len(challenger)))
+    bundle.manifest["series"] = records
+    return _result(bundle, decisions, None, ch_metrics)
 
 
 def _records(bundle: ReleaseBundle) -> list[dict[str, Any]]:
@@ -172,8 +190,10 @@ def _passes(new: dict[str, float], old: dict[str, float], config: TrainingConfig
     return bool(far_ok and (recall_ok or champion_unfit))
 
 
-def _result(bundle: ReleaseBundle, decisions: dict[tuple[str, str], str], champion_version: int | None) -> GateResult:
+def _result(bundle: ReleaseBundle, decisions: dict[tuple[str, str], str], champion_version: int | None,
+            holdout_metrics: pd.DataFrame) -> GateResult:
     counts = {"promoted": 0, "kept": 0, "new": 0}
     for decision in decisions.values():
         counts[decision] += 1
-    return GateResult(bundle=bundle, decisions=decisions, counts=counts, champion_version=champion_version)
+    return GateResult(bundle=bundle, decisions=decisions, counts=counts, champion_version=champion_version,
+                      holdout_metrics=holdout_metrics)

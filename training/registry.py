@@ -170,14 +170,27 @@ def log_run(
     return run_id
 
 
-def _log_batch(client: Any, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-    from mlflow.entities import Metric, Param
+def _log_batch(client: Any, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+               tags: Mapping[str, Any] | None = None) -> None:
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(datetime.now(UTC).timestamp() * 1000)
     param_list = [Param(k, redact(v)[:6000]) for k, v in params.items()]
     metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    for i in range(0, max(len(param_list), len(metric_list)), 100):
-        client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
+    tag_list = [RunTag(k, redact(v)[:5000]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(param_list), len(metric_list), len(tag_list)), 100):
+        client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100],
+                         tags=tag_list[i:i + 100])
+
+
+def _run_tags(version_tags: Mapping[str, Any]) -> dict[str, str]:
+    """The release's tags on its training run too, with the commit under MLflow's own tag name (the
+    run page's "Source" links it)."""
+    tags = {k: str(v) for k, v in version_tags.items()}
+    commit = tags.get("fleetscore.git_commit", "")
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def pip_requirements() -> list[str]:
@@ -211,7 +224,7 @@ def register_release(
         experiment_id = _experiment_id(client, tracking_uri, experiment)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             run_id = str(run.info.run_id)
-            _log_batch(client, run_id, params, metrics)
+            _log_batch(client, run_id, params, metrics, _run_tags(version_tags))
             for name, path in (tables or {}).items():
                 client.log_artifact(run_id, str(path), artifact_path=name)
             info = mlflow.pyfunc.log_model(
