@@ -8,7 +8,7 @@ NODE_PREFIX := $(VENV)/node
 AZURITE := $(NODE_PREFIX)/node_modules/.bin/azurite
 PYTEST_ARGS ?=
 
-.PHONY: help install install-test demo test check lint types imports bench image clean
+.PHONY: help install install-test demo test check lint types imports bench image release-needed odbc-driver clean
 
 help:
 	@echo "make demo    - install and run the demo flow on the embedded defaults"
@@ -69,6 +69,26 @@ bench: install
 	$(BIN)/python benchmarks/release.py
 	$(BIN)/python benchmarks/score.py
 	$(BIN)/python benchmarks/detection.py
+
+# what a release ships: a change anywhere else (docs, tests, benchmarks, CI) does not retrain the fleet
+RELEASE_PATHS = fleetscore ingestion records simulation data_checks training scoring pipelines environments \
+	pyproject.toml setup.cfg requirements.lock fleetscore.toml .github/workflows/release.yml
+
+# prints release=true when the commit COMMIT (default HEAD) changed RELEASE_PATHS against its first parent
+# (a merge commit: everything the merge brought), release=false otherwise (GITHUB_OUTPUT format)
+release-needed:
+	@commit=$(or $(COMMIT),HEAD); \
+	if git diff --quiet "$$commit^1" "$$commit" -- $(RELEASE_PATHS); then echo release=false; else echo release=true; fi
+
+# the Microsoft ODBC driver 18 for Azure SQL (mssql+pyodbc URLs) on Debian/Ubuntu, from Microsoft's repository
+odbc-driver:
+	@if odbcinst -q -d -n "ODBC Driver 18 for SQL Server" >/dev/null 2>&1; then echo "ODBC Driver 18 already installed"; else \
+	  . /etc/os-release; \
+	  curl -fsSL https://packages.microsoft.com/keys/microsoft.asc | sudo gpg --dearmor -o /usr/share/keyrings/microsoft-prod.gpg; \
+	  echo "deb [arch=amd64 signed-by=/usr/share/keyrings/microsoft-prod.gpg] https://packages.microsoft.com/$$ID/$$VERSION_ID/prod $$VERSION_CODENAME main" \
+	    | sudo tee /etc/apt/sources.list.d/mssql-release.list >/dev/null; \
+	  sudo apt-get update -q && sudo ACCEPT_EULA=Y DEBIAN_FRONTEND=noninteractive apt-get install -y -q msodbcsql18 unixodbc; \
+	fi
 
 image:
 	docker build -f environments/scoring/Dockerfile -t fleetscore-scoring:$$(git rev-parse --short HEAD) .

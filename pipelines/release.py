@@ -83,6 +83,22 @@ class RollbackOutcome:
     series_from: int | None = None
 
 
+IMAGE_TAG = "fleetscore.image_tag"  # version tag: the scoring image built for the release's commit
+
+
+def release_image_tag(settings: Settings, release: str = "champion") -> tuple[int, str]:
+    """The version of ``release`` and the scoring image tag recorded with it; raises
+    :class:`ReleaseNotFound` when it records none (released without ``--image-tag``)."""
+    from fleetscore.training.registry import version_tags
+
+    version, tags = version_tags(settings.tracking_uri, settings.training.model_name, release)
+    tag = tags.get(IMAGE_TAG, "")
+    if not tag:
+        raise ReleaseNotFound(f"model {settings.training.model_name} v{version} records no scoring image "
+                              f"({IMAGE_TAG}): release it with --image-tag, or publish with --image-tag")
+    return version, tag
+
+
 # -- training ------------------------------------------------------------------------------------------
 
 def _window(settings: Settings) -> timedelta:
@@ -272,6 +288,7 @@ def run_release(
     skip_validation: bool = False,
     on_progress: ProgressCallback | None = None,
     only: Sequence[str] = ("all",),
+    image_tag: str | None = None,
 ) -> ReleaseOutcome:
     """Validate, train, gate against the champion, register the release and make it the champion.
 
@@ -279,7 +296,9 @@ def run_release(
     that could not be trained keeps its champion model (or is counted failed when it has none).
     ``only`` (``drifted``, ``new``, ``failed``, ``stale``, ``all``) retrains just the series so selected
     (:mod:`pipelines.selection`); every other series keeps its champion model and the champion's fleet
-    models are kept; raises :class:`NothingToRetrain` when none is selected.
+    models are kept; raises :class:`NothingToRetrain` when none is selected. ``image_tag`` (the scoring
+    image built for this commit) is recorded as the version tag ``fleetscore.image_tag``, which
+    ``publish --release-image`` and a rollback reuse.
     """
     from fleetscore.pipelines.selection import check_only, select_series
     from fleetscore.training.evaluation import run_gate
@@ -334,6 +353,8 @@ def run_release(
             "fleetscore.parent_champion": str(champion_version) if champion_version is not None else "none",
             "fleetscore.kind": "release", "fleetscore.models": str(len(bundle)),
             "fleetscore.refit": str(released is not gate.bundle).lower()}
+    if image_tag:
+        tags[IMAGE_TAG] = image_tag
     version, run_id = _register(settings, bundle, f"release-{utcnow():%Y%m%dT%H%M%S}", params, metrics, tags)
     summary = pending.replace("released v0:", f"released v{version}:", 1)
     from fleetscore.training.registry import set_version_tags
@@ -424,7 +445,8 @@ def rollback(
     tags = {"fleetscore.git_commit": git_commit(), "fleetscore.kind": "rollback",
             "fleetscore.parent_champion": str(champ.version), "fleetscore.rolled_back_from": str(old.version),
             "fleetscore.rolled_back": what, "fleetscore.models": str(len(bundle))}
-    for key in ("fleetscore.train_start", "fleetscore.train_end", "fleetscore.data_hash", "fleetscore.validation_id"):
+    for key in ("fleetscore.train_start", "fleetscore.train_end", "fleetscore.data_hash", "fleetscore.validation_id",
+                IMAGE_TAG):  # the champion's image scores this release: the code did not change
         if key in champ.tags:
             tags[key] = champ.tags[key]
     params = {"rollback_of": what, "to_version": old.version, "champion": champ.version}

@@ -121,17 +121,60 @@ def test_least_privilege_timeouts_concurrency_and_oidc(path: Path) -> None:
 
 def test_release_summary_and_triggers() -> None:
     release = _load(ROOT / ".github" / "workflows" / "release.yml")
-    assert release["on"]["push"]["branches"] == ["main"] and "workflow_dispatch" in release["on"]
+    # after CI passed on main, and only when the commit changes what a release ships
+    assert release["on"]["workflow_run"] == {"workflows": ["ci"], "types": ["completed"], "branches": ["main"]}
+    assert "workflow_dispatch" in release["on"]
+    assert "conclusion == 'success'" in release["jobs"]["changes"]["if"]
+    assert release["jobs"]["release"]["needs"] == "changes"
+    assert "needs.changes.outputs.release == 'true'" in release["jobs"]["release"]["if"]
     assert "GITHUB_STEP_SUMMARY" in release["jobs"]["release"]["steps"][-1]["run"]
-    steps = [s.get("name", "") for s in release["jobs"]["release"]["steps"]]
-    order = ["Validate the sensor data", "Train, gate and register a release",
-             "Build and push the scoring image to ACR", "Republish the Azure ML scoring pipeline and schedule"]
-    assert [s for s in steps if s in order] == order
+    steps = {s.get("name", ""): s for s in release["jobs"]["release"]["steps"]}
+    order = ["Validate the sensor data", "Build and push the scoring image to ACR",
+             "Train, gate and register a release", "Republish the Azure ML scoring pipeline and schedule"]
+    assert [s for s in steps if s in order] == order  # the image exists before a release records it
+    assert '--image-tag "$IMAGE_TAG"' in steps["Train, gate and register a release"]["run"]
+    assert "--release-image" in steps["Republish the Azure ML scoring pipeline and schedule"]["run"]
     rescore = _load(ROOT / ".github" / "workflows" / "rescore.yml")
     assert set(rescore["on"]["workflow_dispatch"]["inputs"]) == {"start", "end", "devices", "release"}
     rollback = _load(ROOT / ".github" / "workflows" / "rollback.yml")
     assert set(rollback["on"]["workflow_dispatch"]["inputs"]) == {"version", "device", "sensor"}
     assert rollback["concurrency"]["group"] == release["concurrency"]["group"]
+    publish = [s["run"] for s in rollback["jobs"]["rollback"]["steps"] if "publish" in s.get("run", "")]
+    assert publish and all("--release-image" in run and "--image-tag" not in run for run in publish)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_and_pip_is_cached(path: Path) -> None:
+    for job in _load(path)["jobs"].values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+            if str(step.get("uses", "")).startswith("actions/setup-python@"):
+                assert step["with"]["cache"] == "pip" and step["with"]["cache-dependency-path"] == "requirements.lock"
+    for line in path.read_text().splitlines():
+        if "uses:" in line:
+            assert re.search(r"@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line), line  # the tag beside the commit
+
+
+def test_release_needed_follows_the_paths_a_release_ships(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True, timeout=60)
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    git("init", "-q")
+    git("add", "Makefile")
+    git("commit", "-qm", "start")
+    answers = []
+    for path in ("docs/guide.md", "tests/test_x.py", "training/fit.py", "requirements.lock"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("x\n")
+        git("add", path)
+        git("commit", "-qm", path)
+        done = subprocess.run(["make", "-s", "release-needed"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=True)
+        answers.append(done.stdout.strip())
+    assert answers == ["release=false", "release=false", "release=true", "release=true"]
 
 
 def _make_targets() -> set[str]:

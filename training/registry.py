@@ -350,6 +350,12 @@ def current_alias(tracking_uri: str, model_name: str, alias: str) -> int | None:
         return None
 
 
+def version_tags(tracking_uri: str, model_name: str, release: str) -> tuple[int, dict[str, str]]:
+    """The version number and tags of ``release`` (alias or number), without downloading anything."""
+    found = _version_of(_client(tracking_uri), model_name, release)
+    return int(found.version), dict(found.tags or {})
+
+
 def resolve_version(tracking_uri: str, model_name: str, release: str) -> int:
     """The version number of ``release`` (alias or number), without downloading anything."""
     return int(_version_of(_client(tracking_uri), model_name, release).version)

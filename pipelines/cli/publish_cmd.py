@@ -17,6 +17,8 @@ from fleetscore.pipelines.cli.options import echo_json, json_option
               help="Folder for the --dry-run YAML (default: HOME/azureml).")
 @click.option("--image-tag", default=None, metavar="TAG",
               help="Tag of the scoring image in the registry (default: azureml.image_tag, else the git commit).")
+@click.option("--release-image", is_flag=True,
+              help="Use the image tag recorded with the champion release (release --image-tag); fail if none.")
 @click.option("--every", default=None, metavar="DURATION", help="Schedule: one window every DURATION, e.g. 1h.")
 @click.option("--cron", default=None, metavar="EXPR", help="Schedule: a 5-field cron expression (UTC).")
 @click.option("--lag", default=None, metavar="DURATION",
@@ -26,13 +28,20 @@ from fleetscore.pipelines.cli.options import echo_json, json_option
 @json_option
 @click.pass_obj
 def publish(state: CliState, target: str, dry_run: bool, out: Path | None, image_tag: str | None,
-            every: str | None, cron: str | None, lag: str | None, no_schedule: bool, as_json: bool) -> None:
+            release_image: bool, every: str | None, cron: str | None, lag: str | None, no_schedule: bool,
+            as_json: bool) -> None:
     """Publish the scoring pipeline: environment (the image in ACR), components, pipeline, schedule and
     a compute cluster that scales to zero. Publishing twice with the same inputs changes nothing."""
     from fleetscore.pipelines import azureml
     from fleetscore.pipelines.azureml_plan import ScheduleSpec, published_schedule
 
     settings = state.settings()
+    if release_image:
+        if image_tag:
+            raise click.UsageError("give --image-tag or --release-image, not both")
+        from fleetscore.pipelines.release import release_image_tag
+
+        _, image_tag = release_image_tag(settings)
     schedule = None
     if every or cron:
         schedule = ScheduleSpec(every=every, cron=cron, lag=lag or "0s")

@@ -63,10 +63,12 @@ def train(state: Any, start: str | None, end: str | None, last: str | None, devi
 @click.option("--skip-validation", is_flag=True, help="Do not run the data-checks gate (recorded in the tags).")
 @click.option("--only", "only", default="all", show_default=True, metavar="drifted|new|failed|stale|all",
               help="Retrain just these series (comma list); every other series keeps the champion's model.")
+@click.option("--image-tag", default=None, metavar="TAG",
+              help="Record TAG as the scoring image built for this release (publish --release-image reuses it).")
 @json_option
 @click.pass_obj
 def release(state: Any, start: str | None, end: str | None, last: str | None, devices: tuple[str, ...],
-            force: bool, skip_validation: bool, only: str, as_json: bool) -> None:
+            force: bool, skip_validation: bool, only: str, image_tag: str | None, as_json: bool) -> None:
     """Validate, train, gate against the champion, register the release and make it the champion.
 
     Prints e.g. "released v8: 9,812 promoted, 171 kept from v7, 17 new, 0 failed". With --only, only
@@ -83,7 +85,7 @@ def release(state: Any, start: str | None, end: str | None, last: str | None, de
     try:
         with progress_bar("training shards") as on_progress:
             outcome = run_release(settings, window_start, window_end, split_ids(devices), force, skip_validation,
-                                  on_progress, only=only.split(","))
+                                  on_progress, only=only.split(","), image_tag=image_tag)
     except NothingToRetrain as exc:
         if as_json:
             echo_json({"status": "nothing_to_retrain", "reason": str(exc), "model": settings.training.model_name})

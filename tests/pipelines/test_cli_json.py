@@ -35,7 +35,7 @@ def _json_here(*args: str, env: dict[str, str] | None = None) -> Any:
     return json.loads(result.stdout)
 
 
-def test_every_result_is_one_json_object(home: Path) -> None:
+def test_every_result_is_one_json_object(home: Path) -> None:  # noqa: PLR0915  one flow, step by step
     sim = _json_here("simulate", "--devices", "2", "--sensors", "2", "--duration", "90m", "--seed", "4",
                 "--out", "readings.csv")
     assert sim["devices"] == 2 and sim["windows"] == 2 * 2 * 1080 and sim["ingest"] is None
@@ -47,7 +47,7 @@ def test_every_result_is_one_json_object(home: Path) -> None:
 
     trained = _json("train", "--start", START, "--end", SPLIT, "--skip-validation")
     assert trained["models"] == 4 and Path(trained["bundle"]).exists() and trained["failed"] == {}
-    first = _json("release", "--start", START, "--end", SPLIT, "--skip-validation")
+    first = _json("release", "--start", START, "--end", SPLIT, "--skip-validation", "--image-tag", "img1")
     assert (first["status"], first["version"], first["counts"]["new"]) == ("released", 1, 4)
     second = _json("release", "--start", START, "--end", SPLIT, "--skip-validation", "--force")
     assert second["version"] == 2 and second["champion_before"] == 1
@@ -78,6 +78,15 @@ def test_every_result_is_one_json_object(home: Path) -> None:
     assert (back["champion_before"], back["champion"], back["new_release"]) == (2, 1, False)
     per_device = _json_here("rollback", "--device", "1", "--to", "2")
     assert per_device["new_release"] and per_device["series"] == 2 and per_device["champion"] == 3
+    # the image recorded with v1 scores v3 (v1's models and code, one device from v2): publish --release-image
+    from fleetscore.errors import ReleaseNotFound
+    from fleetscore.pipelines.release import release_image_tag
+    from fleetscore.pipelines.settings import load_settings
+
+    settings = load_settings({}, environ={})
+    assert release_image_tag(settings) == (3, "img1")
+    with pytest.raises(ReleaseNotFound, match=r"v2 records no scoring image \(fleetscore.image_tag\)"):
+        release_image_tag(settings, "2")
 
     schedule = _json_here("schedule", "set", "--every", "1h", "--start", START)["schedule"]
     assert schedule["version"] == 1 and schedule["every"] == "1h" and schedule["lag_seconds"] == 300
