@@ -68,7 +68,8 @@ def score(state: Any, start: str | None, end: str | None, last: str | None, rele
     from fleetscore.pipelines.scoring_pipeline import score_window
     from fleetscore.scoring import writer
 
-    require_store(settings)
+    if settings.executor == "local":  # a cluster's own settings checks come first (pipelines.executors)
+        require_store(settings)
     with progress_bar("shards") as on_progress:
         result = score_window(settings, window_start, window_end, release=release, devices=device_ids,
                               shards=shards, force=force, csv=csv, skip_validation=skip_validation,

@@ -36,8 +36,8 @@ def validate(state: Any, start: str | None, end: str | None, last: str | None, d
     settings = state.settings()
     from fleetscore.pipelines.local_state import require_store
 
-    require_store(settings)
     begin, finish = time_range(start, end, last)
+    require_store(settings)
     device_ids = split_ids(devices)
     if learn_ranges:
         from fleetscore.data_checks import learn_ranges as learn

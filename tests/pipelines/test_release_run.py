@@ -15,7 +15,9 @@ from fleetscore.training.injection import KINDS
 
 
 def test_the_training_run_logs_holdout_metrics_and_the_commit(home: Path) -> None:
-    settings = load_settings({"workers": 1}, environ={})
+    # an absolute home: in one process, MLflow clients are cached by URI, and the default relative URI
+    # is the same string in every test's folder
+    settings = load_settings({"workers": 1, "home": str(home / ".fleetscore")}, environ={})
     start = datetime(2024, 1, 1)
     simulate_fleet(SimulationSpec(devices=2, sensors=2, duration=timedelta(hours=2), start=start, seed=8,
                                   anomaly_rate=0),
