@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 NODE_PREFIX := $(VENV)/node
 AZURITE := $(NODE_PREFIX)/node_modules/.bin/azurite
 PYTEST_ARGS ?=
+# the suite waits on servers and subprocesses much of its time: two workers halve it on two cores
+PYTEST_WORKERS ?= 2
 
 .PHONY: help install install-test demo test check lint types imports bench image release-needed odbc-driver clean
 
@@ -61,7 +63,7 @@ imports: install
 	$(BIN)/lint-imports
 
 test: install-test check
-	PATH="$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin:$$PATH" $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
