@@ -106,7 +106,7 @@ class EventHubIngest:
                 return
             chunk, raws = events_chunk(fresh)
             report = InputReport(name=name)
-            feeder = InputIngest(writer, report, self.window, False, self.allowed_lateness)
+            feeder = InputIngest(writer, report, self.window, False, self.allowed_lateness, layout="jsonl")
             readings, rejects = validate(chunk)
             feeder.add(readings, rejects, lambda lines: [raws[int(i) - 1] for i in lines], chunk.rows_read)
             last = fresh[-1]

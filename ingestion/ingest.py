@@ -110,8 +110,13 @@ class InputIngest:
 
     def __init__(self, writer: StoreWriter, report: InputReport, window: timedelta, aggregated: bool,
                  allowed_lateness: timedelta, max_future: timedelta = DEFAULT_MAX_FUTURE,
-                 now: datetime | None = None) -> None:
+                 now: datetime | None = None, layout: str | None = None,
+                 line_of: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """``layout`` is recorded with the quarantined rows (see :attr:`Source.layout`); ``line_of`` maps
+        the line numbers of the text fed in to the ones recorded (a replay's original lines)."""
         self.writer = writer
+        self.layout = layout
+        self.line_of = line_of
         self.report = report
         self.window_ns = int(window.total_seconds() * 1e9)
         self.aggregated = aggregated
@@ -140,8 +145,9 @@ class InputIngest:
         self.report.late_updates += merged.late_updates
         if rejects.lines:
             lines = np.asarray(rejects.lines, dtype=np.int64)
-            self.writer.quarantine(self.report.name, rejects.lines, raw_lookup(lines), rejects.reasons,
-                                   rejects.details)
+            recorded = rejects.lines if self.line_of is None else self.line_of(lines).tolist()
+            self.writer.quarantine(self.report.name, recorded, raw_lookup(lines), rejects.reasons,
+                                   rejects.details, self.layout)
             for reason in rejects.reasons:
                 self.report.quarantined[reason] = self.report.quarantined.get(reason, 0) + 1
 
@@ -246,7 +252,8 @@ def ingest_files(
                     entry.status = "skipped"
                     continue
                 check_window(writer, window)
-                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness, max_future, now)
+                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness, max_future, now,
+                                     layout=source.layout)
                 start_done = done
                 for chunk in iter_chunks(source, batch_rows, max_line_bytes):
                     feeder.add_raw(chunk)

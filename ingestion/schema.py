@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mssql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quarantine.layout
 
 # A time column: DATETIME2(6) on SQL Server (microseconds, like Python; SQLAlchemy's generic DateTime
 # is SQL Server's DATETIME there, rounded to 1/300 s); unchanged on SQLite and PostgreSQL.
@@ -59,6 +59,9 @@ quarantine = Table(
     Column("reason", String(64), nullable=False),
     Column("detail", Text, nullable=False, default=""),
     Column("ingested_at", UtcDateTime, nullable=False),
+    # how to read ``raw`` again (``fleetscore quarantine replay``): "jsonl", or "csv:" and the input's columns
+    # in file order; NULL where no text was kept and on rows of schema 1
+    Column("layout", Text, nullable=True),
 )
 Index("ix_quarantine_reason", quarantine.c.reason)
 

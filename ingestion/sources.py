@@ -39,7 +39,7 @@ _PROBE_BYTES = 1 << 16
 _HASH_BLOCK = 1 << 20
 MAX_LINE_BYTES = 1 << 20  # the [ingest] max_line_bytes default
 _SKIP_BYTES = 1 << 20  # read size while skipping an overlong line
-_RAW_KEPT = 4096  # bytes of a rejected line's text kept in quarantine
+RAW_KEPT = 4096  # bytes of a rejected line's text kept in quarantine
 
 
 @dataclass
@@ -68,7 +68,7 @@ class RawChunk:
         out = []
         for line in np.asarray(lines, dtype=np.int64):
             i = int(line) - self.first_line
-            text = self.block[starts[i]:min(int(ends[i]), int(starts[i]) + _RAW_KEPT)].decode("utf-8", errors="replace")
+            text = self.block[starts[i]:min(int(ends[i]), int(starts[i]) + RAW_KEPT)].decode("utf-8", errors="replace")
             out.append(text.rstrip("\r"))
         return out
 
@@ -102,6 +102,11 @@ class Source:
         if self.content_hash is None:
             self.content_hash = self._hasher.hexdigest()
         return self.content_hash
+
+    @property
+    def layout(self) -> str:
+        """How to read a quarantined row's text again: ``jsonl``, or ``csv:`` and the columns in file order."""
+        return "jsonl" if self.fmt == "jsonl" else "csv:" + ",".join(self.columns)
 
     def close(self) -> None:
         """Close the underlying stream (not standard input itself)."""
@@ -256,7 +261,7 @@ def iter_chunks(source: Source, batch_rows: int, max_line_bytes: int = MAX_LINE_
             if cut < 0:
                 if len(block) > max_line_bytes:
                     carry, eof, length = _skip_line(source, block)
-                    yield _overlong(block[:_RAW_KEPT], line, length, max_line_bytes)
+                    yield _overlong(block[:RAW_KEPT], line, length, max_line_bytes)
                     line += 1
                     continue
                 carry = block

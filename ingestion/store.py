@@ -17,7 +17,7 @@ All times are naive UTC; a window is labelled by its start; ranges are ``[start,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,6 +104,9 @@ class SensorStore:
                 if inspect(conn).has_table(schema_info.name):
                     found = conn.execute(select(schema_info.c.version)).scalars().all()
                     version = max(found) if found else None
+                    if version is not None and version < SCHEMA_VERSION and version in _UPGRADES:
+                        _upgrade(conn, version)
+                        version = SCHEMA_VERSION
                     if version is not None and version != SCHEMA_VERSION:
                         newer = "newer" if version > SCHEMA_VERSION else "older"
                         raise StoreError(
@@ -111,7 +114,8 @@ class SensorStore:
                             f"({SCHEMA_VERSION}); use a matching fleetscore version"
                         )
                 metadata.create_all(conn, checkfirst=True)
-                if not conn.execute(select(schema_info.c.version)).first():
+                if not conn.execute(select(schema_info.c.version).where(
+                        schema_info.c.version == SCHEMA_VERSION)).first():
                     conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, created_at=utcnow()))
         except SQLAlchemyError as exc:
             raise StoreError(f"{shown}: cannot create the schema: {one_line(exc)}") from exc
@@ -415,11 +419,37 @@ class SensorStore:
         table = self._query("SELECT count(*) AS n FROM windows")
         return int(table.column("n")[0].as_py())
 
+    def quarantine_by_source(self) -> list[tuple[str, str, int]]:
+        """(input, reason, rows) of the quarantine, by input then reason."""
+        table = self._query("SELECT source, reason, count(*) AS n FROM quarantine GROUP BY source, reason "
+                            "ORDER BY source, reason")
+        return [(str(s), str(r), int(n)) for s, r, n in zip(*(table.column(c).to_pylist()
+                                                               for c in ("source", "reason", "n")), strict=True)]
+
     def quarantine_counts(self) -> dict[str, int]:
         """Quarantined rows by reason."""
         table = self._query("SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY reason")
         return {str(r): int(n) for r, n in zip(table.column("reason").to_pylist(),
                                                 table.column("n").to_pylist(), strict=True)}
+
+
+def _add_quarantine_layout(conn: Any) -> None:
+    text_type = "NVARCHAR(max)" if conn.dialect.name == "mssql" else "TEXT"
+    keyword = "" if conn.dialect.name == "mssql" else "COLUMN "
+    conn.execute(text(f"ALTER TABLE quarantine ADD {keyword}layout {text_type} NULL"))
+
+
+# schema version -> the step to the next one; each runs in create_schema's transaction
+_UPGRADES: dict[int, Callable[[Any], None]] = {1: _add_quarantine_layout}
+
+
+def _upgrade(conn: Any, version: int) -> None:
+    """Bring a store of an older schema version to :data:`SCHEMA_VERSION`, one recorded step at a time."""
+    while version < SCHEMA_VERSION:
+        _UPGRADES[version](conn)
+        version += 1
+        conn.execute(schema_info.insert().values(version=version, created_at=utcnow()))
+    log.info("upgraded the sensor store's schema to version %d", version)
 
 
 def _adbc_read(conn: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:

@@ -224,6 +224,9 @@ def series_codes(device: pa.Array, sensor: pa.Array) -> tuple[np.ndarray, list[s
     return codes, [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 class Lateness:
     """Allowed lateness: a reading whose window starts more than ``allowed_ns`` before the newest
     window of its series (stored before, or seen earlier in this ingest, in input order) is too late.
@@ -233,7 +236,7 @@ class Lateness:
     """
 
     def __init__(self, allowed_ns: int, lookup: Callable[[list[str], list[str]], list[int | None]]) -> None:
-        self.allowed_ns = allowed_ns
+        self.allowed_ns = min(max(int(allowed_ns), 0), _INT64.max)  # centuries of lateness: nothing is late
         self.lookup = lookup
         self.newest: dict[tuple[str, str], int] = {}
 
@@ -250,7 +253,9 @@ class Lateness:
         prior = np.array([self.newest[key] for key in zip(devices, sensors, strict=True)], dtype=np.int64)
         running = pd.Series(starts).groupby(codes).cummax().to_numpy()
         watermark = np.maximum(prior[codes], running)
-        late = starts < watermark - self.allowed_ns
+        # max(watermark - allowed, int64 min) without wrapping around below the smallest int64
+        threshold = np.maximum(watermark, _INT64.min + self.allowed_ns) - self.allowed_ns
+        late = starts < threshold
         last = pd.Series(np.where(late, np.iinfo(np.int64).min, starts)).groupby(codes).max()
         for code, newest in zip(last.index, last.to_numpy(), strict=True):
             key = (devices[code], sensors[code])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +39,7 @@ _STAGE = "_fs_stage"
 _SERIES = "_fs_series"
 _PROBE = "_fs_probe"
 _NO_TIME = np.iinfo(np.int64).min
+_DELETE_BATCH = 500  # ids per DELETE: under SQL Server's 2,100 parameters and SQLite's 32,766
 _last_stamp: datetime | None = None
 
 
@@ -190,8 +191,8 @@ class StoreWriter:
     # -- quarantine, sources, checkpoints --------------------------------------------------------
 
     def quarantine(self, source: str, lines: list[int], raws: list[str], reasons: list[str],
-                   details: list[str]) -> None:
-        """Store rejected rows with where they came from and why."""
+                   details: list[str], layout: str | None = None) -> None:
+        """Store rejected rows with where they came from, why, and how to read their text again."""
         if not lines:
             return
         self._append_quarantine(pa.table({
@@ -201,7 +202,28 @@ class StoreWriter:
             "reason": pa.array(reasons, pa.string()),
             "detail": pa.array(details, pa.string()),
             "ingested_at": self._times(pa.array([self.stamp] * len(lines), pa.timestamp("us"))),
+            "layout": pa.array([layout if raw else None for raw in raws], pa.string()),
         }))
+
+    def quarantined_rows(self, reasons: Sequence[str] = (), sources: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """(id, source, line, raw, reason, layout) of the quarantined rows with one of ``reasons`` from
+        one of ``sources`` (all when empty), in the order they were quarantined."""
+        where, params = [], [*reasons, *sources]
+        marks = [self._p(i) for i in range(1, len(params) + 1)]
+        if reasons:
+            where.append(f"reason IN ({', '.join(marks[:len(reasons)])})")
+        if sources:
+            where.append(f"source IN ({', '.join(marks[len(reasons):])})")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self.execute(f"SELECT id, source, line, raw, reason, layout FROM quarantine{clause} ORDER BY id",
+                            tuple(params))
+
+    def delete_quarantined(self, ids: Sequence[int]) -> None:
+        """Remove quarantined rows by id (same transaction as their replay)."""
+        for start in range(0, len(ids), _DELETE_BATCH):
+            batch = [int(i) for i in ids[start:start + _DELETE_BATCH]]
+            marks = ", ".join(self._p(i) for i in range(1, len(batch) + 1))
+            self.execute(f"DELETE FROM quarantine WHERE id IN ({marks})", tuple(batch))
 
     def has_source(self, content_hash: str) -> bool:
         """Whether an input with this content hash was ingested already."""

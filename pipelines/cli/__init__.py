@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "drift": "ops_cmd:drift",
     "events": "ops_cmd:events",
     "retrain-policy": "ops_cmd:retrain_policy",
+    "quarantine": "quarantine_cmd:quarantine",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetscore.ingestion.ingest import ingest_files
+from fleetscore.ingestion.replay import replay_quarantine
 from fleetscore.ingestion.store import SensorStore
 
 _TIMES = st.sampled_from(["2026-01-05T00:00:00", "2026-01-05T00:00:07.5", "2026-01-05 00:01:00Z", "9999-12-31T23:59:59",
@@ -61,6 +63,16 @@ def _check(kind: str, rows: list[bytes], batch_rows: int) -> None:
                                               "OR value != value")).scalar_one()  # inf or NaN
         assert counted + quarantined == entry.rows_read
         assert quarantined == entry.quarantined_total and non_finite == 0
+        # replayed with a clock past 2200 and a lateness of centuries: rows move, none is lost or doubled
+        replay = replay_quarantine(url, allowed_lateness=timedelta(days=365_000), now=datetime(2250, 1, 1),
+                                   batch_rows=batch_rows)
+        assert replay.selected == quarantined
+        again = replay_quarantine(url, allowed_lateness=timedelta(days=365_000), now=datetime(2250, 1, 1))
+        with SensorStore(url).engine.connect() as conn:
+            counted = conn.execute(sa.text("SELECT COALESCE(SUM(value_count), 0) FROM windows")).scalar_one()
+            quarantined = conn.execute(sa.text("SELECT COUNT(*) FROM quarantine")).scalar_one()
+        assert counted + quarantined == entry.rows_read
+        assert quarantined == replay.selected - replay.ingested and again.ingested == 0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
