@@ -14,6 +14,7 @@ class IngestConfig:
     ``max_future`` is the horizon past the current time (UTC) beyond which a reading is quarantined as
     ``too_far_ahead`` (it never moves its series' watermark); ``max_line_bytes`` is the longest input
     line read (a longer one is quarantined as ``line_too_long`` without being held in memory).
+    ``lock_timeout`` is how long a writer waits for a SQLite store's write lock, saying who holds it.
     The Event Hubs source reads ``eventhub_connection_string`` (environment:
     ``FLEETSCORE_INGEST__EVENTHUB_CONNECTION_STRING``; masked by ``fleetscore config``).
     """
@@ -24,6 +25,7 @@ class IngestConfig:
     batch_rows: int = 200_000
     max_future: str = "1d"
     max_line_bytes: int = 1 << 20
+    lock_timeout: str = "2m"
     eventhub_name: str = ""
     eventhub_consumer_group: str = "$Default"
     eventhub_connection_string: str = ""

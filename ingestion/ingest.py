@@ -31,6 +31,7 @@ from fleetscore.ingestion.windowing import (
     validate,
     window_starts,
 )
+from fleetscore.ingestion.write_lock import DEFAULT_LOCK_TIMEOUT
 from fleetscore.ingestion.writer import StoreWriter, open_writer
 from fleetscore.progress import ProgressCallback
 
@@ -223,6 +224,7 @@ def ingest_files(
     max_future: timedelta = DEFAULT_MAX_FUTURE,
     max_line_bytes: int = MAX_LINE_BYTES,
     now: datetime | None = None,
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> IngestReport:
     """Ingest CSV / JSON-lines inputs (``-`` is standard input, gzip detected) into the store.
 
@@ -230,9 +232,10 @@ def ingest_files(
     (naming the first), :class:`TooManyBadRows` when an input's quarantined share passes
     ``max_bad_fraction``. Both carry the report; everything good was committed. Readings later than
     ``now`` (default: the current time) plus ``max_future`` are quarantined as ``too_far_ahead``; a line
-    longer than ``max_line_bytes`` as ``line_too_long``.
+    longer than ``max_line_bytes`` as ``line_too_long``. A SQLite writer waits up to ``lock_timeout``
+    for the write lock (:class:`ingestion.write_lock.StoreLockTimeout` after it).
     """
-    store = SensorStore(database_url)
+    store = SensorStore(database_url, lock_timeout=lock_timeout)
     store.create_schema()
     report = IngestReport(database=database_url)
     total = sum(_size(path) for path in paths)

@@ -26,6 +26,7 @@ import numpy as np
 from fleetscore.ingestion.ingest import DEFAULT_MAX_FUTURE, InputIngest, InputReport, check_window
 from fleetscore.ingestion.sources import FIELDS, MAX_LINE_BYTES, RAW_KEPT, Source, iter_chunks
 from fleetscore.ingestion.store import SensorStore
+from fleetscore.ingestion.write_lock import DEFAULT_LOCK_TIMEOUT
 from fleetscore.ingestion.writer import StoreWriter, open_writer
 from fleetscore.progress import ProgressCallback
 
@@ -100,6 +101,7 @@ def replay_quarantine(
     batch_rows: int = 200_000,
     now: datetime | None = None,
     on_progress: ProgressCallback | None = None,
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> ReplayReport:
     """Ingest the quarantined rows with one of ``reasons`` from one of ``sources`` (every row when
     both are empty) again, in one transaction; see the module docstring.
@@ -107,7 +109,7 @@ def replay_quarantine(
     Raises :class:`fleetscore.errors.IngestError` when ``window`` is not the store's window size and
     :class:`fleetscore.errors.StoreError` when the store cannot be read or written.
     """
-    store = SensorStore(database_url)
+    store = SensorStore(database_url, lock_timeout=lock_timeout)
     store.create_schema()
     report = ReplayReport(database=database_url)
     with open_writer(store) as writer:

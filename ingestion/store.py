@@ -35,6 +35,7 @@ from fleetscore.ingestion.engine import absolute_database_url, make_engine, sing
 from fleetscore.ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from fleetscore.ingestion.sharding import shard_devices
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.ingestion.write_lock import DEFAULT_LOCK_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ class SensorStore:
     first use, so reading a fresh database gives empty results rather than an error.
     """
 
-    def __init__(self, database_url: str, *, _generic: bool = False) -> None:
+    def __init__(self, database_url: str, *, lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
+                 _generic: bool = False) -> None:
+        """``lock_timeout``: how long a SQLite writer waits for the write lock (see
+        :mod:`ingestion.write_lock`)."""
         self.database_url = absolute_database_url(database_url)
+        self.lock_timeout = lock_timeout
         url = make_url(self.database_url)
         self.dialect = url.get_backend_name()
         # native paths: SQLite (sqlite3 + ADBC reads), PostgreSQL (ADBC); everything else is generic.

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 from fleetscore.errors import StoreError
 from fleetscore.ingestion.store import SQLITE_CACHE_KIB, WINDOW_COLUMNS, SensorStore
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.ingestion.write_lock import sqlite_write_lock
 
 log = logging.getLogger(__name__)
 
@@ -430,18 +432,18 @@ def _sqlite_transaction(store: SensorStore) -> Iterator[sqlite3.Connection]:
         conn.isolation_level = None  # transactions spelled out below, not begun implicitly
         conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
+            with sqlite_write_lock(conn, Path(store.engine.url.database or ""), store.lock_timeout):
+                try:
+                    yield conn
+                except BaseException:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
         finally:
             conn.execute(f"PRAGMA cache_size={int(cache)}")
             conn.isolation_level = isolation

@@ -99,7 +99,8 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
                                   allowed_lateness=lateness_td, max_bad_fraction=config.max_bad_fraction,
                                   batch_rows=config.batch_rows, on_progress=on_progress,
                                   max_future=parse_duration(config.max_future, "ingest.max_future"),
-                                  max_line_bytes=config.max_line_bytes)
+                                  max_line_bytes=config.max_line_bytes,
+                                  lock_timeout=parse_duration(config.lock_timeout, "ingest.lock_timeout"))
         except (InputsUnreadable, TooManyBadRows) as exc:
             _report(exc.report, as_json)
             raise

@@ -73,7 +73,8 @@ def quarantine_replay(state: Any, reasons: tuple[str, ...], sources: tuple[str, 
         report = replay_quarantine(settings.database_url, reasons=reasons, sources=sources, window=window_td,
                                    aggregated=aggregated, allowed_lateness=lateness_td, max_future=max_future,
                                    max_line_bytes=config.max_line_bytes, batch_rows=config.batch_rows,
-                                   on_progress=on_progress)
+                                   on_progress=on_progress,
+                                   lock_timeout=parse_duration(config.lock_timeout, "ingest.lock_timeout"))
     _report(report, as_json)
 
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -50,8 +51,8 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
         server = request.getfixturevalue("postgres_server")
         generic, native = _new_pg_database(server), _new_pg_database(server)
 
-    def store(url: str) -> SensorStore:
-        return SensorStore(url, _generic=url == generic)
+    def store(url: str, **options: Any) -> SensorStore:
+        return SensorStore(url, _generic=url == generic, **options)
 
     monkeypatch.setattr(ingest_module, "SensorStore", store)
     yield generic, native
