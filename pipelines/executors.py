@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -71,6 +72,25 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def die_with_parent() -> None:
+    """Make this pool worker exit as soon as the process that started it is gone.
+
+    A worker started from the fork server is not a child of the command, and it holds the fork
+    server's "alive" pipe, so after ``kill -9`` of the command the workers, the fork server and the
+    resource tracker would stay, holding the command's output and the store. A daemon thread waits on
+    the parent's sentinel (a pipe that closes when the parent dies) and ends the worker then; with the
+    workers gone the fork server and the tracker see their pipes close and exit too."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)  # the run is gone: nobody would read this worker's result
+
+    threading.Thread(target=watch, name="fleetscore-parent-watch", daemon=True).start()
+
+
 def start_worker_server() -> None:
     """Start the fork server now, so that it imports :data:`FORKSERVER_PRELOAD` while the caller goes on
     with its own start-up (the scoring command calls this first: its gate and workers then fork at once)."""
@@ -86,7 +106,7 @@ def run_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Futu
     Never a fork of this process, for the reason in :func:`_pool_context`; the fork server has the
     heavy libraries loaded already.
     """
-    pool = ProcessPoolExecutor(1, mp_context=_pool_context())
+    pool = ProcessPoolExecutor(1, mp_context=_pool_context(), initializer=die_with_parent)
     future = pool.submit(fn, *args, **kwargs)
     pool.shutdown(wait=False)
     return future
@@ -138,7 +158,7 @@ def run_shards(
             for i, args in enumerate(shard_args):
                 record(_timed_call(fn, i, args))
         else:
-            with ProcessPoolExecutor(max_workers=n, mp_context=_pool_context()) as pool:
+            with ProcessPoolExecutor(max_workers=n, mp_context=_pool_context(), initializer=die_with_parent) as pool:
                 futures = [pool.submit(_timed_call, fn, i, args) for i, args in enumerate(shard_args)]
                 for future in as_completed(futures):
                     record(future.result())

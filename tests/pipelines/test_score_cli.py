@@ -106,6 +106,41 @@ def test_cli_errors_are_one_line(reference_home: Path) -> None:
     assert result.output == "Error: --start 2018-08-29T05:00 is not before --end 2018-08-29T04:00\n"
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_kill_9_of_the_command_alone_takes_its_fork_server_and_workers(reference_home: Path) -> None:
+    args = ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release", "--shards", "3",
+            "--skip-validation", "--part-delay", "60"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLEETSCORE_WORKERS": "2"}
+    proc = subprocess.Popen([FLEETSCORE, *args], cwd=reference_home, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    blob = reference_home / ".fleetscore" / "blob"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(blob.rglob("part-00000.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        children = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 3  # the command, the fork server and the shards' workers
+        os.kill(proc.pid, signal.SIGKILL)  # the command only, as a user's kill -9 PID
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(proc.pid), subprocess.run(["ps", "-o", "pid,ppid,cmd", "-g", str(proc.pid)],
+                                                          capture_output=True, text=True).stdout
+        assert proc.stdout is not None and proc.stdout.read() == b""  # nobody holds its output any more
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path) -> None:
     args = ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release", "--shards", "3",
             "--skip-validation"]
