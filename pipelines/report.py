@@ -35,7 +35,10 @@ def write_report(settings: Settings, run_id: str, out: str | Path | None = None)
 
     ``out`` defaults to ``HOME/reports/scoring/RUN_ID.html``.
     """
+    from fleetscore.pipelines.run_recovery import reconcile_runs
+
     runs = RunLog(settings.database_url)
+    reconcile_runs(settings, runs)
     record = runs.get(run_id)
     if record is None:
         raise ScoringError(f"no scoring run {run_id} in the run log")

@@ -157,13 +157,14 @@ def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, 
     runs.update(run_id, status="done", finished_at=utcnow(), seconds=timings["total"], location=location,
                 table_version=version_of_table, **common)
     if settings.scoring.log_to_mlflow:
-        _log_mlflow(settings, runs, run_id, manifest)
+        log_to_mlflow(settings, runs, run_id, manifest)
     return ScoringResult(run_id, "done", start, end, version, rows, anomalies, location,
                          resumed=resumed, failures=all_failures, manifest=manifest, table_version=version_of_table,
                          run_folder=storage.display(prefix))
 
 
-def _log_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
+def log_to_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
+    """Log a completed run (its manifest) to MLflow; a failure to do so is a warning, never the run's."""
     from fleetscore.training.registry import log_run
 
     metrics: dict[str, float] = {key: manifest[key] for key in (

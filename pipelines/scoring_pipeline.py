@@ -24,6 +24,7 @@ from fleetscore.pipelines.overlapped_run import score_during_gate
 from fleetscore.pipelines.remote_run import for_executor
 from fleetscore.pipelines.run_finalize import ScoringResult, finalize_run
 from fleetscore.pipelines.run_planning import committed_location, prepare_run, shard_task
+from fleetscore.pipelines.run_recovery import reconcile_runs
 from fleetscore.pipelines.settings import Settings
 from fleetscore.progress import ProgressCallback
 from fleetscore.scoring.shard import load_bundle, score_shard
@@ -54,6 +55,7 @@ def score_window(
     executor = executor or settings.executor
     kind = executor_for(settings, executor)
     kind.check_settings(settings)  # before anything runs: a setting the workers cannot use is refused
+    reconcile_runs(settings)  # runs left `running` by a dead process: done from their manifest, or abandoned
     if not skip_validation:
         overlapped = score_during_gate(settings, start, end, release=release, devices=devices, executor=kind,
                                        shards=shards, force=force, csv=csv, on_progress=on_progress,

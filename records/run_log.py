@@ -1,8 +1,8 @@
 """The SQL record of scoring runs (table ``scoring_runs``), written by the scoring pipeline.
 
-One row per run: its window, release, status (``running``, ``done``, ``failed``, ``skipped``), rows,
-anomalies, shards done, timings and error. The table is created on first use. All SQL of run records
-lives here; callers get plain dicts back.
+One row per run: its window, release, status (``running``, ``done``, ``failed``, ``skipped``,
+``abandoned``), rows, anomalies, shards done, timings, error and the process that runs it (``owner``).
+The table is created on first use. All SQL of run records lives here; callers get plain dicts back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables, make_engine
 from fleetscore.ingestion.schema import UtcDateTime
 from fleetscore.ingestion.schema import windows as windows_table
+from fleetscore.records.process_owner import owner_gone, this_process
 from fleetscore.redact import redact
 
 metadata = MetaData()
@@ -48,10 +49,11 @@ scoring_runs = Table(
     Column("timings", Text, nullable=False, default="{}"),
     Column("error", Text, nullable=False, default=""),
     Column("table_version", Integer, nullable=True),  # the predictions table version the run committed
+    Column("owner", String(160), nullable=True),  # host:pid:start of the process running it (process_owner)
 )
 Index("ix_scoring_runs_window", scoring_runs.c.window_start)
 
-STATUSES = ("running", "done", "failed", "skipped")
+STATUSES = ("running", "done", "failed", "skipped", "abandoned")
 _JSON_COLUMNS = ("timings",)
 
 
@@ -69,7 +71,7 @@ class RunLog:
         """Record a run as ``running`` (or refresh the record of a run that is resumed)."""
         values = {"run_id": run_id, "window_start": window_start, "window_end": window_end,
                   "release_ref": release_ref, "status": "running", "started_at": started_at,
-                  "finished_at": None, "error": "", **_encode(fields)}
+                  "finished_at": None, "error": "", "owner": this_process(), **_encode(fields)}
         try:
             with self.engine.begin() as conn:
                 exists = conn.execute(select(scoring_runs.c.run_id).where(scoring_runs.c.run_id == run_id)).first()
@@ -89,6 +91,12 @@ class RunLog:
                 conn.execute(update(scoring_runs).where(scoring_runs.c.run_id == run_id).values(**_encode(fields)))
         except SQLAlchemyError as exc:
             raise StoreError(f"scoring_runs: cannot update run {run_id}: {one_line(exc)}") from exc
+
+    def orphaned(self) -> list[dict[str, Any]]:
+        """The runs recorded ``running`` whose process, on this host, is gone."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(scoring_runs).where(scoring_runs.c.status == "running")).mappings().all()
+        return [_decode(row) for row in rows if owner_gone(str(row["owner"] or ""))]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """One run as a dict, or None."""

@@ -132,7 +132,7 @@ def runs() -> None:
 
 @runs.command(name="list")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
-@click.option("--status", type=click.Choice(["running", "done", "failed", "skipped"]), default=None,
+@click.option("--status", type=click.Choice(["running", "done", "failed", "skipped", "abandoned"]), default=None,
               help="Only runs with this status.")
 @json_option
 @click.pass_obj
@@ -144,21 +144,25 @@ def runs_list(state: Any, limit: int, status: str | None, as_json: bool) -> None
     from fleetscore.pipelines.local_state import require_store
 
     require_store(settings)
-    rows = RunLog(settings.database_url).list(limit=limit, status=status)
+    from fleetscore.pipelines.run_recovery import reconcile_runs
+
+    run_log = RunLog(settings.database_url)
+    reconcile_runs(settings, run_log)
+    rows = run_log.list(limit=limit, status=status)
     if as_json:
         echo_json({"runs": rows})
         return
     if not rows:
         click.echo("no scoring runs")
         return
-    header = f"{'RUN ID':<25} {'WINDOW START':<19} {'WINDOW END':<19} {'RELEASE':>7} {'STATUS':<8} " \
+    header = f"{'RUN ID':<25} {'WINDOW START':<19} {'WINDOW END':<19} {'RELEASE':>7} {'STATUS':<9} " \
              f"{'ROWS':>10} {'ANOMALIES':>9} {'SHARDS':>6} {'SECONDS':>7}"
     click.echo(header)
     for r in rows:
         version = f"v{r['release_version']}" if r["release_version"] is not None else "-"
         seconds = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
         click.echo(f"{r['run_id']:<25} {r['window_start']:%Y-%m-%d %H:%M:%S} {r['window_end']:%Y-%m-%d %H:%M:%S} "
-                   f"{version:>7} {r['status']:<8} {r['rows']:>10,} {r['anomalies']:>9,} "
+                   f"{version:>7} {r['status']:<9} {r['rows']:>10,} {r['anomalies']:>9,} "
                    f"{r['shards_done']:>2}/{r['shards_total']:<3} {seconds:>7}")
 
 
@@ -175,7 +179,11 @@ def runs_show(state: Any, run_id: str, as_json: bool) -> None:
     from fleetscore.pipelines.local_state import require_store
 
     require_store(settings)
-    record = RunLog(settings.database_url).get(run_id)
+    from fleetscore.pipelines.run_recovery import reconcile_runs
+
+    run_log = RunLog(settings.database_url)
+    reconcile_runs(settings, run_log)
+    record = run_log.get(run_id)
     if record is None:
         raise ScoringError(f"no scoring run {run_id} in {settings.database_url}")
     if as_json:

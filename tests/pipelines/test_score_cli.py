@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -106,6 +107,40 @@ def test_cli_errors_are_one_line(reference_home: Path) -> None:
     assert result.output == "Error: --start 2018-08-29T05:00 is not before --end 2018-08-29T04:00\n"
 
 
+def test_a_run_whose_process_died_after_its_manifest_is_recorded_done(reference_home: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fleetscore.records.run_log import RunLog
+
+    (reference_home / "fleetscore.toml").write_text("workers = 2\n[scoring]\nlog_to_mlflow = true\n")
+    settings = load_settings({"home": str(reference_home / ".fleetscore")}, environ={})
+    runner = CliRunner()
+    done = runner.invoke(main, ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release",
+                                "--skip-validation"])
+    assert done.exit_code == 0, done.output
+    run_id = done.output.split()[1].rstrip(":")
+    runs = RunLog(settings.database_url)
+    finished = runs.get(run_id)
+    assert finished is not None and finished["mlflow_run_id"]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # what kill -9 between the manifest (after the table commit) and the record's update leaves behind
+    runs.update(run_id, status="running", rows=0, anomalies=0, table_version=None, mlflow_run_id="",
+                finished_at=None, owner=f"{finished['owner'].split(':')[0]}:{gone.pid}:")
+    listed = runner.invoke(main, ["runs", "list", "--json"])
+    [record] = json.loads(listed.stdout)["runs"]
+    assert (record["status"], record["rows"], record["anomalies"], record["table_version"]) == (
+        "done", 17_768, finished["anomalies"], finished["table_version"])
+    assert record["mlflow_run_id"] and record["mlflow_run_id"] != finished["mlflow_run_id"]
+    logged = MlflowClient(settings.tracking_uri).get_run(record["mlflow_run_id"])
+    assert logged.info.status == "FINISHED" and logged.data.metrics["rows"] == 17_768
+    report = runner.invoke(main, ["report", run_id, "--out", str(reference_home / "r.html")])
+    assert report.exit_code == 0, report.output  # a complete run: its report is written
+    again = runner.invoke(main, ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release",
+                                 "--skip-validation"])
+    assert again.output.startswith("skipped: window")
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -158,11 +193,19 @@ def test_killed_run_is_invisible_and_the_rerun_completes_it(reference_home: Path
     assert table.read_predictions(str(blob)).empty  # nothing a reader takes for a result
     assert not DeltaTable.is_deltatable(str(blob / "predictions"))  # no commit: no table for any Delta reader
     assert not list(blob.rglob("manifest.json")) and not (blob / "predictions").exists()
+    listed = subprocess.run([FLEETSCORE, "runs", "list", "--json"], cwd=reference_home, env=env,
+                            capture_output=True, text=True, timeout=120)
+    [killed] = json.loads(listed.stdout)["runs"]
+    assert killed["status"] == "abandoned"  # its process is gone: not `running` forever
+    assert killed["error"] == (f"its process ({killed['owner']}) died before the run finished; fleetscore score "
+                               "on the same window resumes it")
+    assert killed["owner"].split(":")[1] == str(proc.pid)
 
     resumed = subprocess.run([FLEETSCORE, *args], cwd=reference_home, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert " (resumed): 17,768 predictions" in resumed.stdout
+    assert f"run {killed['run_id']} (resumed)" in resumed.stdout  # the abandoned run, completed
     clean = subprocess.run([FLEETSCORE, *args, "--force"], cwd=reference_home, env=env,
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr
