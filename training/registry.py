@@ -134,7 +134,18 @@ def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:
     location = default_artifact_location(tracking_uri)
     if location is not None:
         location = Path(location).as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException as exc:
+        # two schedulers (or a scheduler and a release) creating it at once: the other one was first
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
 
 
 def _mlflow_errors() -> tuple[type[BaseException], ...]:
