@@ -155,7 +155,7 @@ def score_during_gate(  # noqa: PLR0915  the overlapped run's steps in order: ga
     failures = {r.shard: r.error for r in results if isinstance(r, ShardFailure)}
     setup.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, setup.run_id, plan, shard_failures=failures, timings=setup.timings,
-                        started=started, journal=setup.journal)
+                        started=started, journal=setup.journal, force=force)
 
 
 def _stop_beating(heartbeat: Heartbeat | None) -> None:

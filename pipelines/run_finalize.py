@@ -16,6 +16,7 @@ from fleetscore.errors import FleetscoreError, ScoringError
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.pipelines import run_ops
 from fleetscore.pipelines.adapters import storage_spec_for
+from fleetscore.pipelines.publish_once import acquire_publish
 from fleetscore.pipelines.settings import Settings
 from fleetscore.records.run_log import RunLog
 from fleetscore.scoring import table, writer
@@ -61,6 +62,7 @@ def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, 
     started: float | None = None,
     resumed: bool = False,
     journal: list[str] | None = None,
+    force: bool = False,
 ) -> ScoringResult:
     """Collect the shards' outcomes, apply ``max_failed_fraction``, commit the staged data files to the
     predictions table in one transaction, write the manifest and record the run."""
@@ -112,45 +114,51 @@ def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, 
                                                                "failures": all_failures})
         runs.update(run_id, status="failed", error=message, finished_at=utcnow(), **common)
         raise ScoringError(message)
-    staged = writer.staged_files(prefix, outcomes)
-    t0 = time.perf_counter()
-    version_of_table = table.commit_run(
-        spec, staged, start, end, plan.devices,
-        {"run_id": run_id, "release_version": version, "data_hash": plan.data_hash,
-         "code_version": plan.code_version, "validation_id": plan.validation_id})
-    timings["commit"] = time.perf_counter() - t0
-    location = f"{table.table_uri(spec)}@v{version_of_table}"
-    note(journal, "run %s: %d rows, %d anomalies, %d series failed; committed as table version %d",
-         run_id, rows, anomalies, len(failed_series) + lost, version_of_table)
-    storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
-    timings["total"] = time.perf_counter() - started if started is not None else 0.0
-    stored = plan.to_json()
-    manifest = {
-        **{k: v for k, v in stored.items() if k not in ("shards",)},
-        "window": {"start": stored["start"], "end": stored["end"]},
-        "status": "complete", "resumed": resumed,
-        "rows": rows, "anomalies": anomalies,
-        "anomaly_rate": anomalies / rows if rows else 0.0,
-        "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
-        "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
-        "series_scored": scored,
-        "table": table.table_uri(spec), "table_version": version_of_table,
-        "files": [table.data_path(run_id, item) for item in staged],  # added to the table, under its root
-        "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan.csv else [],
-        "shards": {str(i): {"devices": o.devices, "rows": o.rows, "anomalies": o.anomalies,
-                            "timings": dict(o.timings)} for i, o in sorted(outcomes.items())},
-        "failures": all_failures,
-        "failed_fraction": fraction,
-        "unscored": {k: v for o in outcomes.values() for k, v in o.unscored.items()},
-        "kernel_evaluations": sum(o.kernel_evaluations for o in outcomes.values()),
-        "timings": timings,
-        "completed_at": utcnow().isoformat(),
-    }
-    t0 = time.perf_counter()
-    manifest.update(run_ops.summary(outcomes, settings.training.drift_threshold))
-    manifest["events"] = run_ops.record(settings, run_id, plan, outcomes)
-    timings["operations"] = time.perf_counter() - t0
-    writer.publish(storage, start, run_id, manifest)
+    claim = acquire_publish(settings, run_id, plan, force=force)
+    if claim.duplicate_of:
+        return _record_duplicate(settings, runs, run_id, plan, claim.duplicate_of, journal, common)
+    try:
+        staged = writer.staged_files(prefix, outcomes)
+        t0 = time.perf_counter()
+        version_of_table = table.commit_run(
+            spec, staged, start, end, plan.devices,
+            {"run_id": run_id, "release_version": version, "data_hash": plan.data_hash,
+             "code_version": plan.code_version, "validation_id": plan.validation_id})
+        timings["commit"] = time.perf_counter() - t0
+        location = f"{table.table_uri(spec)}@v{version_of_table}"
+        note(journal, "run %s: %d rows, %d anomalies, %d series failed; committed as table version %d",
+             run_id, rows, anomalies, len(failed_series) + lost, version_of_table)
+        storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
+        timings["total"] = time.perf_counter() - started if started is not None else 0.0
+        stored = plan.to_json()
+        manifest = {
+            **{k: v for k, v in stored.items() if k not in ("shards",)},
+            "window": {"start": stored["start"], "end": stored["end"]},
+            "status": "complete", "resumed": resumed,
+            "rows": rows, "anomalies": anomalies,
+            "anomaly_rate": anomalies / rows if rows else 0.0,
+            "anomaly_rate_per_sensor": {s: (a / n if n else 0.0) for s, (n, a) in sorted(per_sensor.items())},
+            "rows_per_sensor": {s: n for s, (n, _) in sorted(per_sensor.items())},
+            "series_scored": scored,
+            "table": table.table_uri(spec), "table_version": version_of_table,
+            "files": [table.data_path(run_id, item) for item in staged],  # added to the table, under its root
+            "csv_parts": [writer.part_name(i, "csv") for i in sorted(outcomes)] if plan.csv else [],
+            "shards": {str(i): {"devices": o.devices, "rows": o.rows, "anomalies": o.anomalies,
+                                "timings": dict(o.timings)} for i, o in sorted(outcomes.items())},
+            "failures": all_failures,
+            "failed_fraction": fraction,
+            "unscored": {k: v for o in outcomes.values() for k, v in o.unscored.items()},
+            "kernel_evaluations": sum(o.kernel_evaluations for o in outcomes.values()),
+            "timings": timings,
+            "completed_at": utcnow().isoformat(),
+        }
+        t0 = time.perf_counter()
+        manifest.update(run_ops.summary(outcomes, settings.training.drift_threshold))
+        manifest["events"] = run_ops.record(settings, run_id, plan, outcomes)
+        timings["operations"] = time.perf_counter() - t0
+        writer.publish(storage, start, run_id, manifest)
+    finally:
+        claim.release()
     from fleetscore.pipelines import telemetry
 
     telemetry.record_run(manifest)
@@ -161,6 +169,21 @@ def finalize_run(  # noqa: PLR0915  the run's closing steps in order: outcomes, 
     return ScoringResult(run_id, "done", start, end, version, rows, anomalies, location,
                          resumed=resumed, failures=all_failures, manifest=manifest, table_version=version_of_table,
                          run_folder=storage.display(prefix))
+
+
+def _record_duplicate(settings: Settings, runs: RunLog, run_id: str, plan: RunPlan, first: str, journal: list[str],
+                      common: dict[str, Any]) -> ScoringResult:
+    """Another run published the same window, release, data and devices while this one scored: record
+    this one as its duplicate, publish nothing, and mark the folder so that no later run resumes it."""
+    storage = storage_spec_for(settings).open()
+    prefix = writer.run_prefix(plan.start, run_id)
+    note(journal, "run %s published the same window, release and data first: nothing published", first)
+    storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
+    writer.write_json(storage, f"{prefix}/{FAILED}", {"run_id": run_id, "error": f"duplicate of run {first}"})
+    runs.update(run_id, status="skipped", error=f"duplicate of run {first}", finished_at=utcnow(), **common)
+    location = f"{table.table_uri(storage_spec_for(settings))}"
+    return ScoringResult(run_id, "skipped", plan.start, plan.end, plan.release_version, duplicate_of=first,
+                         location=location, run_folder=storage.display(prefix))
 
 
 def log_to_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:

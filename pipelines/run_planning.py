@@ -27,6 +27,7 @@ from fleetscore.pipelines.executor_kinds import Executor, executor_for, shard_co
 from fleetscore.pipelines.executors import run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
+from fleetscore.records.process_owner import owner_gone, this_process
 from fleetscore.records.run_log import RunLog, window_fingerprint
 from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask
@@ -93,7 +94,7 @@ def prepare_run(
     t0 = time.perf_counter()
     plan = build_plan(settings, setup, report, data_hash, shards, csv, executor or executor_for(settings))
     storage, run_id, n_shards = setup.storage, setup.run_id, plan.n_shards
-    resumed = find_resumable(storage, start, plan, force)
+    resumed = find_resumable(storage, start, plan, force, setup.runs)
     todo = list(range(n_shards))
     if resumed is not None:
         old = RunPlan.from_json(writer.read_json(storage, f"{writer.run_prefix(start, resumed)}/{PLAN}"))
@@ -293,8 +294,10 @@ def planned_incomplete(storage: Storage, start: datetime) -> bool:
                for run_id, complete in writer.list_runs(storage, start))
 
 
-def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool) -> str | None:
-    """An incomplete run of this window with the same plan (release, data, devices, shards), if any."""
+def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool,
+                   runs: RunLog | None = None) -> str | None:
+    """An incomplete run of this window with the same plan (release, data, devices, shards), if any; never
+    one that another live process is running (recorded in ``runs``): that one is not dead, only busy."""
     if force:
         return None
     same = ("end", "release_version", "data_hash", "devices", "n_shards", "shards", "csv", "excluded",
@@ -305,9 +308,17 @@ def find_resumable(storage: Storage, start: datetime, plan: RunPlan, force: bool
         if complete or storage.exists(f"{prefix}/{FAILED}") or not storage.exists(f"{prefix}/{PLAN}"):
             continue
         old = writer.read_json(storage, f"{prefix}/{PLAN}")
-        if all(old.get(k) == wanted.get(k) for k in same):
+        if all(old.get(k) == wanted.get(k) for k in same) and not _running_elsewhere(runs, run_id):
             return run_id
     return None
+
+
+def _running_elsewhere(runs: RunLog | None, run_id: str) -> bool:
+    record = runs.get(run_id) if runs is not None else None
+    if record is None or record["status"] != "running":
+        return False
+    owner = str(record.get("owner") or "")
+    return owner != this_process() and owner_gone(owner) is False
 
 
 def _check_devices(store: Any, devices: Sequence[str]) -> None:

@@ -84,4 +84,4 @@ def score_window(
     failures = {prepared.todo[r.shard]: r.error for r in results if isinstance(r, ShardFailure)}
     prepared.timings["score"] = time.perf_counter() - t0
     return finalize_run(settings, prepared.run_id, plan, shard_failures=failures, timings=prepared.timings,
-                        started=t_start, resumed=prepared.resumed, journal=prepared.journal)
+                        started=t_start, resumed=prepared.resumed, journal=prepared.journal, force=force)

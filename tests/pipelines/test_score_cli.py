@@ -141,6 +141,24 @@ def test_a_run_whose_process_died_after_its_manifest_is_recorded_done(reference_
     assert again.output.startswith("skipped: window")
 
 
+def test_two_scores_of_one_window_started_together_publish_once(reference_home: Path) -> None:
+    args = ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release", "--shards", "2",
+            "--skip-validation", "--part-delay", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLEETSCORE_WORKERS": "1"}
+    procs = [subprocess.Popen([FLEETSCORE, *args], cwd=reference_home, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    firsts = sorted(out.splitlines()[0].split(":")[0].split()[0] for out, _ in outputs)
+    assert firsts == ["run", "skipped"], outputs  # one published, the other is its duplicate
+    blob = reference_home / ".fleetscore" / "blob"
+    assert [entry["version"] for entry in DeltaTable(str(blob / "predictions")).history()] == [0]
+    assert len(pl.read_delta(str(blob / "predictions"))) == 17_768
+    records = json.loads(subprocess.run([FLEETSCORE, "runs", "list", "--json"], cwd=reference_home, env=env,
+                                        capture_output=True, text=True, timeout=120).stdout)["runs"]
+    assert sorted(r["status"] for r in records) == ["done", "skipped"]
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
