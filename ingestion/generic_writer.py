@@ -32,6 +32,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     func,
     insert,
     select,
@@ -65,8 +66,9 @@ def merge_update() -> Update:
         .where(and_(w.device == bindparam("k_device"), w.sensor == bindparam("k_sensor"),
                     w.ts == bindparam("k_ts", type_=DateTime)))
         .ordered_values(
-            (w.value, (w.value * w.value_count + bindparam("m_value", type_=Float) * count)
-             / (w.value_count + count)),
+            # weighted terms (weights sum to 1): no overflow where value * count would pass 1.8e308
+            (w.value, w.value * (cast(w.value_count, Float) / (w.value_count + count))
+             + bindparam("m_value", type_=Float) * (cast(count, Float) / (w.value_count + count))),
             (w.value_min, case((w.value_min <= low, w.value_min), else_=low)),
             (w.value_max, case((w.value_max >= high, w.value_max), else_=high)),
             (w.value_count, w.value_count + count),

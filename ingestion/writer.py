@@ -180,10 +180,14 @@ class StoreWriter:
     def _on_conflict(self) -> str:
         """The ``ON CONFLICT`` clause of the native upserts (SQLite, PostgreSQL)."""
         lo, hi = ("min", "max") if self.store.dialect == "sqlite" else ("LEAST", "GREATEST")
+        double = "REAL" if self.store.dialect == "sqlite" else "DOUBLE PRECISION"
+        total = "(windows.value_count + excluded.value_count)"
+        # the count-weighted mean as a sum of weighted terms (weights sum to 1): never beyond the largest
+        # finite value, where value * count would overflow for two windows of 1.7e308
         return (
             " ON CONFLICT (device, sensor, ts) DO UPDATE SET "
-            "value = (windows.value * windows.value_count + excluded.value * excluded.value_count) "
-            "/ (windows.value_count + excluded.value_count), "
+            f"value = windows.value * (CAST(windows.value_count AS {double}) / {total}) "
+            f"+ excluded.value * (CAST(excluded.value_count AS {double}) / {total}), "
             f"value_min = {lo}(windows.value_min, excluded.value_min), "
             f"value_max = {hi}(windows.value_max, excluded.value_max), "
             "value_count = windows.value_count + excluded.value_count, "

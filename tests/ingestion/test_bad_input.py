@@ -183,6 +183,24 @@ def test_an_overflowing_window_is_quarantined_never_stored_as_inf(tmp_path: Path
     assert sorted(zip(windows.sensor, windows.value, strict=True)) == [("s1", 1.0), ("s2", 1.7e308)]
 
 
+@pytest.mark.parametrize("path", ["sqlite", "postgresql", "generic"])
+def test_two_ingests_of_huge_readings_in_one_window_merge_to_a_finite_mean(
+        tmp_path: Path, path: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetscore.ingestion import ingest as ingest_module
+
+    url = str(request.getfixturevalue("postgres_url")) if path == "postgresql" else _url(tmp_path)
+    if path == "generic":
+        monkeypatch.setattr(ingest_module, "SensorStore", lambda u, **o: SensorStore(u, _generic=True, **o))
+    first = _write(tmp_path / "a.csv", b"2026-01-05T00:00:00,d1,s1,1.7e308\n")
+    second = _write(tmp_path / "b.csv", b"2026-01-05T00:00:01,d1,s1,1.7e308\n2026-01-05T00:00:02,d1,s1,-1e308\n")
+    ingest_files(url, [first], now=NOW)
+    report = ingest_files(url, [second], now=NOW)  # merged in SQL into the stored window
+    assert report.inputs[0].late_updates == 1 and report.inputs[0].quarantined == {}
+    [window] = SensorStore(url).read_windows().itertuples()
+    assert window.value_count == 3 and math.isfinite(window.value)
+    assert window.value == pytest.approx(1.7e308 / 3 * 2 - 1e308 / 3, rel=1e-12)
+
+
 @pytest.mark.parametrize("device", ["d\x001", "d\x07", "d\x1b[31m", "d\x7f"])
 def test_control_characters_in_ids_are_quarantined(tmp_path: Path, device: str) -> None:
     url = _url(tmp_path)
