@@ -104,27 +104,37 @@ class SensorStore:
         Raises :class:`StoreError` when the database holds a schema version this code does not know.
         """
         shown = self._url.render_as_string(hide_password=True)
-        try:
-            with self.engine.begin() as conn:
-                if inspect(conn).has_table(schema_info.name):
-                    found = conn.execute(select(schema_info.c.version)).scalars().all()
-                    version = max(found) if found else None
-                    if version is not None and version < SCHEMA_VERSION and version in _UPGRADES:
-                        _upgrade(conn, version)
-                        version = SCHEMA_VERSION
-                    if version is not None and version != SCHEMA_VERSION:
-                        newer = "newer" if version > SCHEMA_VERSION else "older"
-                        raise StoreError(
-                            f"{shown}: schema version {version} is {newer} than this fleetscore's "
-                            f"({SCHEMA_VERSION}); use a matching fleetscore version"
-                        )
-                metadata.create_all(conn, checkfirst=True)
-                if not conn.execute(select(schema_info.c.version).where(
-                        schema_info.c.version == SCHEMA_VERSION)).first():
-                    conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, created_at=utcnow()))
-        except SQLAlchemyError as exc:
-            raise StoreError(f"{shown}: cannot create the schema: {one_line(exc)}") from exc
+        # two commands on a fresh database both find no table and both create: the second one's CREATE
+        # (or version row) fails on what the first committed; looking again finds the schema in place
+        for attempt in (1, 2):
+            try:
+                self._create_schema_once(shown)
+                break
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    raise StoreError(f"{shown}: cannot create the schema: {one_line(exc)}") from exc
+                log.debug("%s: creating the schema raced another command (%s); looking again", shown,
+                          one_line(exc))
         self._schema_ready = True
+
+    def _create_schema_once(self, shown: str) -> None:
+        with self.engine.begin() as conn:
+            if inspect(conn).has_table(schema_info.name):
+                found = conn.execute(select(schema_info.c.version)).scalars().all()
+                version = max(found) if found else None
+                if version is not None and version < SCHEMA_VERSION and version in _UPGRADES:
+                    _upgrade(conn, version)
+                    version = SCHEMA_VERSION
+                if version is not None and version != SCHEMA_VERSION:
+                    newer = "newer" if version > SCHEMA_VERSION else "older"
+                    raise StoreError(
+                        f"{shown}: schema version {version} is {newer} than this fleetscore's "
+                        f"({SCHEMA_VERSION}); use a matching fleetscore version"
+                    )
+            metadata.create_all(conn, checkfirst=True)
+            if not conn.execute(select(schema_info.c.version).where(
+                    schema_info.c.version == SCHEMA_VERSION)).first():
+                conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, created_at=utcnow()))
 
     def ensure_schema(self) -> None:
         """Create the schema once per store object (see :meth:`create_schema`)."""

@@ -249,7 +249,8 @@ def test_merge_statements_compile_for_sql_server() -> None:
     update_sql = str(merge_update().compile(dialect=dialect))
     assert update_sql == (
         "UPDATE windows SET value=(windows.value * (CAST(windows.value_count AS FLOAT) / ((windows.value_count + ?) "
-        "+ 0.0)) + ? * (CAST(? AS FLOAT) / ((windows.value_count + ?) + 0.0))), value_min=CASE WHEN (windows.value_min <= ?) THEN windows.value_min ELSE ? END, "
+        "+ 0.0)) + ? * (CAST(? AS FLOAT) / ((windows.value_count + ?) + 0.0))), "
+        "value_min=CASE WHEN (windows.value_min <= ?) THEN windows.value_min ELSE ? END, "
         "value_max=CASE WHEN (windows.value_max >= ?) THEN windows.value_max ELSE ? END, "
         "value_count=(windows.value_count + ?), updated_at=? "
         "WHERE windows.device = ? AND windows.sensor = ? AND windows.ts = ?")

@@ -112,7 +112,10 @@ def test_a_run_whose_process_died_after_its_manifest_is_recorded_done(reference_
 
     from fleetscore.records.run_log import RunLog
 
-    (reference_home / "fleetscore.toml").write_text("workers = 2\n[scoring]\nlog_to_mlflow = true\n")
+    # an absolute home: MLflow caches its store per tracking URI in a process, and a relative URI seen by an
+    # earlier test of this process would point at that test's folder
+    (reference_home / "fleetscore.toml").write_text(f'home = "{reference_home / ".fleetscore"}"\nworkers = 2\n'
+                                                    "[scoring]\nlog_to_mlflow = true\n")
     settings = load_settings({"home": str(reference_home / ".fleetscore")}, environ={})
     runner = CliRunner()
     done = runner.invoke(main, ["score", "--start", REF_START, "--end", REF_END, "--release", "path:release",
