@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 # the suite waits on servers and subprocesses much of its time: two workers halve it on two cores
 PYTEST_WORKERS ?= 2
 
-.PHONY: help install install-test demo test check lint types imports bench image release-needed odbc-driver clean
+.PHONY: help install install-test demo test check lint types imports bench faults image release-needed odbc-driver clean
 
 help:
 	@echo "make demo    - install and run the demo flow on the embedded defaults"
 	@echo "make test    - install test dependencies, run lint, types, import contracts and the suite"
 	@echo "make check   - lint (ruff), types (mypy), import contracts (import-linter)"
 	@echo "make bench   - run the benchmarks under benchmarks/"
+	@echo "make faults  - the fault campaign: kills, concurrent commands, bad input"
 	@echo "make image   - build the scoring image (needs a Docker engine)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml requirements.lock
@@ -71,6 +72,10 @@ bench: install
 	$(BIN)/python benchmarks/release.py
 	$(BIN)/python benchmarks/score.py
 	$(BIN)/python benchmarks/detection.py
+
+# kill -9 at random points, concurrent commands and 51 kinds of bad input on a 200-device fleet (~30 min)
+faults: install
+	$(BIN)/python benchmarks/faults.py
 
 # what a release ships: a change anywhere else (docs, tests, benchmarks, CI) does not retrain the fleet
 RELEASE_PATHS = fleetscore ingestion records simulation data_checks training scoring pipelines environments \
