@@ -17,6 +17,8 @@ All times are naive UTC; a window is labelled by its start; ranges are ``[start,
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -38,6 +40,8 @@ from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.ingestion.write_lock import DEFAULT_LOCK_TIMEOUT
 
 log = logging.getLogger(__name__)
+
+_SCHEMA_ATTEMPTS = 6  # each failed one lost to another command creating the same schema
 
 __all__ = ["WINDOW_COLUMNS", "SensorStore", "shard_devices"]
 
@@ -106,15 +110,16 @@ class SensorStore:
         shown = self._url.render_as_string(hide_password=True)
         # two commands on a fresh database both find no table and both create: the second one's CREATE
         # (or version row) fails on what the first committed; looking again finds the schema in place
-        for attempt in (1, 2):
+        for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
             try:
                 self._create_schema_once(shown)
                 break
             except SQLAlchemyError as exc:
-                if attempt == 2:
+                if attempt == _SCHEMA_ATTEMPTS:
                     raise StoreError(f"{shown}: cannot create the schema: {one_line(exc)}") from exc
                 log.debug("%s: creating the schema raced another command (%s); looking again", shown,
                           one_line(exc))
+                time.sleep(random.uniform(0.05, 0.2) * attempt)  # several at once: not in lockstep
         self._schema_ready = True
 
     def _create_schema_once(self, shown: str) -> None:

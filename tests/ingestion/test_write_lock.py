@@ -114,15 +114,15 @@ print(report.inputs[0].status, report.inputs[0].rows_read)
 """
 
 
-def test_ingests_started_together_on_a_fresh_store_all_complete(tmp_path: Path) -> None:
+def test_six_ingests_started_together_on_a_fresh_store_all_complete(tmp_path: Path) -> None:
     (tmp_path / "ingest_at.py").write_text(INGEST_AT)
-    for i in range(4):
+    for i in range(6):
         (tmp_path / f"part{i}.csv").write_text(f"TS,Device,Sensor,Value\n2026-01-05T00:00:0{i},d{i},s1,{i}\n")
     url = f"sqlite:///{tmp_path / 'fresh.db'}"  # no schema yet: each one creates it
     start = time.time() + 6
     procs = [subprocess.Popen([sys.executable, "ingest_at.py", url, f"part{i}.csv", str(start)], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
     outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err[-1500:] for _, err in outputs]
-    assert [out.split() for out, _ in outputs] == [["ingested", "1"]] * 4
-    assert SensorStore(url).count_windows() == 4
+    assert [p.returncode for p in procs] == [0] * 6, [err[-1500:] for _, err in outputs]
+    assert [out.split() for out, _ in outputs] == [["ingested", "1"]] * 6
+    assert SensorStore(url).count_windows() == 6
