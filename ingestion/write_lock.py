@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.processes import pid_alive
 from fleetscore.redact import redact
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,9 @@ def holder(database: Path) -> str:
         pid = int(note["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return "a writer that left no note (not a fleetscore ingest)"
-    if not _alive(pid):
+    if not pid_alive(pid):
         return "a writer that left no note (not a fleetscore ingest)"
     return f"pid {pid} ({note.get('command', '?')}), since {note.get('since', '?')}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _seconds(value: float) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fleetscore.errors import ScoringError
 from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.settings import Settings
-from fleetscore.records.process_owner import owner_gone
+from fleetscore.processes import owner_gone
 from fleetscore.records.publish_claims import PublishClaims
 from fleetscore.scoring.contracts import RunPlan
 

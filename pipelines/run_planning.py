@@ -27,7 +27,7 @@ from fleetscore.pipelines.executor_kinds import Executor, executor_for, shard_co
 from fleetscore.pipelines.executors import run_in_background
 from fleetscore.pipelines.run_finalize import note
 from fleetscore.pipelines.settings import Settings
-from fleetscore.records.process_owner import owner_gone, this_process
+from fleetscore.processes import owner_gone, this_process
 from fleetscore.records.run_log import RunLog, window_fingerprint
 from fleetscore.scoring import table, writer
 from fleetscore.scoring.contracts import FAILED, PLAN, VALIDATION, RunPlan, ShardTask

@@ -11,7 +11,7 @@ from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables
 from fleetscore.ingestion.schema import UtcDateTime
 from fleetscore.ingestion.timeutil import utcnow
-from fleetscore.records.process_owner import this_process
+from fleetscore.processes import this_process
 
 metadata = MetaData()
 

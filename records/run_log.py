@@ -20,7 +20,7 @@ from fleetscore.errors import StoreError, one_line
 from fleetscore.ingestion.engine import ensure_tables, make_engine
 from fleetscore.ingestion.schema import UtcDateTime
 from fleetscore.ingestion.schema import windows as windows_table
-from fleetscore.records.process_owner import owner_gone, this_process
+from fleetscore.processes import owner_gone, this_process
 from fleetscore.redact import redact
 
 metadata = MetaData()
@@ -49,7 +49,7 @@ scoring_runs = Table(
     Column("timings", Text, nullable=False, default="{}"),
     Column("error", Text, nullable=False, default=""),
     Column("table_version", Integer, nullable=True),  # the predictions table version the run committed
-    Column("owner", String(160), nullable=True),  # host:pid:start of the process running it (process_owner)
+    Column("owner", String(160), nullable=True),  # host:pid:start of the process running it (fleetscore.processes)
 )
 Index("ix_scoring_runs_window", scoring_runs.c.window_start)
 

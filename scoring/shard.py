@@ -14,7 +14,6 @@ the guilty series are recorded as failed.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.errors import one_line
+from fleetscore.processes import pid_alive
 from fleetscore.scoring.contracts import ABORT, ShardOutcome, ShardTask, display_key, excluded_pairs
 from fleetscore.scoring.writer import EncodedPart, encode_part, read_json, to_predictions, write_part
 from fleetscore.training.coldstart import SCOPE_FLEET, SCOPE_SERIES, with_fallback
@@ -219,7 +219,7 @@ def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
         if storage.exists(abort):
             return None
         now = time.monotonic()
-        if task.parent_pid and not _alive(task.parent_pid):
+        if task.parent_pid and not pid_alive(task.parent_pid):
             log.warning("shard %d: the run's process %d is gone; nothing written", task.shard, task.parent_pid)
             return None
         if task.heartbeat:
@@ -235,16 +235,6 @@ def _wait_for_plan(storage: Any, task: ShardTask) -> dict[str, Any] | None:
             return None
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _drop_series(windows: pd.DataFrame, excluded: frozenset[tuple[str, str]]) -> pd.DataFrame:

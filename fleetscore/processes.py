@@ -1,12 +1,25 @@
-"""Which process owns a record, and whether it is still alive: ``host:pid:start`` where ``start`` is
-the process's start time in clock ticks since boot (Linux ``/proc/PID/stat``), so that a pid the system
-gave to another process since is not taken for the owner."""
+"""Processes: whether a pid is alive, and which process owns a record.
+
+An owner is ``host:pid:start`` where ``start`` is the process's start time in clock ticks since boot
+(Linux ``/proc/PID/stat``), so that a pid the system gave to another process since is not taken for the
+owner."""
 
 from __future__ import annotations
 
 import os
 import socket
 from pathlib import Path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _start_ticks(pid: int) -> str:
@@ -32,10 +45,6 @@ def owner_gone(owner: str) -> bool | None:
     if not host or host != socket.gethostname() or not pid_text.isdigit():
         return None
     pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return True
-    except PermissionError:
-        pass
     return bool(ticks) and _start_ticks(pid) not in ("", ticks)
