@@ -175,15 +175,16 @@ def _record_duplicate(settings: Settings, runs: RunLog, run_id: str, plan: RunPl
                       common: dict[str, Any]) -> ScoringResult:
     """Another run published the same window, release, data and devices while this one scored: record
     this one as its duplicate, publish nothing, and mark the folder so that no later run resumes it."""
+    from fleetscore.pipelines.run_planning import committed_location  # run_planning imports this module
+
     storage = storage_spec_for(settings).open()
     prefix = writer.run_prefix(plan.start, run_id)
     note(journal, "run %s published the same window, release and data first: nothing published", first)
     storage.write_bytes(f"{prefix}/{RUN_LOG}", ("\n".join(journal) + "\n").encode())
     writer.write_json(storage, f"{prefix}/{FAILED}", {"run_id": run_id, "error": f"duplicate of run {first}"})
     runs.update(run_id, status="skipped", error=f"duplicate of run {first}", finished_at=utcnow(), **common)
-    location = f"{table.table_uri(storage_spec_for(settings))}"
     return ScoringResult(run_id, "skipped", plan.start, plan.end, plan.release_version, duplicate_of=first,
-                         location=location, run_folder=storage.display(prefix))
+                         location=committed_location(settings, first), run_folder=storage.display(prefix))
 
 
 def log_to_mlflow(settings: Settings, runs: RunLog, run_id: str, manifest: dict[str, Any]) -> None:
