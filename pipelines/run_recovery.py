@@ -21,7 +21,7 @@ from datetime import datetime
 
 from fleetscore.errors import StorageError
 from fleetscore.ingestion.timeutil import utcnow
-from fleetscore.pipelines.adapters import storage_spec_for
+from fleetscore.pipelines.adapters import storage_for
 from fleetscore.pipelines.run_finalize import log_to_mlflow
 from fleetscore.pipelines.settings import Settings
 from fleetscore.records.run_log import RunLog
@@ -37,7 +37,7 @@ def reconcile_runs(settings: Settings, runs: RunLog | None = None) -> dict[str, 
     orphans = runs.orphaned()
     if not orphans:
         return {}
-    storage = storage_spec_for(settings).open()
+    storage = storage_for(settings)
     changed: dict[str, str] = {}
     for record in orphans:
         run_id, owner = str(record["run_id"]), str(record["owner"])
