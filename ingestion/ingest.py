@@ -1,7 +1,9 @@
 """Ingestion of readings into the sensor store: the library function behind ``fleetscore ingest``.
 
-Each input is ingested in ONE transaction, together with its ``sources`` row (content hash) and its
-quarantined rows, so a crash leaves nothing half-counted and re-ingesting the same input adds nothing.
+A file is committed in parts (``commit_every``) with its progress in ``partial_sources``; the last
+part adds its ``sources`` row (content hash), so re-ingesting the same input adds nothing and a rerun
+after a crash resumes after the committed part, counting nothing twice (:mod:`ingestion.partial_inputs`).
+Standard input is one transaction.
 One input that cannot be read does not stop the others; errors are raised after every input was
 handled, carrying the report.
 """
@@ -9,6 +11,7 @@ handled, carrying the report.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from fleetscore.errors import IngestError, SourceReadError, TooManyBadRowsError
-from fleetscore.ingestion.sources import MAX_LINE_BYTES, RawChunk, iter_chunks, open_source
+from fleetscore.ingestion.partial_inputs import PartialInput, drop_partial, load_partial, save_partial
+from fleetscore.ingestion.sources import MAX_LINE_BYTES, RawChunk, Source, iter_chunks, open_source
 from fleetscore.ingestion.store import SensorStore
 from fleetscore.ingestion.timeutil import utcnow
 from fleetscore.ingestion.windowing import (
@@ -32,12 +36,14 @@ from fleetscore.ingestion.windowing import (
     window_starts,
 )
 from fleetscore.ingestion.write_lock import DEFAULT_LOCK_TIMEOUT
-from fleetscore.ingestion.writer import StoreWriter, open_writer
+from fleetscore.ingestion.writer import StoreWriter, make_way, open_writer
+from fleetscore.processes import this_process
 from fleetscore.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FUTURE = timedelta(days=1)
+DEFAULT_COMMIT_EVERY = timedelta(seconds=10)
 _SAFE_ABS = 1e300  # below this no sum of a window's readings can overflow (far fewer than 1e8 per window)
 RawLookup = Callable[[np.ndarray], list[str]]
 
@@ -225,6 +231,7 @@ def ingest_files(
     max_line_bytes: int = MAX_LINE_BYTES,
     now: datetime | None = None,
     lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
+    commit_every: timedelta = DEFAULT_COMMIT_EVERY,
 ) -> IngestReport:
     """Ingest CSV / JSON-lines inputs (``-`` is standard input, gzip detected) into the store.
 
@@ -233,8 +240,12 @@ def ingest_files(
     ``max_bad_fraction``. Both carry the report; everything good was committed. Readings later than
     ``now`` (default: the current time) plus ``max_future`` are quarantined as ``too_far_ahead``; a line
     longer than ``max_line_bytes`` as ``line_too_long``. A SQLite writer waits up to ``lock_timeout``
-    for the write lock (:class:`ingestion.write_lock.StoreLockTimeout` after it).
+    for the write lock (:class:`ingestion.write_lock.StoreLockTimeout` after it). A file is committed
+    every ``commit_every`` (other writers get the lock between its parts); a rerun after a crash resumes
+    after its committed part (:mod:`ingestion.partial_inputs`).
     """
+    options = _Options(window, aggregated, allowed_lateness, max_future, now, batch_rows, max_line_bytes,
+                       commit_every)
     store = SensorStore(database_url, lock_timeout=lock_timeout)
     store.create_schema()
     report = IngestReport(database=database_url)
@@ -250,23 +261,15 @@ def ingest_files(
             log.info("%s", exc)
             continue
         try:
-            with open_writer(store) as writer:
-                if source.content_hash is not None and writer.has_source(source.content_hash):
-                    entry.status = "skipped"
-                    continue
-                check_window(writer, window)
-                feeder = InputIngest(writer, entry, window, aggregated, allowed_lateness, max_future, now,
-                                     layout=source.layout)
-                start_done = done
-                for chunk in iter_chunks(source, batch_rows, max_line_bytes):
-                    feeder.add_raw(chunk)
-                    if on_progress is not None:
-                        done = start_done + source.position()
-                        on_progress(done, total)
-                content_hash = source.final_hash()
-                if writer.has_source(content_hash):
-                    raise _AlreadyIngested
-                feeder.finish(content_hash, window)
+            start_done = done
+
+            def advance(position: int, start: int = start_done) -> None:
+                nonlocal done
+                if on_progress is not None:
+                    done = start + position
+                    on_progress(done, total)
+
+            _ingest_input(store, source, entry, options, advance)
         except _AlreadyIngested:
             entry.status = "skipped"
         except SourceReadError as exc:
@@ -278,6 +281,90 @@ def ingest_files(
             entry.rows_read, entry.windows_written, entry.late_updates, entry.quarantined = 0, 0, 0, {}
     _raise_for(report, max_bad_fraction)
     return report
+
+
+@dataclass(frozen=True)
+class _Options:
+    window: timedelta
+    aggregated: bool
+    allowed_lateness: timedelta
+    max_future: timedelta
+    now: datetime | None
+    batch_rows: int
+    max_line_bytes: int
+    commit_every: timedelta
+
+
+class _TakenOver(SourceReadError):
+    """Another ingest owns the committed part of this input."""
+
+
+def _ingest_input(store: SensorStore, source: Source, entry: InputReport, options: _Options,
+                  advance: Callable[[int], None]) -> None:
+    """Ingest one opened input: in parts committed every ``commit_every`` when its hash is known up front
+    (a file), resuming after the committed part of an ingest of it that stopped; else in one transaction."""
+    known = source.content_hash
+    with open_writer(store) as writer:
+        if known is not None and writer.has_source(known):
+            entry.status = "skipped"
+            return
+        check_window(writer, options.window)
+        part = load_partial(writer, known) if known is not None else None
+    if part is not None and part.taken(options.commit_every):
+        raise _TakenOver(f"{entry.name}: being ingested by {part.owner} (committed up to line {part.lines_done:,}); "
+                         "run again when it is done")
+    stamp, done_line, me = None, 0, this_process()
+    owner = None  # who the input's row in partial_sources belongs to (None: there is none)
+    if part is not None:
+        log.info("%s: resuming after line %d, committed by an ingest that stopped", entry.name, part.lines_done)
+        entry.rows_read, entry.windows_written, entry.late_updates = part.rows, part.windows_written, part.late_updates
+        entry.quarantined = dict(part.quarantined)
+        stamp, done_line, owner = part.stamp, part.lines_done, part.owner
+    chunks = iter_chunks(source, options.batch_rows, options.max_line_bytes)
+    try:
+        while True:
+            with open_writer(store, stamp) as writer:
+                if known is not None:
+                    _check_owner(writer, known, owner, entry.name)
+                stamp = writer.stamp
+                feeder = InputIngest(writer, entry, options.window, options.aggregated, options.allowed_lateness,
+                                     options.max_future, options.now, layout=source.layout)
+                until = time.monotonic() + options.commit_every.total_seconds()
+                for raw in chunks:
+                    chunk = raw.after(done_line)
+                    done_line = max(done_line, raw.last_line)
+                    if chunk is not None:
+                        feeder.add_raw(chunk)
+                    advance(source.position())
+                    if known is not None and time.monotonic() >= until:
+                        save_partial(writer, PartialInput(known, entry.name, me, done_line, entry.rows_read,
+                                                          entry.windows_written, entry.late_updates,
+                                                          dict(entry.quarantined), stamp, utcnow()))
+                        break
+                else:
+                    content_hash = source.final_hash()
+                    if writer.has_source(content_hash):
+                        raise _AlreadyIngested
+                    feeder.finish(content_hash, options.window)
+                    if known is not None:
+                        drop_partial(writer, known)
+                    return
+            owner = me
+            make_way(store)
+    except SourceReadError as exc:
+        if owner is None or isinstance(exc, _TakenOver):
+            raise
+        raise SourceReadError(f"{exc}; the part read before is stored and a rerun resumes after it") from exc
+
+
+def _check_owner(writer: StoreWriter, content_hash: str, expected: str | None, name: str) -> None:
+    """Before each part: the input's row in ``partial_sources`` is still the one this ingest left (or
+    resumed from): no other ingest of the same input started meanwhile."""
+    part = load_partial(writer, content_hash)
+    found = None if part is None else part.owner
+    if found != expected:
+        who = "another ingest" if part is None else part.owner
+        raise _TakenOver(f"{name}: being ingested by {who}; run again when it is done")
 
 
 def _size(path: str) -> int:

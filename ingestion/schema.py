@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mssql
 
-SCHEMA_VERSION = 2  # 2: quarantine.layout
+SCHEMA_VERSION = 3  # 2: quarantine.layout; 3: partial_sources
 
 # A time column: DATETIME2(6) on SQL Server (microseconds, like Python; SQLAlchemy's generic DateTime
 # is SQL Server's DATETIME there, rounded to 1/300 s); unchanged on SQLite and PostgreSQL.
@@ -78,6 +78,25 @@ sources = Table(
     Column("windows_written", Integer, nullable=False, default=0),
     Column("late_updates", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
+)
+
+# An input ingested in several commits (``[ingest] commit_every``) while it is under way: how far its
+# committed part reaches, so that a rerun after a crash resumes after that line and counts nothing twice.
+# Written in the same transaction as each committed part; removed in the one that records the input in
+# ``sources``. Times are ISO 8601 text (the stamp is compared to ``windows.updated_at`` as written).
+partial_sources = Table(
+    "partial_sources",
+    metadata,
+    Column("content_hash", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("owner", String(255), nullable=False),  # host:pid:start of the ingest (fleetscore.processes)
+    Column("lines_done", BigInteger, nullable=False),  # every line up to this one is committed
+    Column("rows", BigInteger, nullable=False),
+    Column("windows_written", BigInteger, nullable=False),
+    Column("late_updates", BigInteger, nullable=False),
+    Column("quarantined", Text, nullable=False),  # JSON: reason -> rows
+    Column("stamp", String(64), nullable=False),  # the ingest's ``updated_at`` on the windows it writes
+    Column("heartbeat", String(64), nullable=False),  # when the last part was committed (UTC)
 )
 
 # Event Hubs checkpoints: the last event stored per partition, written in the same transaction as the

@@ -20,7 +20,7 @@ import logging
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,6 +56,23 @@ class RawChunk:
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)  # (line, raw, reason, detail)
     rows_read: int = 0  # rows (non-blank lines) in the block, rejected ones included
     bytes_read: int = 0
+    last_line: int = 0  # line number of the block's last line
+
+    def after(self, done: int) -> RawChunk | None:
+        """This chunk without its rows up to line ``done`` (committed by an earlier run); None when
+        nothing is left."""
+        if self.last_line and self.last_line <= done:
+            return None
+        if self.first_line > done:
+            return self
+        keep = self.lines > done
+        rejected = [r for r in self.rejected if r[0] > done]
+        dropped = int((~keep).sum()) + len(self.rejected) - len(rejected)
+        mask = pa.array(keep)
+        return RawChunk(ts=self.ts.filter(mask), device=self.device.filter(mask), sensor=self.sensor.filter(mask),
+                        value=self.value.filter(mask), lines=self.lines[keep], block=self.block,
+                        first_line=self.first_line, rejected=rejected, rows_read=self.rows_read - dropped,
+                        bytes_read=self.bytes_read, last_line=self.last_line)
 
     def raw_lines(self, lines: np.ndarray) -> list[str]:
         """The raw text of the given line numbers of this block."""
@@ -261,7 +278,7 @@ def iter_chunks(source: Source, batch_rows: int, max_line_bytes: int = MAX_LINE_
             if cut < 0:
                 if len(block) > max_line_bytes:
                     carry, eof, length = _skip_line(source, block)
-                    yield _overlong(block[:RAW_KEPT], line, length, max_line_bytes)
+                    yield replace(_overlong(block[:RAW_KEPT], line, length, max_line_bytes), last_line=line)
                     line += 1
                     continue
                 carry = block
@@ -283,6 +300,7 @@ def iter_chunks(source: Source, batch_rows: int, max_line_bytes: int = MAX_LINE_
         chunk.bytes_read = consumed + len(block)
         consumed = 0
         line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        chunk.last_line = line - 1
         yield chunk
 
 

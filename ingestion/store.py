@@ -460,7 +460,10 @@ def _add_quarantine_layout(conn: Any) -> None:
 
 
 # schema version -> the step to the next one; each runs in create_schema's transaction
-_UPGRADES: dict[int, Callable[[Any], None]] = {1: _add_quarantine_layout}
+_UPGRADES: dict[int, Callable[[Any], None]] = {
+    1: _add_quarantine_layout,
+    2: lambda conn: None,  # partial_sources is a new table: create_all adds it
+}
 
 
 def _upgrade(conn: Any, version: int) -> None:

@@ -35,6 +35,7 @@ DEFAULT_LOCK_TIMEOUT = timedelta(minutes=2)
 _TRY_MS = 1000  # each BEGIN IMMEDIATE waits this long in SQLite before we look again
 _NOTE_EVERY_S = 10.0
 _FIRST_NOTE_S = 2.0
+MAKE_WAY_S = 5.0  # how long a writer between two parts waits for waiters to get the lock
 _BUSY_MS = 60_000  # the connection's busy timeout outside this wait (see ingestion.engine)
 
 
@@ -74,6 +75,7 @@ def sqlite_write_lock(conn: sqlite3.Connection, database: Path, timeout: timedel
     started = time.monotonic()
     next_note = started + _FIRST_NOTE_S
     conn.execute(f"PRAGMA busy_timeout={int(min(_TRY_MS, limit * 1000))}")
+    waiting: Path | None = None  # our note among the waiters, left once the first try found the lock taken
     try:
         while True:
             try:
@@ -82,6 +84,9 @@ def sqlite_write_lock(conn: sqlite3.Connection, database: Path, timeout: timedel
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise StoreError(f"{database}: cannot begin a write: {one_line(exc)}") from exc
+                if waiting is None:
+                    waiting = _waiting_path(database)
+                    _touch(waiting)
                 now = time.monotonic()
                 if now - started >= limit:
                     raise StoreLockTimeout(
@@ -94,12 +99,43 @@ def sqlite_write_lock(conn: sqlite3.Connection, database: Path, timeout: timedel
                     next_note = now + _NOTE_EVERY_S
     finally:
         conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        if waiting is not None:
+            with suppress(OSError):
+                waiting.unlink()
     note = note_path(database)
     _write_note(note)
     try:
         yield
     finally:
         _remove_note(note)
+
+
+def _waiting_path(database: Path) -> Path:
+    return database.with_name(f"{database.name}.waiting-{os.getpid()}")
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.touch()
+    except OSError as exc:  # a read-only folder: the holder only cannot make way
+        log.debug("cannot leave the waiter's note %s: %s", path, exc)
+
+
+def make_way(database: Path, deadline_s: float = MAKE_WAY_S) -> None:
+    """Between the parts of a long write: while other writers wait for the lock (their notes
+    ``<file>.waiting-PID``), pause until they got it, up to ``deadline_s``. Without this the holder
+    would take the lock again at once, before a waiter's next try, and the waiter would starve."""
+    until = time.monotonic() + deadline_s
+    prefix = f"{database.name}.waiting-"
+    while time.monotonic() < until:
+        try:
+            names = [p.name for p in database.parent.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            return
+        pids = [int(n[len(prefix):]) for n in names if n[len(prefix):].isdigit()]
+        if not any(pid != os.getpid() and pid_alive(pid) for pid in pids):
+            return
+        time.sleep(0.02)
 
 
 def _write_note(note: Path) -> None:

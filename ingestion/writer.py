@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from fleetscore.errors import StoreError
 from fleetscore.ingestion.store import SQLITE_CACHE_KIB, WINDOW_COLUMNS, SensorStore
 from fleetscore.ingestion.timeutil import utcnow
+from fleetscore.ingestion.write_lock import make_way as make_way_for_waiters
 from fleetscore.ingestion.write_lock import sqlite_write_lock
 
 log = logging.getLogger(__name__)
@@ -390,17 +391,22 @@ class PostgresWriter(StoreWriter):
 
 
 @contextmanager
-def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
-    """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error."""
+def open_writer(store: SensorStore, stamp: datetime | None = None) -> Iterator[StoreWriter]:
+    """A :class:`StoreWriter` whose transaction commits when the block ends and rolls back on error.
+
+    ``stamp`` is the ``updated_at`` it writes (default: a new one); the parts of one input committed
+    apart share theirs, so a window continued in the next part is not taken for a late update."""
     if store.generic:
         from fleetscore.ingestion.generic_writer import generic_transaction
 
         with generic_transaction(store) as generic_writer:
+            generic_writer.stamp = stamp or generic_writer.stamp
             yield generic_writer
         return
     if store.dialect == "sqlite":
         with _sqlite_transaction(store) as conn:
             sqlite_writer = SqliteWriter(store, conn)
+            sqlite_writer.stamp = stamp or sqlite_writer.stamp
             try:
                 yield sqlite_writer
             finally:
@@ -408,6 +414,7 @@ def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
         return
     with store.adbc_connection() as conn:
         writer = PostgresWriter(store, conn)
+        writer.stamp = stamp or writer.stamp
         try:
             yield writer
         except BaseException:
@@ -419,6 +426,13 @@ def open_writer(store: SensorStore) -> Iterator[StoreWriter]:
             raise StoreError(f"{store!r}: commit failed: {' '.join(str(exc).split())}") from exc
         finally:
             writer.cursor.close()
+
+
+def make_way(store: SensorStore) -> None:
+    """Between two parts of a long write on SQLite: let the writers that wait for the lock in first
+    (:func:`ingestion.write_lock.make_way`); nothing to do on other databases."""
+    if store.dialect == "sqlite" and not store.generic and store.engine.url.database:
+        make_way_for_waiters(Path(store.engine.url.database))
 
 
 @contextmanager

@@ -100,7 +100,8 @@ def ingest(state: CliState, paths: tuple[str, ...], window: str | None, aggregat
                                   batch_rows=config.batch_rows, on_progress=on_progress,
                                   max_future=parse_duration(config.max_future, "ingest.max_future"),
                                   max_line_bytes=config.max_line_bytes,
-                                  lock_timeout=parse_duration(config.lock_timeout, "ingest.lock_timeout"))
+                                  lock_timeout=parse_duration(config.lock_timeout, "ingest.lock_timeout"),
+                                  commit_every=parse_duration(config.commit_every, "ingest.commit_every"))
         except (InputsUnreadable, TooManyBadRows) as exc:
             _report(exc.report, as_json)
             raise
