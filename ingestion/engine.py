@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from fleetscore.errors import ConfigError, StoreError, one_line
 
+CONNECT_TIMEOUT_S = 10  # seconds to connect to PostgreSQL / Azure SQL (a URL's own connect_timeout wins)
 _ENGINES: list[Engine] = []
 _SQLITE_ENGINES: dict[str, list[Engine]] = {}  # SQLite file (real path) -> the engines on it
 
@@ -158,10 +159,13 @@ def _engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 60, "factory": TrackedConnection}
-    elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+    elif parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+        parsed = with_connect_timeout(parsed)
     elif parsed.get_backend_name() == "mssql" and parsed.get_driver_name() == "pyodbc":
         kwargs["fast_executemany"] = True  # executemany as one array-bound round trip, not one per row
+        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT_S}  # the ODBC login timeout
     try:
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
@@ -174,6 +178,14 @@ def _engine(url: str) -> Engine:
             _SQLITE_ENGINES.setdefault(_file_key(parsed.database), []).append(engine)
     _ENGINES.append(engine)
     return engine
+
+
+def with_connect_timeout(parsed: URL) -> URL:
+    """A PostgreSQL URL with libpq's ``connect_timeout`` (:data:`CONNECT_TIMEOUT_S`) unless it sets one:
+    a server that takes the connection and never answers is an error within it, not a wait forever."""
+    if "connect_timeout" in parsed.query:
+        return parsed
+    return parsed.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetscore.errors import StoreError, one_line
-from fleetscore.ingestion.engine import absolute_database_url, make_engine, single_sqlite_copy
+from fleetscore.ingestion.engine import absolute_database_url, make_engine, single_sqlite_copy, with_connect_timeout
 from fleetscore.ingestion.schema import SCHEMA_VERSION, metadata, schema_info
 from fleetscore.ingestion.sharding import shard_devices
 from fleetscore.ingestion.timeutil import utcnow
@@ -108,6 +108,11 @@ class SensorStore:
         Raises :class:`StoreError` when the database holds a schema version this code does not know.
         """
         shown = self._url.render_as_string(hide_password=True)
+        try:  # an unreachable server is one error now, not six tries of the schema race below
+            with self.engine.connect():
+                pass
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{shown}: cannot connect: {one_line(exc)}") from exc
         # two commands on a fresh database both find no table and both create: the second one's CREATE
         # (or version row) fails on what the first committed; looking again finds the schema in place
         for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
@@ -165,7 +170,7 @@ class SensorStore:
         try:
             import adbc_driver_postgresql.dbapi as adbc_pg
 
-            uri = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+            uri = with_connect_timeout(self._url.set(drivername="postgresql")).render_as_string(hide_password=False)
             conn = adbc_pg.connect(uri)
         except Exception as exc:
             raise StoreError(f"{shown}: cannot connect: {one_line(exc)}") from exc

@@ -12,8 +12,11 @@ from fleetscore.scoring.storage import Storage, StorageSpec, storage_spec
 
 def storage_spec_for(settings: Settings) -> StorageSpec:
     """The predictions storage of these settings as plain data (picklable: shards open it themselves)."""
+    from fleetscore.ingestion.timeutil import parse_duration
+
+    timeout = parse_duration(settings.scoring.storage_timeout, "scoring.storage_timeout").total_seconds()
     return storage_spec(settings.storage_url, settings.scoring.storage_account,
-                        settings.scoring.storage_connection_string)
+                        settings.scoring.storage_connection_string, timeout)
 
 
 def storage_for(settings: Settings) -> Storage:

@@ -35,7 +35,8 @@ def for_executor(tasks: Sequence[ShardTask], executor: Executor, bundle: Any) ->
     files = shard_bundle_files(bundle, [t.devices for t in tasks])
     out = []
     for task, own in zip(tasks, files, strict=True):
-        spec = StorageSpec(task.storage.url, task_storage_options(task.storage.options, executor))
+        spec = StorageSpec(task.storage.url, task_storage_options(task.storage.options, executor),
+                           task.storage.timeout_s)
         out.append(replace(task, database_url=without_password(task.database_url), storage=spec,
                            bundle=own))
     return out

@@ -12,7 +12,8 @@ class ScoringConfig:
     ``max_failed_fraction`` is the share of series (a failed shard counts all its series) that may fail
     before the whole run fails. ``storage_account`` / ``storage_connection_string`` are passed to adlfs
     for ``az://`` storage URLs; left empty, adlfs reads ``AZURE_STORAGE_CONNECTION_STRING`` or uses
-    ``DefaultAzureCredential`` with ``AZURE_STORAGE_ACCOUNT_NAME``.
+    ``DefaultAzureCredential`` with ``AZURE_STORAGE_ACCOUNT_NAME``. ``storage_timeout`` bounds each call
+    to the storage service: past it, one line saying the service did not answer.
     """
 
     shards: int = 0  # 0: from the fleet: at most series_per_shard series a shard, at least one per worker
@@ -24,6 +25,7 @@ class ScoringConfig:
     experiment: str = "fleetscore-scoring"
     storage_account: str = ""
     storage_connection_string: str = ""
+    storage_timeout: str = "60s"  # the deadline of each call to blob storage (and of a request's retries)
     lock_ttl: str = "10m"  # a scheduler lock not renewed for this long is taken over
     poll: str = "30s"  # how often an idle scheduler looks for due windows
     max_attempts: int = 3  # a window that failed this many times is given up

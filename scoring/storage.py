@@ -22,6 +22,7 @@ from fleetscore.errors import ConfigError, StorageError, one_line
 log = logging.getLogger(__name__)
 
 AZURE_PROTOCOLS = ("az", "abfs", "abfss")
+DEFAULT_TIMEOUT_S = 60.0  # [scoring] storage_timeout
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ class StorageSpec:
 
     url: str
     options: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # the deadline of each call to the storage service
 
     def open(self) -> Storage:
         """Open the storage this spec names."""
-        return Storage(self.url, self.options)
+        return Storage(self.url, self.options, self.timeout_s)
 
     def table_location(self, rel: str) -> tuple[str, dict[str, str]]:
         """The URI and delta-rs (object_store) storage options of the table at ``rel`` under the root.
@@ -56,24 +58,30 @@ class StorageSpec:
         account = self.options.get("account_name")
         if account and "account_name" not in options:
             options["account_name"] = account
+        # object_store's own deadlines: per request, and for all the retries of one request
+        seconds = f"{max(int(self.timeout_s), 1)}s"
+        options.update({"timeout": seconds, "connect_timeout": seconds, "retry_timeout": seconds})
         return uri, options
 
 
-def storage_spec(url: str, account_name: str = "", connection_string: str = "") -> StorageSpec:
+def storage_spec(url: str, account_name: str = "", connection_string: str = "",
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> StorageSpec:
     """Build a :class:`StorageSpec`; empty credentials are left out so adlfs falls back to its env vars."""
     options = {}
     if account_name:
         options["account_name"] = account_name
     if connection_string:
         options["connection_string"] = connection_string
-    return StorageSpec(url, options)
+    return StorageSpec(url, options, timeout_s)
 
 
 class Storage:
     """A storage root (folder or container/prefix) with the few operations the writer needs."""
 
-    def __init__(self, url: str, options: Mapping[str, str] | None = None) -> None:
+    def __init__(self, url: str, options: Mapping[str, str] | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         protocol, sep, rest = url.partition("://")
         self.is_local = not sep or protocol == "file"
         try:
@@ -99,6 +107,23 @@ class Storage:
         except ValueError as exc:
             raise ConfigError(f"storage_url {url}: {exc}") from exc
 
+    def _op(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``fs.<name>(*args, **kwargs)``; on an async file system (adlfs) its coroutine within the
+        deadline: past it ``FSTimeoutError``, not a wait through the SDK's retries (85 s against a
+        refused port, then a silent "assume the container exists")."""
+        if not getattr(self.fs, "async_impl", False):
+            return getattr(self.fs, name)(*args, **kwargs)
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, getattr(self.fs, f"_{name}"), *args, timeout=self.timeout_s, **kwargs)
+
+    def _why(self, exc: BaseException) -> str:
+        from fsspec.exceptions import FSTimeoutError
+
+        if isinstance(exc, FSTimeoutError):
+            return f"the storage service did not answer within {self.timeout_s:g} s ([scoring] storage_timeout)"
+        return one_line(exc, with_type=True)
+
     def path(self, rel: str) -> str:
         """The full filesystem path of ``rel`` (a ``/``-separated path under the root)."""
         return f"{self.root}/{rel}".rstrip("/") if rel else self.root
@@ -115,10 +140,10 @@ class Storage:
                 os.makedirs(self.root, exist_ok=True)
             else:
                 container = self.root.split("/", 1)[0]
-                if not self.fs.exists(container):
-                    self.fs.mkdir(container)
+                if not self._op("exists", container):
+                    self._op("mkdir", container)
         except Exception as exc:
-            reason = one_line(exc, with_type=True)
+            reason = self._why(exc)
             raise StorageError(f"{self.display()}: cannot create storage root: {reason}") from exc
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -134,27 +159,30 @@ class Storage:
                     os.fsync(handle.fileno())
                 os.replace(tmp, target)
             else:
-                self.fs.pipe_file(target, data)
+                self._op("pipe_file", target, data)
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: write failed: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: write failed: {self._why(exc)}") from exc
 
     def read_bytes(self, rel: str) -> bytes:
         """The content of ``rel``; :class:`StorageError` when it is missing or unreadable."""
         try:
-            data: bytes = self.fs.cat_file(self.path(rel))
+            data: bytes = self._op("cat_file", self.path(rel))
         except FileNotFoundError as exc:
             raise StorageError(f"{self.display(rel)}: not found") from exc
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: read failed: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: read failed: {self._why(exc)}") from exc
         return data
 
     def exists(self, rel: str) -> bool:
         """Whether a file exists at ``rel``."""
         try:
             self.fs.invalidate_cache()
-            return bool(self.fs.isfile(self.path(rel)))
+            # info, not isfile: adlfs' isfile answers False when the service does not answer
+            return bool(self._op("info", self.path(rel))["type"] == "file")
+        except FileNotFoundError:
+            return False
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot check: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot check: {self._why(exc)}") from exc
 
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly under ``rel``, sorted; [] when it does not exist.
@@ -164,11 +192,11 @@ class Storage:
         base = self.path(rel)
         try:
             self.fs.invalidate_cache()
-            entries = self.fs.ls(base, detail=False)
+            entries = self._op("ls", base, detail=False)
         except FileNotFoundError:
             return []
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot list: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot list: {self._why(exc)}") from exc
         names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         return sorted(n for n in names if n and ".tmp-" not in n)
 
@@ -183,34 +211,35 @@ class Storage:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(source, target)
             else:
-                self.fs.mv(source, target)
+                self._op("cp_file", source, target)  # a blob is moved as copy then delete
+                self._op("rm_file", source)
         except FileNotFoundError as exc:
             if not self.exists(dst):
                 raise StorageError(f"{self.display(src)}: not found (nor {self.display(dst)})") from exc
         except Exception as exc:
             if self.exists(dst) and not self.exists(src):
                 return
-            reason = one_line(exc, with_type=True)
+            reason = self._why(exc)
             raise StorageError(f"{self.display(src)}: cannot move to {self.display(dst)}: {reason}") from exc
 
     def remove(self, rel: str) -> None:
         """Delete the file ``rel``; nothing if it is absent."""
         try:
-            self.fs.rm_file(self.path(rel))
+            self._op("rm_file", self.path(rel))
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot remove: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot remove: {self._why(exc)}") from exc
 
     def remove_tree(self, rel: str) -> None:
         """Delete the folder (or blob prefix) ``rel`` and everything under it; nothing if it is absent."""
         try:
-            if self.fs.exists(self.path(rel)):
-                self.fs.rm(self.path(rel), recursive=True)
+            if self._op("exists", self.path(rel)):
+                self._op("rm", self.path(rel), recursive=True)
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise StorageError(f"{self.display(rel)}: cannot remove: {one_line(exc, with_type=True)}") from exc
+            raise StorageError(f"{self.display(rel)}: cannot remove: {self._why(exc)}") from exc
 
     def open_read(self, rel: str) -> Any:
         """A binary file object for ``rel`` (for Parquet readers)."""

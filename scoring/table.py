@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,9 +101,9 @@ def _open(spec: StorageSpec | str, version: int | None = None) -> Any | None:
     from deltalake import DeltaTable
 
     uri, options = _location(spec)
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        return None
     try:
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
+            return None
         return DeltaTable(uri, version=version, storage_options=options)
     except Exception as exc:
         raise StorageError(f"{uri}: cannot open the predictions table{_at(version)}: {_one_line(exc)}") from exc
@@ -448,6 +449,19 @@ def _at(version: int | None) -> str:
     return "" if version is None else f" at version {version}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TOOK = re.compile(r" in (\d+(?:\.\d+)?)s - ")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    """delta-rs errors come as a tree of causes (ANSI-coloured ``↳`` lines): the first line, and where a
+    request failed, which request and after how long (the storage deadline bounds it)."""
+    lines = [line.strip().lstrip("↳").strip() for line in _ANSI.sub("", str(exc)).strip().splitlines()]
+    lines = [line for line in lines if line]
+    first = lines[0] if lines else ""
+    request = next((line for line in lines if _TOOK.search(line)), "")
+    if request:
+        took = float(_TOOK.search(request).group(1))  # type: ignore[union-attr]
+        verb = request.split(" ", 3)[2] if request.startswith("Error performing ") else "request"
+        first = f"{first}: {verb} failed after {took:.1f} s"
+    return f"{type(exc).__name__}: {first}"[:300]
