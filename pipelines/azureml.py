@@ -338,9 +338,10 @@ def _versions(components: dict[str, Any]) -> dict[str, str]:
 class Workspace:
     """The thin layer over ``MLClient``: the only calls that reach Azure."""
 
-    def __init__(self, client: Any, where: str = "the workspace") -> None:
+    def __init__(self, client: Any, where: str = "the workspace", operation_timeout_s: float = 1800) -> None:
         self.client = client
         self.where = where
+        self.operation_timeout_s = operation_timeout_s
 
     @classmethod
     def connect(cls, config: Any) -> Workspace:
@@ -352,8 +353,10 @@ class Workspace:
         from azure.ai.ml import MLClient
         from azure.identity import DefaultAzureCredential
 
-        client = MLClient(DefaultAzureCredential(), config.subscription_id, config.resource_group, config.workspace)
-        return cls(client, f"workspace {config.workspace}")
+        # azure-core's transport and retry settings, passed to every service client of the MLClient
+        client = MLClient(DefaultAzureCredential(), config.subscription_id, config.resource_group, config.workspace,
+                          connection_timeout=30, read_timeout=config.request_timeout_s, retry_total=3)
+        return cls(client, f"workspace {config.workspace}", config.operation_timeout_s)
 
     def get(self, kind: str, name: str, **kwargs: Any) -> Any | None:
         """The entity ``name`` of ``kind`` (``compute``, ``environments``, ``components``, ``schedules``),
@@ -370,7 +373,14 @@ class Workspace:
         ops = getattr(self.client, kind)
         try:
             if kind in ("compute", "schedules"):
-                return ops.begin_create_or_update(entity).result()
+                poller = ops.begin_create_or_update(entity)
+                done = poller.result(timeout=self.operation_timeout_s)
+                if not poller.done():
+                    raise PublishError(
+                        f"{self.where}: writing {kind} {entity.name}: not finished within "
+                        f"{self.operation_timeout_s:g} s ([azureml] operation_timeout_s); its state is in Azure ML "
+                        "studio, and publishing again picks it up")
+                return done
             return ops.create_or_update(entity)
         except AzureError as exc:
             raise PublishError(f"{self.where}: writing {kind} {entity.name} failed: {one_line(exc.message or exc)}") \

@@ -21,6 +21,8 @@ class AzureMLConfig:
     shards: int = 0  # 0: scoring.shards, else max_nodes * processes_per_node
     shard_retries: int = 2
     shard_timeout_s: int = 3600
+    request_timeout_s: int = 120  # each call to the workspace (read timeout; 3 retries, 30 s to connect)
+    operation_timeout_s: int = 1800  # a long-running create (a compute cluster, a schedule) waited for
     registry: str = ""  # Azure Container Registry login server, e.g. myacr.azurecr.io
     image_name: str = "fleetscore-scoring"
     image_tag: str = ""  # default: the git commit

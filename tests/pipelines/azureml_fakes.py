@@ -12,14 +12,12 @@ from typing import Any
 
 from azure.ai.ml import load_compute, load_environment
 from azure.core.exceptions import ResourceNotFoundError
+from azure.core.polling import LROPoller, NoPolling, PollingMethod
 
 
-class _Poller:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
+def _poller(value: Any, polling: PollingMethod[Any] | None = None) -> LROPoller[Any]:
+    """The SDK's own poller; by default one that is done at once, as a fast service would be."""
+    return LROPoller(None, value, lambda response: response, polling or NoPolling())
 
 
 def _roundtrip(entity: Any, loader: Any) -> Any:
@@ -55,8 +53,10 @@ class _Operations:
     def create_or_update(self, entity: Any, **kwargs: Any) -> Any:
         return self._store(entity)
 
-    def begin_create_or_update(self, entity: Any) -> _Poller:
-        return _Poller(self._store(entity))
+    polling: PollingMethod[Any] | None = None  # set by a test: how the long-running operation goes
+
+    def begin_create_or_update(self, entity: Any) -> LROPoller[Any]:
+        return _poller(self._store(entity), self.polling)
 
 
 class _Jobs:

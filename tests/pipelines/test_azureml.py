@@ -7,6 +7,7 @@ workspace is a fake ``MLClient`` (tests/pipelines/azureml_fakes.py) that answers
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from azure.ai.ml import load_component, load_compute, load_environment, load_job
 from azure.ai.ml.entities import CronTrigger, PipelineJob, RecurrenceTrigger
 from azure.ai.ml.entities._load_functions import load_schedule
+from azure.core.polling import PollingMethod
 from click.testing import CliRunner
 
 from fleetscore.errors import PublishError
@@ -273,3 +275,44 @@ def test_score_executor_azureml_submits_the_window_with_its_flags(home: Path, mo
     result = CliRunner().invoke(main, args)
     assert calls == [(datetime(2018, 8, 29), datetime(2018, 8, 29, 1), "7", ["dev-1", "dev-2"], True),
                      (datetime(2018, 8, 29), datetime(2018, 8, 29, 1), "7", ["dev-1", "dev-2"], False)]
+
+
+class _NeverDone(PollingMethod[Any]):
+    """A long-running operation the service never finishes (a compute stuck in creating)."""
+
+    def initialize(self, client: Any, initial_response: Any, deserialization_callback: Any) -> None:
+        self._resource = initial_response
+
+    def run(self) -> None:
+        time.sleep(3600)
+
+    def status(self) -> str:
+        return "InProgress"
+
+    def finished(self) -> bool:
+        return False
+
+    def resource(self) -> Any:
+        return self._resource
+
+
+def test_a_long_running_create_that_never_finishes_ends_within_the_deadline() -> None:
+    client = FakeMLClient()
+    client.compute.polling = _NeverDone()
+    started = time.monotonic()
+    with pytest.raises(PublishError) as err:
+        azureml.publish(_spec(), azureml.Workspace(client, "workspace ws", operation_timeout_s=1))
+    assert time.monotonic() - started < 10
+    assert str(err.value) == ("workspace ws: writing compute fleetscore-cpu: not finished within 1 s ([azureml] "
+                              "operation_timeout_s); its state is in Azure ML studio, and publishing again picks it up")
+
+
+def test_the_workspace_client_has_a_deadline_on_every_call() -> None:
+    config = dataclasses.replace(_settings().azureml, subscription_id="00000000-0000-0000-0000-000000000000",
+                                 resource_group="rg", workspace="ws", request_timeout_s=45)
+    ws = azureml.Workspace.connect(config)  # builds the SDK's MLClient; nothing is sent before a call
+    operations = ws.client.compute._operation
+    transport = operations._client._pipeline._transport.connection_config
+    assert (transport.timeout, transport.read_timeout) == (30, 45)
+    assert operations._config.retry_policy.total_retries == 3
+    assert ws.operation_timeout_s == 1800
