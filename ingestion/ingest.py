@@ -10,6 +10,7 @@ handled, carrying the report.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,13 @@ import numpy as np
 import pyarrow as pa
 
 from fleetscore.errors import IngestError, SourceReadError, TooManyBadRowsError
-from fleetscore.ingestion.partial_inputs import PartialInput, drop_partial, load_partial, save_partial
+from fleetscore.ingestion.partial_inputs import (
+    PartialInput,
+    drop_partial,
+    load_partial,
+    partials_named,
+    save_partial,
+)
 from fleetscore.ingestion.sources import MAX_LINE_BYTES, RawChunk, Source, iter_chunks, open_source
 from fleetscore.ingestion.store import SensorStore
 from fleetscore.ingestion.timeutil import utcnow
@@ -304,22 +311,18 @@ def _ingest_input(store: SensorStore, source: Source, entry: InputReport, option
     """Ingest one opened input: in parts committed every ``commit_every`` when its hash is known up front
     (a file), resuming after the committed part of an ingest of it that stopped; else in one transaction."""
     known = source.content_hash
-    with open_writer(store) as writer:
-        if known is not None and writer.has_source(known):
-            entry.status = "skipped"
-            return
-        check_window(writer, options.window)
-        part = load_partial(writer, known) if known is not None else None
-    if part is not None and part.taken(options.commit_every):
-        raise _TakenOver(f"{entry.name}: being ingested by {part.owner} (committed up to line {part.lines_done:,}); "
-                         "run again when it is done")
+    found = _committed_before(store, known, entry, options)
+    if found is None:
+        return
+    part, adopted = found
     stamp, done_line, me = None, 0, this_process()
     owner = None  # who the input's row in partial_sources belongs to (None: there is none)
-    if part is not None:
-        log.info("%s: resuming after line %d, committed by an ingest that stopped", entry.name, part.lines_done)
-        entry.rows_read, entry.windows_written, entry.late_updates = part.rows, part.windows_written, part.late_updates
-        entry.quarantined = dict(part.quarantined)
-        stamp, done_line, owner = part.stamp, part.lines_done, part.owner
+    resumed = part or adopted
+    if resumed is not None:
+        stamp, done_line = _resume(entry, resumed)
+        owner = part.owner if part is not None else None
+    prefix = hashlib.sha256()  # of the blocks read so far (see partial_inputs.PartialInput.prefix_sha256)
+    unverified = adopted  # nothing is committed before the earlier version's lines are found the same
     chunks = iter_chunks(source, options.batch_rows, options.max_line_bytes)
     try:
         while True:
@@ -331,21 +334,29 @@ def _ingest_input(store: SensorStore, source: Source, entry: InputReport, option
                                      options.max_future, options.now, layout=source.layout)
                 until = time.monotonic() + options.commit_every.total_seconds()
                 for raw in chunks:
+                    prefix.update(raw.block)
+                    if unverified is not None and raw.last_line >= unverified.lines_done:
+                        _check_prefix(unverified, raw.last_line, prefix.hexdigest(), entry.name)
+                        unverified = None
                     chunk = raw.after(done_line)
                     done_line = max(done_line, raw.last_line)
                     if chunk is not None:
                         feeder.add_raw(chunk)
                     advance(source.position())
-                    if known is not None and time.monotonic() >= until:
+                    if known is not None and unverified is None and time.monotonic() >= until:
+                        _forget(writer, adopted)
+                        adopted = None
                         save_partial(writer, PartialInput(known, entry.name, me, done_line, entry.rows_read,
                                                           entry.windows_written, entry.late_updates,
-                                                          dict(entry.quarantined), stamp, utcnow()))
+                                                          dict(entry.quarantined), stamp, utcnow(),
+                                                          prefix.hexdigest()))
                         break
                 else:
                     content_hash = source.final_hash()
                     if writer.has_source(content_hash):
                         raise _AlreadyIngested
                     feeder.finish(content_hash, options.window)
+                    _forget(writer, adopted)
                     if known is not None:
                         drop_partial(writer, known)
                     return
@@ -355,6 +366,49 @@ def _ingest_input(store: SensorStore, source: Source, entry: InputReport, option
         if owner is None or isinstance(exc, _TakenOver):
             raise
         raise SourceReadError(f"{exc}; the part read before is stored and a rerun resumes after it") from exc
+
+
+def _committed_before(store: SensorStore, known: str | None, entry: InputReport,
+                      options: _Options) -> tuple[PartialInput | None, PartialInput | None] | None:
+    """What of this input is committed already: None when it was ingested whole (``skipped``), else its
+    own committed part and that of an earlier version of the same file (it grew, or was rewritten)
+    whose ingest stopped part-way. Either one of a live ingest: :class:`_TakenOver`."""
+    with open_writer(store) as writer:
+        if known is not None and writer.has_source(known):
+            entry.status = "skipped"
+            return None
+        check_window(writer, options.window)
+        part = load_partial(writer, known) if known is not None else None
+        earlier = [p for p in partials_named(writer, entry.name) if p.content_hash != known] \
+            if known is not None and part is None else []
+    adopted = earlier[0] if earlier else None
+    for held in (part, adopted):
+        if held is not None and held.taken(options.commit_every):
+            raise _TakenOver(f"{entry.name}: being ingested by {held.owner} (committed up to line "
+                             f"{held.lines_done:,}); run again when it is done")
+    return part, adopted
+
+
+def _resume(entry: InputReport, part: PartialInput) -> tuple[datetime, int]:
+    """Take the counts of a committed part; its stamp and last line."""
+    log.info("%s: resuming after line %d, committed by an ingest that stopped", entry.name, part.lines_done)
+    entry.rows_read, entry.windows_written = part.rows, part.windows_written
+    entry.late_updates, entry.quarantined = part.late_updates, dict(part.quarantined)
+    return part.stamp, part.lines_done
+
+
+def _check_prefix(earlier: PartialInput, last_line: int, digest: str, name: str) -> None:
+    """A changed file is resumed only when its first lines are, byte for byte, the ones committed."""
+    if last_line != earlier.lines_done or digest != earlier.prefix_sha256:
+        raise SourceReadError(
+            f"{name}: changed since an ingest of it stopped after line {earlier.lines_done:,}, and its first "
+            f"{earlier.lines_done:,} lines are not the ones stored; ingest the earlier version again to finish it")
+
+
+def _forget(writer: StoreWriter, adopted: PartialInput | None) -> None:
+    """Drop the committed part of the earlier version this ingest took over (its rows are counted here)."""
+    if adopted is not None:
+        drop_partial(writer, adopted.content_hash)
 
 
 def _check_owner(writer: StoreWriter, content_hash: str, expected: str | None, name: str) -> None:

@@ -40,6 +40,7 @@ class PartialInput:
     quarantined: dict[str, int]
     stamp: datetime
     heartbeat: datetime
+    prefix_sha256: str = ""
 
     def taken(self, commit_every: timedelta, now: datetime | None = None) -> bool:
         """Whether another ingest that is still running owns this input (so it must not be resumed)."""
@@ -51,31 +52,41 @@ class PartialInput:
         return (now or utcnow()) - self.heartbeat < max(STALE_AFTER_MIN, 10 * commit_every)
 
 
+_COLUMNS = ("content_hash, name, owner, lines_done, rows, windows_written, late_updates, quarantined, stamp, "
+            "heartbeat, prefix_sha256")
+
+
+def _part(row: tuple[object, ...]) -> PartialInput:
+    return PartialInput(str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]),  # type: ignore[call-overload]
+                        int(row[5]), int(row[6]),  # type: ignore[call-overload]
+                        {str(k): int(v) for k, v in json.loads(str(row[7])).items()},
+                        datetime.fromisoformat(str(row[8])), datetime.fromisoformat(str(row[9])), str(row[10] or ""))
+
+
 def load_partial(writer: StoreWriter, content_hash: str) -> PartialInput | None:
     """The committed part of the input with ``content_hash``, if an ingest of it stopped or runs."""
-    p = writer.store.placeholder
-    rows = writer.execute(
-        "SELECT content_hash, name, owner, lines_done, rows, windows_written, late_updates, quarantined, stamp, "
-        f"heartbeat FROM partial_sources WHERE content_hash = {p(1)}", (content_hash,))
-    if not rows:
-        return None
-    row = rows[0]
-    return PartialInput(str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), int(row[5]), int(row[6]),
-                        {str(k): int(v) for k, v in json.loads(row[7]).items()},
-                        datetime.fromisoformat(str(row[8])), datetime.fromisoformat(str(row[9])))
+    rows = writer.execute(f"SELECT {_COLUMNS} FROM partial_sources WHERE content_hash = {writer.store.placeholder(1)}",
+                          (content_hash,))
+    return _part(rows[0]) if rows else None
+
+
+def partials_named(writer: StoreWriter, name: str) -> list[PartialInput]:
+    """The committed parts of earlier versions of the input called ``name`` (newest first)."""
+    rows = writer.execute(f"SELECT {_COLUMNS} FROM partial_sources WHERE name = {writer.store.placeholder(1)}",
+                          (name,))
+    return sorted((_part(row) for row in rows), key=lambda part: part.heartbeat, reverse=True)
 
 
 def save_partial(writer: StoreWriter, part: PartialInput) -> None:
     """Record ``part`` as the committed part of its input (in the writer's transaction)."""
     p = writer.store.placeholder
     writer.execute(f"DELETE FROM partial_sources WHERE content_hash = {p(1)}", (part.content_hash,))
-    marks = ", ".join(p(i) for i in range(1, 11))
+    marks = ", ".join(p(i) for i in range(1, 12))
     writer.execute(
-        "INSERT INTO partial_sources (content_hash, name, owner, lines_done, rows, windows_written, late_updates, "
-        f"quarantined, stamp, heartbeat) VALUES ({marks})",
+        f"INSERT INTO partial_sources ({_COLUMNS}) VALUES ({marks})",
         (part.content_hash, part.name, part.owner, part.lines_done, part.rows, part.windows_written,
          part.late_updates, json.dumps(part.quarantined, sort_keys=True), part.stamp.isoformat(),
-         part.heartbeat.isoformat()))
+         part.heartbeat.isoformat(), part.prefix_sha256))
 
 
 def drop_partial(writer: StoreWriter, content_hash: str) -> None:

@@ -97,6 +97,9 @@ partial_sources = Table(
     Column("quarantined", Text, nullable=False),  # JSON: reason -> rows
     Column("stamp", String(64), nullable=False),  # the ingest's ``updated_at`` on the windows it writes
     Column("heartbeat", String(64), nullable=False),  # when the last part was committed (UTC)
+    # sha256 of the input's blocks up to lines_done: a changed file (same name, new hash) is resumed
+    # only when its first lines are the ones committed
+    Column("prefix_sha256", String(64), nullable=False, default=""),
 )
 
 # Event Hubs checkpoints: the last event stored per partition, written in the same transaction as the

@@ -215,3 +215,33 @@ def _crash_after(add_raw: object, calls: int) -> object:
         add_raw(self, chunk)  # type: ignore[operator]
 
     return crash
+
+
+def test_a_file_that_grew_after_a_crash_is_resumed_and_a_rewritten_one_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grown = _readings(tmp_path / "grown.csv", 30_000)
+    full = grown.read_text()
+    lines = full.splitlines(keepends=True)
+    data = tmp_path / "readings.csv"
+    data.write_text("".join(lines[:20_001]))  # the first 20,000 rows: the file as a logger had it so far
+    clean = _ingest(tmp_path / "clean.db", grown, commit_every=timedelta(hours=1))
+    db = tmp_path / "store.db"
+    monkeypatch.setattr(ingest_module.InputIngest, "add_raw", _crash_after(ingest_module.InputIngest.add_raw, 4))
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(db, data, commit_every=timedelta(microseconds=1))
+    monkeypatch.undo()
+    (lines_done,), = _table(db, "SELECT lines_done FROM partial_sources")
+    rewritten = tmp_path / "rewritten" / "readings.csv"
+    rewritten.parent.mkdir()
+    rewritten.write_text(lines[0] + "2026-01-05T00:00:00,d0,s0,99.0\n" + "".join(lines[2:]))
+    data.write_text(rewritten.read_text())
+    with pytest.raises(ingest_module.InputsUnreadable) as info:
+        _ingest(db, data, commit_every=timedelta(microseconds=1))
+    assert str(info.value) == (f"{data}: changed since an ingest of it stopped after line {lines_done:,}, and its "
+                               f"first {lines_done:,} lines are not the ones stored; ingest the earlier version "
+                               "again to finish it")
+    data.write_text(full)  # the logger went on writing: the same first lines, and more
+    resumed = _ingest(db, data, commit_every=timedelta(microseconds=1))
+    assert _counts(resumed) == _counts(clean)
+    assert _windows(db) == _windows(tmp_path / "clean.db")
+    assert _table(db, "SELECT * FROM partial_sources") == []
